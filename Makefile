@@ -1,0 +1,26 @@
+# make install: create .venv and install the project (no-op when done)
+# make test:    run the test suite
+# make demo:    generate demo CT data, train, test, report
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+TORCH  := torch==2.13.0
+
+.PHONY: install test demo clean-demo
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+demo: install
+	$(PY) -m pipeline.synthetic --out data/demo
+	$(PY) train.py --config configs/demo.yaml
+	$(PY) test.py --run outputs/latest
