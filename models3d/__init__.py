@@ -1,0 +1,51 @@
+"""The network family and its registry: ``build_model(name, ...)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+
+from torch import nn
+
+from .segnet import SegNet
+from .unet import UNet
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "unet": partial(UNet, residual=False),
+    "resunet": partial(UNet, residual=True),
+    "segnet": partial(SegNet, skips=0),
+    "usegnet1": partial(SegNet, skips=1),
+    "usegnet2": partial(SegNet, skips=2),
+    "usegnet3": partial(SegNet, skips=3),
+    "resusegnet": partial(SegNet, skips=3, residual=True),
+}
+
+MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def build_model(
+    name: str,
+    in_channels: int = 1,
+    out_channels: int = 2,
+    channels: Sequence[int] | None = None,
+    base_width: int = 16,
+    depth: int = 5,
+    **kw,
+) -> nn.Module:
+    """Build a network of the family by name.
+
+    Widths come from ``channels`` (one per level, top to bottom) or from
+    ``base_width`` doubled over ``depth`` levels. Other keywords (``norm``,
+    ``dropout``, ``patch_size``) go to the class. Raises ValueError for an
+    unknown name, listing the valid ones.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+    if channels is None:
+        channels = tuple(base_width * 2**i for i in range(depth))
+    if any(int(c) < 1 for c in channels):
+        raise ValueError(f"channels must be positive integers, got {tuple(channels)}")
+    return _REGISTRY[name](in_channels=in_channels, out_channels=out_channels, channels=tuple(channels), **kw)
+
+
+__all__ = ["MODEL_NAMES", "SegNet", "UNet", "build_model"]

@@ -1,0 +1,75 @@
+"""U-Net (Ronneberger et al. 2015; 3D: Cicek et al. 2016), plain or residual."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import LevelPlan, check_input, make_block, plan_levels
+
+
+class UpLevel(nn.Module):
+    """Transposed-conv upsampling, concatenation with the encoder skip, level block."""
+
+    def __init__(self, in_ch: int, out_ch: int, pool, kernel, residual: bool, norm: str, dropout: float):
+        super().__init__()
+        self.up = nn.ConvTranspose3d(in_ch, out_ch, kernel_size=pool, stride=pool)
+        self.block = make_block(residual, 2 * out_ch, out_ch, kernel, norm, dropout)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.block(torch.cat([self.up(x), skip], dim=1))
+
+
+class UNet(nn.Module):
+    """U-Net with concatenation skips at every level.
+
+    ``channels`` gives the width of each level, top to bottom; ``residual`` swaps the
+    double convolution for residual blocks (the residual 3D UNet). Pooling is max
+    pooling with per-axis factors planned from ``patch_size`` (see ``plan_levels``).
+
+    Input (B, in_channels, H, W, D) -> logits (B, out_channels, H, W, D).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 2,
+        channels: Sequence[int] = (16, 32, 64, 128, 256),
+        residual: bool = False,
+        norm: str = "instance",
+        dropout: float = 0.0,
+        patch_size: Sequence[int] = (112, 112, 80),
+    ):
+        super().__init__()
+        self.plan: LevelPlan = plan_levels(tuple(patch_size), len(channels))
+        kernels, pools = self.plan.kernels, self.plan.pools
+        widths = [in_channels, *channels]
+        self.encoder = nn.ModuleDict(
+            {
+                f"level{i + 1}": make_block(residual, widths[i], widths[i + 1], kernels[i], norm, dropout)
+                for i in range(len(channels))
+            }
+        )
+        self.decoder = nn.ModuleDict(
+            {
+                f"level{i + 1}": UpLevel(channels[i + 1], channels[i], pools[i], kernels[i], residual, norm, dropout)
+                for i in reversed(range(len(channels) - 1))
+            }
+        )
+        self.head = nn.Conv3d(channels[0], out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.plan)
+        skips = []
+        levels = list(self.encoder.values())
+        for level, pool in zip(levels[:-1], self.plan.pools):
+            x = level(x)
+            skips.append(x)
+            x = F.max_pool3d(x, kernel_size=pool, stride=pool)
+        x = levels[-1](x)
+        for up, skip in zip(self.decoder.values(), reversed(skips)):
+            x = up(x, skip)
+        return self.head(x)
