@@ -1,0 +1,82 @@
+"""Checkpoints: atomic writes, untrusted-input loading, RNG states as plain tensors.
+
+A checkpoint holds model, optimizer, scheduler and scaler state, the epoch, the
+best validation score, the random states (Python, NumPy, torch, and each random
+transform's own generator) and the resolved config. It is loaded with
+``torch.load(weights_only=True)``, so every value is a tensor, number, string or
+container of those: NumPy states are stored as tensors for that reason.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+
+def _numpy_state(state: tuple) -> dict:
+    name, keys, pos, has_gauss, cached = state
+    return {"name": name, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _numpy_tuple(state: dict) -> tuple:
+    return (state["name"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"], state["cached"])
+
+
+def capture_rng(transform_states: list[np.random.RandomState] = ()) -> dict:
+    """Random states of Python, NumPy, torch and the given transform generators."""
+    version, internal, gauss = random.getstate()
+    return {
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": _numpy_state(np.random.get_state()),
+        "torch": torch.get_rng_state(),
+        "transforms": [_numpy_state(r.get_state()) for r in transform_states],
+    }
+
+
+def restore_rng(state: dict, transform_states: list[np.random.RandomState] = ()) -> None:
+    """Inverse of ``capture_rng``."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    np.random.set_state(_numpy_tuple(state["numpy"]))
+    torch.set_rng_state(state["torch"])
+    for generator, saved in zip(transform_states, state.get("transforms", [])):
+        generator.set_state(_numpy_tuple(saved))
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Write ``state`` to ``path`` atomically: temporary file, fsync, rename."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint as untrusted input (tensors and plain containers only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        first = " ".join(str(err).split())[:160]
+        raise UserError(f"{path}: not a loadable checkpoint ({first}); it may be truncated or not made by this tool") from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise UserError(f"{path}: not a checkpoint of this tool (no model state or config)")
+    return state

@@ -1,0 +1,252 @@
+"""Typed configuration: frozen dataclasses loaded from YAML and ``--set`` overrides.
+
+Keys are ``section.key`` (``data.root``, ``model.name``, ``train.epochs``,
+``train.seed``, ...). YAML is read with a safe loader that also rejects
+duplicate keys; an unknown or ill-typed key raises ``UserError`` naming it and
+listing the valid keys. The resolved configuration is saved in every run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = "data/demo"
+    modality: str = "CT"  # CT: clip to intensity_range (HU), scale to [0, 1]; MR: z-score over the body
+    intensity_range: tuple[float, float] = (-200.0, 300.0)
+    spacing: tuple[float, float, float] | None = None  # resample to this spacing (mm); None keeps the native grid
+    val_fraction: float = 0.2  # of the training cases, held out for validation (seeded)
+    cache_rate: float = 1.0  # fraction of preprocessed training volumes kept in memory
+    workers: int = 1  # loader threads (CPU) or processes (CUDA)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "resunet"
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    norm: str = "instance"
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    seed: int = 0
+    patch_size: tuple[int, int, int] = (112, 112, 80)
+    batch_size: int = 1  # volumes per step; each gives samples_per_volume crops
+    samples_per_volume: int = 2
+    pos_fraction: float = 0.5  # share of crops centred on foreground (RandCropByPosNegLabeld)
+    flip_prob: float = 0.5  # per axis
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 3e-5
+    lr_schedule: str = "poly"  # poly: lr * (1 - epoch / epochs) ** 0.9; step: lr * gamma every step_epochs
+    lr_step_epochs: int = 10
+    lr_gamma: float = 0.5
+    dice_weight: float = 0.5
+    ce_weight: float = 0.5
+    class_weights: tuple[float, ...] | None = None  # cross-entropy weight per class, background first
+    val_every: int = 1  # epochs between validations
+    precision: str = "auto"  # fp32, bf16, fp16 or auto (bf16 where the hardware runs it natively)
+    deterministic: bool = False
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    overlap: float = 0.5  # sliding-window overlap
+    blend: str = "gaussian"  # gaussian or constant
+    precision: str = "auto"
+    sw_batch_size: int = 1
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "demo"
+    output_dir: str = "outputs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+
+
+CHOICES = {
+    "data.modality": ("CT", "MR"),
+    "model.norm": ("instance", "batch"),
+    "train.lr_schedule": ("poly", "step"),
+    "train.precision": ("auto", "fp32", "bf16", "fp16"),
+    "infer.precision": ("auto", "fp32", "bf16", "fp16"),
+    "infer.blend": ("gaussian", "constant"),
+}
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+class UniqueKeySafeLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that rejects a mapping with the same key twice."""
+
+
+def _construct_unique_mapping(loader: UniqueKeySafeLoader, node: yaml.MappingNode, deep: bool = False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+UniqueKeySafeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file with the safe, duplicate-rejecting loader; errors become UserError."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read ({err})") from None
+    try:
+        return yaml.load(text, Loader=UniqueKeySafeLoader)
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from None
+
+
+def _describe(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against the type hint ``hint`` and convert lists to tuples."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    bad = UserError(f"{key}: expected {_describe(hint)}, got {value!r}")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            raise UserError(f"{key}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise TypeError(f"unsupported config type {hint!r} for {key}")
+
+
+def _build(cls: type, values: dict, prefix: str, source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}{name}"
+        if name not in valid:
+            close = difflib.get_close_matches(str(name), valid, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            raise UserError(f"{source}: unknown key {key!r}{hint}; valid keys: {', '.join(prefix + v for v in valid)}")
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise UserError(f"{source}: {key} must be a mapping of keys, got {value!r}")
+            kwargs[name] = _build(hint, value, f"{key}.", source)
+        else:
+            kwargs[name] = _coerce(value, hint, f"{source}: {key}")
+            choices = CHOICES.get(key)
+            if choices and kwargs[name] not in choices:
+                raise UserError(f"{source}: {key} must be one of {', '.join(choices)}, got {value!r}")
+    return cls(**kwargs)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``section.key=value`` -> (['section', 'key'], value parsed as YAML)."""
+    if "=" not in item:
+        raise UserError(f"--set {item!r}: expected section.key=value, e.g. train.epochs=5")
+    key, text = item.split("=", 1)
+    try:
+        value = yaml.load(text, Loader=UniqueKeySafeLoader) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key.strip().split("."), value
+
+
+def merge_overrides(raw: dict, overrides: typing.Sequence[str]) -> dict:
+    """Apply ``--set section.key=value`` items to a raw config mapping (returns a new dict)."""
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for item in overrides:
+        path, value = parse_override(item)
+        node = merged
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {item!r}: {part} is not a section")
+        node[path[-1]] = value
+    return merged
+
+
+def config_from_dict(raw: Any, source: str = "config") -> Config:
+    """Validate a raw mapping into a Config, raising UserError naming any bad key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: expected a mapping of sections ({', '.join(SECTIONS)}), got {type(raw).__name__}")
+    return _build(Config, raw, "", source)
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read a YAML preset (defaults when None), apply ``--set`` overrides, validate."""
+    raw = read_yaml(path) if path is not None else {}
+    if raw is not None and not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of sections ({', '.join(SECTIONS)})")
+    source = str(path) if path is not None else "config"
+    if overrides:
+        raw, source = merge_overrides(raw or {}, overrides), f"{source} + --set"
+    return config_from_dict(raw, source)
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """Plain nested dict (tuples as lists) for YAML, JSON and checkpoints."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved configuration as YAML."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,88 @@
+"""Evaluation outputs: ``metrics.csv``, ``summary.json`` and ``report.md``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .evaluation import summarize
+
+CSV_FIRST = ("case", "class", "name")
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "inf" if math.isinf(value) else "nan" if math.isnan(value) else f"{value:.6g}"
+    return str(value)
+
+
+def write_metrics_csv(rows: Sequence[dict], path: Path) -> None:
+    """One row per case and class; infinite distances written as ``inf``."""
+    columns = list(CSV_FIRST) + [k for k in rows[0] if k not in CSV_FIRST] if rows else list(CSV_FIRST)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in sorted(rows, key=lambda r: (str(r["case"]), int(r["class"]))):
+        writer.writerow([_fmt(row.get(c, "")) for c in columns])
+    _atomic_write_text(path, buffer.getvalue())
+
+
+def read_metrics_csv(path: Path) -> list[dict]:
+    """Rows of a ``metrics.csv`` with numbers parsed back (``inf`` included)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for key, value in row.items():
+            if key not in ("case", "name"):
+                row[key] = int(value) if key == "class" else float(value)
+    return rows
+
+
+def _md_value(stat: dict) -> str:
+    if stat["mean"] is None:
+        return f"— ({stat['n_nonfinite']} not finite)"
+    text = f"{stat['mean']:.4f} ± {stat['std']:.4f} (median {stat['median']:.4f})"
+    return text + (f", {stat['n_nonfinite']} not finite" if stat["n_nonfinite"] else "")
+
+
+def render_markdown(summary: dict, rows: Sequence[dict], images: Mapping[str, str] | None = None, title: str = "Evaluation") -> str:
+    """The summary as tables, per-case Dice, and links to slice images."""
+    mean = "n/a" if summary["mean_dice"] is None else f"{summary['mean_dice']:.4f}"
+    lines = [f"# {title}", "", f"Cases: {summary['n_cases']}. Mean foreground Dice: {mean}.", ""]
+    lines += ["Distances in mm (voxels when the files carry no spacing). Mean ± std (median) over cases "
+              "where the value is finite; cases where a structure is missing from the prediction or the "
+              "reference have infinite distances and are counted as not finite.", ""]
+    for label_id, cls in summary["classes"].items():
+        lines += [f"## Class {label_id}: {cls['name']}", "", "| metric | value |", "| --- | --- |"]
+        lines += [f"| {name} | {_md_value(stat)} |" for name, stat in cls["metrics"].items()]
+        lines.append("")
+    lines += ["## Per case", "", "| case | class | dice | jaccard | asd | hd95 |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for row in sorted(rows, key=lambda r: (str(r["case"]), int(r["class"]))):
+        lines.append(f"| {row['case']} | {row['name']} | {_fmt(row['dice'])} | {_fmt(row['jaccard'])} | "
+                     f"{_fmt(row['asd'])} | {_fmt(row['hd95'])} |")
+    if images:
+        lines += ["", "## Slices", "", "Sagittal, coronal and axial planes: image, label, prediction.", ""]
+        for case, rel in sorted(images.items()):
+            lines += [f"### {case}", "", f"![{case}]({rel})", ""]
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(rows: Sequence[dict], out_dir: Path, images: Mapping[str, str] | None = None, title: str = "Evaluation") -> dict:
+    """Write ``metrics.csv``, ``summary.json`` and ``report.md`` into ``out_dir``; returns the summary."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarize(rows)
+    write_metrics_csv(rows, out_dir / "metrics.csv")
+    _atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    _atomic_write_text(out_dir / "report.md", render_markdown(summary, rows, images, title))
+    return summary

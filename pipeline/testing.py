@@ -1,0 +1,173 @@
+"""Testing a trained run: predict every case on its own grid, evaluate, report.
+
+For each case: deterministic transforms -> ``predict_volume`` -> argmax ->
+``Invertd`` back to the file's voxel grid -> ``predictions/<case>.nii.gz`` in the
+input's geometry, ``slices/<case>.png``, and metric rows when a label exists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Invertd
+from tqdm import tqdm
+
+from .checkpoint import load_checkpoint
+from .config import Config, config_from_dict, load_config
+from .datasets import Case, load_dataset
+from .errors import UserError
+from .evaluation import evaluate_case
+from .inference import predict_volume
+from .io import NIFTI_SUFFIXES, case_id, is_volume_file, read_volume, write_label_like
+from .report import write_reports
+from .runtime import resolve_precision, select_device
+from .training import model_from_config
+from .transforms import IMAGE, build_transforms
+from .visualisation import slice_figure
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    model: torch.nn.Module
+    cfg: Config
+    labels: dict[int, str]
+
+
+def load_trained(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
+    """The network of a run from ``best``, ``last`` or a checkpoint path, ready for inference."""
+    path = run_dir / "checkpoints" / f"{checkpoint}.pt" if checkpoint in ("best", "last") else Path(checkpoint)
+    state = load_checkpoint(path)
+    cfg = config_from_dict(state["config"], f"{path} (config)")
+    labels = {int(k): v for k, v in state["labels"].items()}
+    model = model_from_config(cfg, int(state["in_channels"]), max(labels) + 1)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise UserError(f"{path}: weights do not fit model {cfg.model.name} {cfg.model.channels} "
+                        f"({str(err).splitlines()[0]})") from None
+    return TrainedModel(model.to(select_device()).eval(), cfg, labels)
+
+
+def resolve_run(run: str | Path) -> Path:
+    run_dir = Path(run)
+    if not run_dir.exists():
+        raise UserError(f"{run_dir}: run folder not found; train first (python train.py) or pass --run RUN_DIR")
+    run_dir = run_dir.resolve()
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir}: not a run folder (no config.yaml)")
+    return run_dir
+
+
+def cases_from_images(images: Path, labels: Path | None) -> list[Case]:
+    """Image files of a folder, each paired with the same-named file in ``labels`` when given."""
+    if not images.is_dir():
+        raise UserError(f"{images}: image folder not found")
+    label_files = {}
+    if labels is not None:
+        if not labels.is_dir():
+            raise UserError(f"{labels}: label folder not found")
+        label_files = {case_id(p): p for p in labels.iterdir() if is_volume_file(p)}
+    cases = [Case(case_id(p), p, label_files.get(case_id(p))) for p in sorted(images.iterdir()) if is_volume_file(p)]
+    if not cases:
+        raise UserError(f"{images}: no image files (.nii.gz, .nii, .mha, .nrrd)")
+    if labels is not None:
+        missing = [c.image.name for c in cases if c.label is None]
+        if missing:
+            raise UserError(f"{labels}: no label for {', '.join(missing[:5])}; labels must share the image's file name")
+    return cases
+
+
+def run_cases(run_dir: Path, data: str | None, images: str | None, labels: str | None) -> list[Case]:
+    """The cases to test: the run's test split by default, or a dataset root, or an image folder."""
+    if images is not None:
+        return cases_from_images(Path(images), Path(labels) if labels else None)
+    if data is not None:
+        dataset = load_dataset(data)
+        return list(dataset.training + dataset.test)
+    split = json.loads((run_dir / "split.json").read_text())
+    dataset = load_dataset(split["root"])
+    return [dataset.case(i) for i in split["test"]]
+
+
+def new_output_dir(run_dir: Path, out: str | None) -> Path:
+    """``--out`` (must be new or empty) or the first free ``RUN/test``, ``RUN/test-2``, ..."""
+    if out is not None:
+        path = Path(out)
+        if path.exists() and any(path.iterdir()):
+            raise UserError(f"{path}: output folder exists and is not empty; choose another --out")
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    for n in range(1, 1000):
+        path = run_dir / ("test" if n == 1 else f"test-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise UserError(f"{run_dir}: too many test folders; pass --out")
+
+
+def predict_case(trained: TrainedModel, image_path: Path, amp_dtype: torch.dtype | None) -> np.ndarray:
+    """Label map (x, y, z) of one image file on the file's own voxel grid."""
+    cfg = trained.cfg
+    pre = build_transforms(cfg, train=False, keys=(IMAGE,))
+    try:
+        data = pre({IMAGE: str(image_path)})
+    except Exception as err:  # MONAI wraps reader errors in RuntimeError with the transform chain
+        raise UserError(f"{image_path}: cannot load ({str(err).splitlines()[-1][:200]})") from None
+    device = next(trained.model.parameters()).device
+    probs = predict_volume(trained.model, data[IMAGE].as_tensor()[None].to(device), cfg.train.patch_size,
+                           cfg.infer, amp_dtype)
+    label = probs.argmax(dim=1).to(torch.uint8).cpu()  # (1, H, W, D)
+    data["pred"] = MetaTensor(label, meta=data[IMAGE].meta, applied_operations=data[IMAGE].applied_operations)
+    inverted = Invertd("pred", transform=pre, orig_keys=IMAGE, nearest_interp=True)(data)
+    return np.asarray(inverted["pred"].as_tensor()[0].round().to(torch.uint8))
+
+
+def run_test(
+    run: str | Path,
+    checkpoint: str = "best",
+    data: str | None = None,
+    images: str | None = None,
+    labels: str | None = None,
+    out: str | None = None,
+) -> tuple[Path, dict | None]:
+    """Predict, draw and evaluate; returns the output folder and the summary (None without labels)."""
+    run_dir = resolve_run(run)
+    load_config(run_dir / "config.yaml")  # fail early on a damaged run folder
+    trained = load_trained(run_dir, checkpoint)
+    cases = run_cases(run_dir, data, images, labels)
+    out_dir = new_output_dir(run_dir, out)
+    (out_dir / "predictions").mkdir()
+    (out_dir / "slices").mkdir()
+    amp_dtype = resolve_precision(trained.cfg.infer.precision, next(trained.model.parameters()).device)
+    window = trained.cfg.data.intensity_range if trained.cfg.data.modality == "CT" else None
+
+    rows, slices = [], {}
+    for case in tqdm(cases, desc="test", unit="case"):
+        pred = predict_case(trained, case.image, amp_dtype)
+        write_label_like(pred, case.image, out_dir / "predictions" / f"{case.id}.nii.gz")
+        image, spacing = read_volume(case.image)
+        image = image[..., 0] if image.ndim == 4 else image
+        ref = None
+        if case.label is not None:
+            ref, _ = read_volume(case.label)
+            rows += evaluate_case(case.id, pred, ref.astype(np.int64), trained.labels, spacing)
+        affine = nib.load(str(case.image)).affine if str(case.image).lower().endswith(NIFTI_SUFFIXES) else None
+        slice_figure(image, ref, pred, spacing, out_dir / "slices" / f"{case.id}.png", affine=affine,
+                     title=case.id, window=window)
+        slices[case.id] = f"slices/{case.id}.png"
+    if not rows:
+        log.info("no labels: wrote predictions and slices only")
+        return out_dir, None
+    summary = write_reports(rows, out_dir, slices, title=f"Test of {run_dir.name}")
+    return out_dir, summary

@@ -1,0 +1,299 @@
+"""Training: ``train_one_epoch``, ``validate``, ``fit``, and ``run_training`` around them.
+
+A run lives in its own folder ``<output_dir>/<name>-<timestamp>/`` with the
+resolved ``config.yaml``, ``split.json``, ``checkpoints/{last,best}.pt``,
+``log.csv`` (one row per epoch) and ``loss.png``; ``<output_dir>/latest`` points
+at the newest run. ``--resume`` continues a run in its own folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import CacheDataset, DataLoader, ThreadDataLoader
+from monai.losses import DiceCELoss
+from monai.transforms import Compose, Randomizable
+from torch import nn
+from tqdm import tqdm
+
+from models3d import build_model
+
+from . import metrics
+from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from .config import Config, config_from_dict, config_to_dict, save_config
+from .datasets import Case, Dataset, check_dataset, load_dataset, split_cases
+from .errors import UserError
+from .inference import predict_volume
+from .runtime import autocast, resolve_precision, seed_everything, select_device
+from .transforms import IMAGE, LABEL, build_transforms
+from .visualisation import plot_training_log
+
+log = logging.getLogger(__name__)
+
+LOG_FIELDS = ("epoch", "lr", "train_loss", "val_dice", "seconds")
+
+
+@dataclass
+class Run:
+    """What ``fit`` needs besides the config: where to write and which cases to use."""
+
+    dir: Path
+    dataset: Dataset
+    train: list[Case]
+    val: list[Case]
+
+
+def model_from_config(cfg: Config, in_channels: int, n_classes: int) -> nn.Module:
+    """The configured network, with per-axis pooling planned from the training patch."""
+    try:
+        return build_model(cfg.model.name, in_channels, n_classes, channels=cfg.model.channels,
+                           norm=cfg.model.norm, dropout=cfg.model.dropout, patch_size=cfg.train.patch_size)
+    except ValueError as err:
+        raise UserError(f"model.name / model.channels / train.patch_size: {err}") from None
+
+
+def build_loss(cfg: Config, n_classes: int) -> nn.Module:
+    """Weighted Dice + cross-entropy on softmax logits (MONAI DiceCELoss)."""
+    weights = cfg.train.class_weights
+    if weights is not None and len(weights) != n_classes:
+        raise UserError(f"train.class_weights: expected {n_classes} weights (background first), got {len(weights)}")
+    return DiceCELoss(
+        to_onehot_y=True, softmax=True, lambda_dice=cfg.train.dice_weight, lambda_ce=cfg.train.ce_weight,
+        weight=torch.tensor(weights, dtype=torch.float32) if weights is not None else None,
+    )
+
+
+def build_optimizer(model: nn.Module, cfg: Config) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """SGD with Nesterov momentum and weight decay, and a per-epoch poly or step decay."""
+    t = cfg.train
+    optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+                                nesterov=t.momentum > 0)
+    if t.lr_schedule == "poly":
+        scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=t.epochs, power=0.9)
+    else:
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=t.lr_step_epochs, gamma=t.lr_gamma)
+    return optimizer, scheduler
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    amp_dtype: torch.dtype | None,
+) -> float:
+    """One pass over the loader; returns the mean loss of the finite steps."""
+    device = next(model.parameters()).device
+    memory_format = torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
+    model.train()
+    losses = []
+    for batch in tqdm(loader, desc="  steps", leave=False, unit="step"):
+        image = batch[IMAGE].as_tensor().to(device, non_blocking=True, memory_format=memory_format)
+        label = batch[LABEL].as_tensor().to(device, non_blocking=True)
+        with autocast(device, amp_dtype):
+            logits = model(image)
+        loss = loss_fn(logits.float(), label)
+        if not torch.isfinite(loss):
+            log.warning("non-finite loss %s: step skipped", loss.item())
+            optimizer.zero_grad(set_to_none=True)
+            continue
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        losses.append(loss.item())
+    if not losses:
+        raise UserError("every training step of the epoch had a non-finite loss; check the data "
+                        "(NaN voxels?) or lower train.lr")
+    return float(np.mean(losses))
+
+
+def validate(model: nn.Module, items, cfg: Config, n_classes: int, amp_dtype: torch.dtype | None) -> float:
+    """Mean foreground Dice over whole validation volumes (sliding window, argmax)."""
+    scores = []
+    for item in tqdm(items, desc="  validate", leave=False, unit="case"):
+        probs = predict_volume(model, item[IMAGE].as_tensor()[None], cfg.train.patch_size, cfg.infer, amp_dtype)
+        pred = probs.argmax(dim=1)[0].cpu().numpy()
+        ref = item[LABEL].as_tensor()[0].cpu().numpy()
+        scores.append(np.mean([metrics.dice(pred == c, ref == c) for c in range(1, n_classes)]))
+    return float(np.mean(scores))
+
+
+def _random_generators(transform: Compose) -> list[np.random.RandomState]:
+    return [t.R for t in transform.flatten().transforms if isinstance(t, Randomizable)]
+
+
+def _append_log(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _loaders(cfg: Config, run: Run, device: torch.device):
+    train_tf = build_transforms(cfg, train=True)
+    train_tf.set_random_state(seed=cfg.train.seed)
+    items = [{IMAGE: str(c.image), LABEL: str(c.label)} for c in run.train]
+    train_ds = CacheDataset(items, train_tf, cache_rate=cfg.data.cache_rate, num_workers=None, progress=False)
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    if device.type == "cuda":
+        loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True, num_workers=cfg.data.workers,
+                            pin_memory=True, generator=generator, persistent_workers=cfg.data.workers > 0)
+    else:  # threads: worker processes would fight the compute threads for 2 cores
+        loader = ThreadDataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True, num_workers=0,
+                                  buffer_size=1, generator=generator)
+    val_items = CacheDataset([{IMAGE: str(c.image), LABEL: str(c.label)} for c in run.val],
+                             build_transforms(cfg, train=False), cache_rate=1.0, progress=False) if run.val else []
+    return loader, val_items, train_tf
+
+
+def fit(cfg: Config, run: Run, resume: dict | None = None) -> float:
+    """Train for ``cfg.train.epochs`` epochs; returns the best validation Dice.
+
+    Writes ``checkpoints/last.pt`` every epoch, ``best.pt`` on improvement,
+    appends ``log.csv`` and redraws ``loss.png``.
+    """
+    device = select_device()
+    amp_dtype = resolve_precision(cfg.train.precision, device)
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    n_classes = run.dataset.n_classes
+    model = model_from_config(cfg, len(run.dataset.modalities), n_classes).to(device)
+    if device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last_3d)
+    loss_fn = build_loss(cfg, n_classes).to(device)
+    optimizer, scheduler = build_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    loader, val_items, train_tf = _loaders(cfg, run, device)
+    generators = _random_generators(train_tf)
+
+    start_epoch, best = 1, -math.inf
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        scaler.load_state_dict(resume["scaler"])
+        start_epoch, best = int(resume["epoch"]) + 1, float(resume["best_metric"])
+        restore_rng(resume["rng"], generators)
+        loader.generator.set_state(resume["loader_rng"])
+        log.info("resuming %s at epoch %d (best val Dice so far %.4f)", run.dir, start_epoch, best)
+
+    log.info("training %s on %s (%s), %d train / %d val cases, %d epochs",
+             cfg.model.name, device, "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
+             len(run.train), len(run.val), cfg.train.epochs)
+    ckpt_dir = run.dir / "checkpoints"
+    ckpt_dir.mkdir(exist_ok=True)
+    epochs = tqdm(range(start_epoch, cfg.train.epochs + 1), desc="epochs", unit="epoch",
+                  initial=start_epoch - 1, total=cfg.train.epochs)
+    for epoch in epochs:
+        start = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss = train_one_epoch(model, loader, loss_fn, optimizer, scaler, amp_dtype)
+        scheduler.step()
+        val_dice = None
+        if val_items and (epoch % cfg.train.val_every == 0 or epoch == cfg.train.epochs):
+            val_dice = validate(model, val_items, cfg, n_classes, amp_dtype)
+        improved = val_dice is not None and val_dice > best
+        if improved:
+            best = val_dice
+        state = {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "epoch": epoch, "best_metric": best,
+            "rng": capture_rng(generators), "loader_rng": loader.generator.get_state(),
+            "config": config_to_dict(cfg), "labels": {str(k): v for k, v in run.dataset.labels.items()},
+            "in_channels": len(run.dataset.modalities),
+        }
+        save_checkpoint(state, ckpt_dir / "last.pt")
+        if improved or (not val_items and epoch == cfg.train.epochs):
+            save_checkpoint(state, ckpt_dir / "best.pt")
+        _append_log(run.dir / "log.csv", {
+            "epoch": epoch, "lr": f"{lr:.6g}", "train_loss": f"{train_loss:.5f}",
+            "val_dice": "" if val_dice is None else f"{val_dice:.5f}",
+            "seconds": f"{time.perf_counter() - start:.1f}",
+        })
+        plot_training_log(run.dir / "log.csv", run.dir / "loss.png")
+        epochs.set_postfix(loss=f"{train_loss:.4f}", val_dice="-" if val_dice is None else f"{val_dice:.4f}")
+    if not (ckpt_dir / "best.pt").exists():  # no validation improved: keep the final weights as best
+        save_checkpoint(load_checkpoint(ckpt_dir / "last.pt"), ckpt_dir / "best.pt")
+    return best
+
+
+def new_run_dir(cfg: Config) -> Path:
+    """A fresh ``<output_dir>/<name>-<timestamp>`` folder (never an existing one), ``latest`` pointed at it."""
+    out = Path(cfg.output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"output_dir {out}: cannot create ({err.strerror})") from None
+    if not os.access(out, os.W_OK):
+        raise UserError(f"output_dir {out}: not writable; set output_dir to a folder you can write")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        run_dir = out / (f"{cfg.name}-{stamp}" + (f"-{n}" if n else ""))
+        try:
+            run_dir.mkdir()
+            break
+        except FileExistsError:
+            continue
+    link = out / "latest"
+    tmp = out / f".latest-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run_dir.name)
+    os.replace(tmp, link)
+    return run_dir
+
+
+def run_training(cfg: Config, resume_dir: str | Path | None = None) -> Path:
+    """Check the data, make (or reopen) the run folder, and fit. Returns the run folder."""
+    resume = None
+    if resume_dir is not None:
+        run_dir = Path(resume_dir)
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"{run_dir}: not a run folder (no config.yaml); pass the folder train.py created")
+        resume = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+        saved = config_from_dict(resume["config"], f"{run_dir}/checkpoints/last.pt")
+        if saved.model != cfg.model or saved.train.patch_size != cfg.train.patch_size:
+            raise UserError(f"{run_dir}: checkpoint was made with model {saved.model} and patch "
+                            f"{saved.train.patch_size}; resume with that run's own config.yaml")
+        cfg = saved
+        if int(resume["epoch"]) >= cfg.train.epochs:
+            log.info("%s already finished %d epochs; nothing to resume", run_dir, cfg.train.epochs)
+            return run_dir
+
+    dataset = load_dataset(cfg.data.root)
+    report = check_dataset(dataset)
+    for problem in report.problems:
+        log.warning("%s", problem)
+    if report.errors:
+        raise UserError(f"{cfg.data.root}: {len(report.errors)} data problem(s), first: {report.errors[0]}; "
+                        f"run `python -m pipeline.check --data {cfg.data.root}` for the full list")
+    if not dataset.training:
+        raise UserError(f"{cfg.data.root}: no training cases")
+
+    if resume is None:
+        train, val = split_cases(list(dataset.training), cfg.data.val_fraction, cfg.train.seed)
+        run_dir = new_run_dir(cfg)
+        save_config(cfg, run_dir / "config.yaml")
+        test = [c for c in dataset.test if c.label is not None] or val
+        split = {"root": str(dataset.root), "train": [c.id for c in train], "val": [c.id for c in val],
+                 "test": [c.id for c in test]}
+        (run_dir / "split.json").write_text(json.dumps(split, indent=2))
+        log.info("run folder %s", run_dir)
+    else:
+        split = json.loads((run_dir / "split.json").read_text())
+        train = [dataset.case(i) for i in split["train"]]
+        val = [dataset.case(i) for i in split["val"]]
+    fit(cfg, Run(run_dir, dataset, train, val), resume)
+    return run_dir

@@ -1,0 +1,106 @@
+"""Figures: training curves and three-plane slice images (image, label, prediction).
+
+Uses matplotlib's object API with the Agg canvas, so nothing touches global
+backend state.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from scipy import ndimage
+
+CLASS_COLOURS = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6"]
+
+
+def _save(fig: Figure, out: str | Path) -> None:
+    out = Path(out)
+    tmp = out.with_name(f".tmp-{out.name}")
+    FigureCanvasAgg(fig).print_png(str(tmp))
+    tmp.replace(out)
+
+
+def plot_training_log(log_csv: str | Path, out: str | Path) -> None:
+    """``loss.png``: training loss and validation Dice per epoch, from ``log.csv``."""
+    with open(log_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    epochs = [int(r["epoch"]) for r in rows]
+    fig = Figure(figsize=(7, 3.5), tight_layout=True)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(epochs, [float(r["train_loss"]) for r in rows], color="tab:blue", marker=".", label="train loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("train loss (Dice + CE)", color="tab:blue")
+    val = [(int(r["epoch"]), float(r["val_dice"])) for r in rows if r["val_dice"]]
+    if val:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*val), color="tab:orange", marker="o", label="val Dice")
+        ax2.set_ylabel("validation Dice (foreground)", color="tab:orange")
+        ax2.set_ylim(0, 1)
+    _save(fig, out)
+
+
+def _to_ras(array: np.ndarray | None, affine: np.ndarray | None) -> np.ndarray | None:
+    if array is None or affine is None:
+        return array
+    ornt = nib.orientations.io_orientation(affine)
+    return nib.orientations.apply_orientation(array, ornt)
+
+
+def slice_figure(
+    image: np.ndarray,
+    label: np.ndarray | None,
+    pred: np.ndarray | None,
+    spacing: tuple[float, ...],
+    out: str | Path,
+    affine: np.ndarray | None = None,
+    title: str = "",
+    window: tuple[float, float] | None = None,
+) -> None:
+    """Sagittal, coronal and axial planes through the label's centre of mass.
+
+    Arrays are (x, y, z) in file voxel order; with ``affine`` they are turned to
+    RAS for display. Columns: image, label overlay, prediction overlay.
+    """
+    image, label, pred = (_to_ras(a, affine) for a in (image, label, pred))
+    if affine is not None:
+        spacing = tuple(np.asarray(spacing)[np.argsort(nib.orientations.io_orientation(affine)[:, 0])])
+    focus = label if label is not None and label.any() else pred if pred is not None and pred.any() else None
+    centre = (np.round(ndimage.center_of_mass(focus > 0)).astype(int) if focus is not None
+              else np.asarray(image.shape) // 2)
+    low, high = window or tuple(np.percentile(image, [0.5, 99.5]))
+    n_classes = int(max(label.max() if label is not None else 0, pred.max() if pred is not None else 0, 1))
+    cmap = ListedColormap(CLASS_COLOURS[: max(n_classes, 1)])
+
+    planes = [  # name, slicer, (row spacing, column spacing) after transposing to (rows=up axis)
+        ("sagittal", (centre[0], slice(None), slice(None)), (spacing[2], spacing[1])),
+        ("coronal", (slice(None), centre[1], slice(None)), (spacing[2], spacing[0])),
+        ("axial", (slice(None), slice(None), centre[2]), (spacing[1], spacing[0])),
+    ]
+    columns = [("image", None), ("label", label), ("prediction", pred)]
+    fig = Figure(figsize=(9, 9), tight_layout=True)
+    for row, (plane, index, (dr, dc)) in enumerate(planes):
+        base = np.flipud(image[index].T)
+        for col, (name, overlay) in enumerate(columns):
+            ax = fig.add_subplot(3, 3, row * 3 + col + 1)
+            ax.imshow(base, cmap="gray", vmin=low, vmax=high, aspect=dr / dc, interpolation="nearest")
+            if overlay is not None:
+                plane_labels = np.flipud(overlay[index].T).astype(float)
+                ax.imshow(np.ma.masked_where(plane_labels == 0, plane_labels), cmap=cmap, vmin=1,
+                          vmax=max(n_classes, 1) + 1e-6, alpha=0.55, aspect=dr / dc, interpolation="nearest")
+            elif name != "image":
+                ax.text(0.5, 0.5, "none", transform=ax.transAxes, ha="center", color="white")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name)
+            if col == 0:
+                ax.set_ylabel(plane)
+    if title:
+        fig.suptitle(title)
+    _save(fig, out)

@@ -1,0 +1,44 @@
+#!/usr/bin/env python
+"""Test a trained run: predictions in each input's geometry, slice images, metrics, report.
+
+    python test.py                                   # outputs/latest, best checkpoint, its test split
+    python test.py --run outputs/demo-20261123-101500 --checkpoint last
+    python test.py --data /data/ct_test              # every case of a dataset root
+    python test.py --images scans/ [--labels masks/] --out results/
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from pipeline.errors import exit_on_user_error, setup_logging
+from pipeline.testing import run_test
+
+
+@exit_on_user_error
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", default="outputs/latest", help="run folder (default outputs/latest)")
+    parser.add_argument("--checkpoint", default="best", help="best, last or a checkpoint path (default best)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--data", metavar="ROOT", help="test every case of this dataset root")
+    source.add_argument("--images", metavar="DIR", help="test the image files of this folder")
+    parser.add_argument("--labels", metavar="DIR", help="labels for --images, same file names")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default RUN/test, or RUN/test-N if taken)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args()
+    if args.labels and not args.images:
+        parser.error("--labels goes with --images")
+    setup_logging(args.verbose)
+    logging.getLogger("monai").setLevel(logging.WARNING)
+
+    out_dir, summary = run_test(args.run, args.checkpoint, args.data, args.images, args.labels, args.out)
+    print(f"predictions and slices: {out_dir}")
+    if summary is not None:
+        print(f"report: {out_dir / 'report.md'}")
+        print(f"mean foreground Dice: {summary['mean_dice']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

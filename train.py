@@ -1,0 +1,40 @@
+#!/usr/bin/env python
+"""Train a segmentation network.
+
+    python train.py                                  # demo config on data/demo
+    python train.py --config configs/smoke.yaml --set train.epochs=3 model.name=usegnet2
+    python train.py --resume outputs/demo-20261123-101500
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from pipeline.config import load_config
+from pipeline.errors import exit_on_user_error, setup_logging
+from pipeline.training import run_training
+
+DEFAULT_CONFIG = "configs/demo.yaml"
+
+
+@exit_on_user_error
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML preset (default {DEFAULT_CONFIG})")
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="override config keys, e.g. train.epochs=5 data.root=/data/ct")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run in its own folder from checkpoints/last.pt")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args()
+    setup_logging(args.verbose)
+    logging.getLogger("monai").setLevel(logging.WARNING)
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = run_training(cfg, resume_dir=args.resume)
+    print(f"run folder: {run_dir}")
+    print(f"next: python test.py --run {run_dir}")
+
+
+if __name__ == "__main__":
+    main()
