@@ -12,7 +12,7 @@ from .unet import UNet
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "unet": partial(UNet, residual=False),
-    "resunet": partial(UNet, residual=True),
+    "resunet": partial(UNet, residual=True, strided=True),
     "segnet": partial(SegNet, skips=0),
     "usegnet1": partial(SegNet, skips=1),
     "usegnet2": partial(SegNet, skips=2),

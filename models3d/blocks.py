@@ -92,11 +92,11 @@ def norm_layer(norm: str, channels: int) -> nn.Module:
 
 
 class ConvNormAct(nn.Module):
-    """Conv3d with 'same' padding, then normalisation, then LeakyReLU (optional)."""
+    """Conv3d with 'same' padding (divided by ``stride``), normalisation, LeakyReLU (optional)."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: Triple, norm: str, act: bool = True):
+    def __init__(self, in_ch: int, out_ch: int, kernel: Triple, norm: str, act: bool = True, stride: Triple = (1, 1, 1)):
         super().__init__()
-        self.conv = nn.Conv3d(in_ch, out_ch, kernel, padding=tuple(k // 2 for k in kernel), bias=False)
+        self.conv = nn.Conv3d(in_ch, out_ch, kernel, stride=stride, padding=tuple(k // 2 for k in kernel), bias=False)
         self.norm = norm_layer(norm, out_ch)
         self.act = nn.LeakyReLU(0.01, inplace=True) if act else nn.Identity()
 
@@ -105,11 +105,11 @@ class ConvNormAct(nn.Module):
 
 
 class DoubleConv(nn.Module):
-    """Two conv-norm-act layers: the plain U-Net / SegNet level."""
+    """Two conv-norm-act layers: the plain U-Net / SegNet level (the first may stride)."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: Triple, norm: str, dropout: float = 0.0):
+    def __init__(self, in_ch: int, out_ch: int, kernel: Triple, norm: str, dropout: float = 0.0, stride: Triple = (1, 1, 1)):
         super().__init__()
-        self.conv1 = ConvNormAct(in_ch, out_ch, kernel, norm)
+        self.conv1 = ConvNormAct(in_ch, out_ch, kernel, norm, stride=stride)
         self.conv2 = ConvNormAct(out_ch, out_ch, kernel, norm)
         self.dropout = nn.Dropout3d(dropout) if dropout > 0 else nn.Identity()
 
@@ -118,14 +118,16 @@ class DoubleConv(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """Two convolutions with an identity (or 1x1 projection) shortcut, He et al. 2016."""
+    """Two convolutions with an identity (or strided 1x1 projection) shortcut, He et al. 2016."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: Triple, norm: str, dropout: float = 0.0):
+    def __init__(self, in_ch: int, out_ch: int, kernel: Triple, norm: str, dropout: float = 0.0, stride: Triple = (1, 1, 1)):
         super().__init__()
-        self.conv1 = ConvNormAct(in_ch, out_ch, kernel, norm)
+        self.conv1 = ConvNormAct(in_ch, out_ch, kernel, norm, stride=stride)
         self.conv2 = ConvNormAct(out_ch, out_ch, kernel, norm, act=False)
         self.shortcut = (
-            nn.Identity() if in_ch == out_ch else ConvNormAct(in_ch, out_ch, (1, 1, 1), norm, act=False)
+            nn.Identity()
+            if in_ch == out_ch and stride == (1, 1, 1)
+            else ConvNormAct(in_ch, out_ch, (1, 1, 1), norm, act=False, stride=stride)
         )
         self.act = nn.LeakyReLU(0.01, inplace=True)
         self.dropout = nn.Dropout3d(dropout) if dropout > 0 else nn.Identity()
@@ -134,10 +136,12 @@ class ResidualBlock(nn.Module):
         return self.dropout(self.act(self.conv2(self.conv1(x)) + self.shortcut(x)))
 
 
-def make_block(residual: bool, in_ch: int, out_ch: int, kernel: Triple, norm: str, dropout: float) -> nn.Module:
-    """The level block of a network: residual or plain double convolution."""
+def make_block(
+    residual: bool, in_ch: int, out_ch: int, kernel: Triple, norm: str, dropout: float, stride: Triple = (1, 1, 1)
+) -> nn.Module:
+    """The level block of a network: residual or plain double convolution, optionally strided."""
     block = ResidualBlock if residual else DoubleConv
-    return block(in_ch, out_ch, kernel, norm, dropout)
+    return block(in_ch, out_ch, kernel, norm, dropout, stride=tuple(stride))
 
 
 def check_input(x: torch.Tensor, plan: LevelPlan) -> None:

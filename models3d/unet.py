@@ -1,4 +1,4 @@
-"""U-Net (Ronneberger et al. 2015; 3D: Cicek et al. 2016), plain or residual."""
+"""U-Net (Ronneberger et al. 2015; 3D: Cicek et al. 2016), plain or residual, pooled or strided."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from .blocks import LevelPlan, check_input, make_block, plan_levels
 
 
 class UpLevel(nn.Module):
-    """Transposed-conv upsampling, concatenation with the encoder skip, level block."""
+    """Pooled decoder level: transposed-conv upsampling, concatenation with the skip, level block."""
 
     def __init__(self, in_ch: int, out_ch: int, pool, kernel, residual: bool, norm: str, dropout: float):
         super().__init__()
@@ -23,12 +23,31 @@ class UpLevel(nn.Module):
         return self.block(torch.cat([self.up(x), skip], dim=1))
 
 
+class StridedUpLevel(nn.Module):
+    """Strided decoder level: concatenation with the skip at its resolution, level block, then upsampling."""
+
+    def __init__(self, in_ch: int, skip_ch: int, out_ch: int, pool, kernel, residual: bool, norm: str, dropout: float):
+        super().__init__()
+        self.block = make_block(residual, in_ch + skip_ch, skip_ch, kernel, norm, dropout)
+        self.up = nn.ConvTranspose3d(skip_ch, out_ch, kernel_size=pool, stride=pool)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.up(self.block(torch.cat([x, skip], dim=1)))
+
+
 class UNet(nn.Module):
     """U-Net with concatenation skips at every level.
 
     ``channels`` gives the width of each level, top to bottom; ``residual`` swaps the
-    double convolution for residual blocks (the residual 3D UNet). Pooling is max
-    pooling with per-axis factors planned from ``patch_size`` (see ``plan_levels``).
+    double convolution for residual blocks. Downsampling factors per axis are
+    planned from ``patch_size`` (see ``plan_levels``).
+
+    ``strided=False``: the classic layout; the top level runs at full resolution,
+    max pooling between levels, transposed convolutions up.
+    ``strided=True``: the residual 3D UNet of the seed (MONAI ``UNet`` layout);
+    every encoder level but the bottom one downsamples by its first (strided)
+    convolution, so no 3x3x3 convolution runs at full resolution: about 8x fewer
+    operations than the classic layout for the same widths.
 
     Input (B, in_channels, H, W, D) -> logits (B, out_channels, H, W, D).
     """
@@ -39,26 +58,41 @@ class UNet(nn.Module):
         out_channels: int = 2,
         channels: Sequence[int] = (16, 32, 64, 128, 256),
         residual: bool = False,
+        strided: bool = False,
         norm: str = "instance",
         dropout: float = 0.0,
         patch_size: Sequence[int] = (112, 112, 80),
     ):
         super().__init__()
+        self.strided = strided
         self.plan: LevelPlan = plan_levels(tuple(patch_size), len(channels))
         kernels, pools = self.plan.kernels, self.plan.pools
+        depth = len(channels)
         widths = [in_channels, *channels]
+        strides = [*pools, (1, 1, 1)] if strided else [(1, 1, 1)] * depth
         self.encoder = nn.ModuleDict(
             {
-                f"level{i + 1}": make_block(residual, widths[i], widths[i + 1], kernels[i], norm, dropout)
-                for i in range(len(channels))
+                f"level{i + 1}": make_block(residual, widths[i], widths[i + 1], kernels[i], norm, dropout, strides[i])
+                for i in range(depth)
             }
         )
-        self.decoder = nn.ModuleDict(
-            {
-                f"level{i + 1}": UpLevel(channels[i + 1], channels[i], pools[i], kernels[i], residual, norm, dropout)
-                for i in reversed(range(len(channels) - 1))
-            }
-        )
+        if strided:
+            self.decoder = nn.ModuleDict(
+                {
+                    f"level{i + 1}": StridedUpLevel(
+                        channels[-1] if i == depth - 2 else channels[i], channels[i], channels[max(i - 1, 0)],
+                        pools[i], kernels[i], residual, norm, dropout,
+                    )
+                    for i in reversed(range(depth - 1))
+                }
+            )
+        else:
+            self.decoder = nn.ModuleDict(
+                {
+                    f"level{i + 1}": UpLevel(channels[i + 1], channels[i], pools[i], kernels[i], residual, norm, dropout)
+                    for i in reversed(range(depth - 1))
+                }
+            )
         self.head = nn.Conv3d(channels[0], out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -68,7 +102,8 @@ class UNet(nn.Module):
         for level, pool in zip(levels[:-1], self.plan.pools):
             x = level(x)
             skips.append(x)
-            x = F.max_pool3d(x, kernel_size=pool, stride=pool)
+            if not self.strided:
+                x = F.max_pool3d(x, kernel_size=pool, stride=pool)
         x = levels[-1](x)
         for up, skip in zip(self.decoder.values(), reversed(skips)):
             x = up(x, skip)
