@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from pipeline.config import load_config
-from pipeline.errors import exit_on_user_error, setup_logging
+from pipeline.errors import UserError, exit_on_user_error, setup_logging
 from pipeline.training import run_training
 
 DEFAULT_CONFIG = "configs/demo.yaml"
@@ -21,7 +22,7 @@ DEFAULT_CONFIG = "configs/demo.yaml"
 @exit_on_user_error
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML preset (default {DEFAULT_CONFIG})")
+    parser.add_argument("--config", help=f"YAML preset (default {DEFAULT_CONFIG}; with --resume, the run's config.yaml)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="override config keys, e.g. train.epochs=5 data.root=/data/ct")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run in its own folder from checkpoints/last.pt")
@@ -30,7 +31,12 @@ def main() -> None:
     setup_logging(args.verbose)
     logging.getLogger("monai").setLevel(logging.WARNING)
 
-    cfg = load_config(args.config, args.overrides)
+    if args.resume and args.config:
+        parser.error("--resume continues with the run's own config.yaml; change keys with --set instead of --config")
+    config = Path(args.resume) / "config.yaml" if args.resume else Path(args.config or DEFAULT_CONFIG)
+    if args.resume and not config.is_file():
+        raise UserError(f"{args.resume}: not a run folder (no config.yaml); pass the folder train.py created")
+    cfg = load_config(config, args.overrides)
     run_dir = run_training(cfg, resume_dir=args.resume)
     print(f"run folder: {run_dir}")
     print(f"next: python test.py --run {run_dir}")

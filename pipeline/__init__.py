@@ -1,0 +1,1 @@
+"""MONAI-based training and evaluation of 3D segmentation networks."""

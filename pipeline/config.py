@@ -49,7 +49,7 @@ class TrainConfig:
     samples_per_volume: int = 2
     pos_fraction: float = 0.5  # share of crops centred on foreground (RandCropByPosNegLabeld)
     flip_prob: float = 0.5  # per axis
-    lr: float = 0.01
+    lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 3e-5
     lr_schedule: str = "poly"  # poly: lr * (1 - epoch / epochs) ** 0.9; step: lr * gamma every step_epochs

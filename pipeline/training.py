@@ -184,6 +184,8 @@ def fit(cfg: Config, run: Run, resume: dict | None = None) -> float:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
+        if isinstance(scheduler, torch.optim.lr_scheduler.PolynomialLR):
+            scheduler.total_iters = cfg.train.epochs  # train.epochs may have been raised for the resumed run
         scaler.load_state_dict(resume["scaler"])
         start_epoch, best = int(resume["epoch"]) + 1, float(resume["best_metric"])
         restore_rng(resume["rng"], generators)
@@ -260,25 +262,26 @@ def run_training(cfg: Config, resume_dir: str | Path | None = None) -> Path:
     resume = None
     if resume_dir is not None:
         run_dir = Path(resume_dir)
-        if not (run_dir / "config.yaml").is_file():
-            raise UserError(f"{run_dir}: not a run folder (no config.yaml); pass the folder train.py created")
         resume = load_checkpoint(run_dir / "checkpoints" / "last.pt")
         saved = config_from_dict(resume["config"], f"{run_dir}/checkpoints/last.pt")
-        if saved.model != cfg.model or saved.train.patch_size != cfg.train.patch_size:
-            raise UserError(f"{run_dir}: checkpoint was made with model {saved.model} and patch "
-                            f"{saved.train.patch_size}; resume with that run's own config.yaml")
-        cfg = saved
+        if (saved.model, saved.train.patch_size, saved.data.root) != (cfg.model, cfg.train.patch_size, cfg.data.root):
+            raise UserError(f"{run_dir}: checkpoint was made with model {saved.model}, patch "
+                            f"{saved.train.patch_size} and data {saved.data.root}; a resumed run keeps those")
         if int(resume["epoch"]) >= cfg.train.epochs:
-            log.info("%s already finished %d epochs; nothing to resume", run_dir, cfg.train.epochs)
+            log.info("%s already finished %d epochs; raise train.epochs to train longer", run_dir, cfg.train.epochs)
             return run_dir
+        save_config(cfg, run_dir / "config.yaml")
 
     dataset = load_dataset(cfg.data.root)
     report = check_dataset(dataset)
     for problem in report.problems:
-        log.warning("%s", problem)
+        if problem.severity == "warning":
+            log.warning("%s", problem)
     if report.errors:
-        raise UserError(f"{cfg.data.root}: {len(report.errors)} data problem(s), first: {report.errors[0]}; "
-                        f"run `python -m pipeline.check --data {cfg.data.root}` for the full list")
+        first = report.errors[0]
+        more = len(report.errors) - 1
+        raise UserError(f"{first.file}: {first.message}" + (f" ({first.hint})" if first.hint else "")
+                        + (f"; {more} more problem(s): see `python -m pipeline.check --data {cfg.data.root}`" if more else ""))
     if not dataset.training:
         raise UserError(f"{cfg.data.root}: no training cases")
 

@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny seeded datasets written to tmp paths, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.synthetic import PhantomSpec, generate_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "datasets"
+TINY = PhantomSpec(shape=(48, 48, 24), n_train=4, n_test=2, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """An MSD dataset of 4 + 2 phantoms of 48 x 48 x 24 voxels (read-only: copy before changing it)."""
+    return generate_dataset(tmp_path_factory.mktemp("data") / "tiny", TINY)
+
+
+def run_cli(*args: str, cwd: Path = REPO, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python <args>`` like a user would, capturing output."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def smoke_args(data: Path, out: Path, *extra: str) -> list[str]:
+    """train.py arguments for a smoke run on ``data`` writing under ``out``."""
+    return ["train.py", "--config", str(REPO / "configs" / "smoke.yaml"),
+            "--set", f"data.root={data}", f"output_dir={out}", *extra]

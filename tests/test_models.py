@@ -1,0 +1,151 @@
+"""The network family: shapes, gradients, pinned sizes, readable keys, unpooling, learning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import models3d
+from models3d import MODEL_NAMES, build_model
+from models3d.blocks import plan_levels
+
+PATCHES = {"3d": (32, 32, 16), "anisotropic": (48, 32, 8), "single-slice": (64, 64, 1)}
+
+# Parameter counts for channels (8, 16, 32, 64), 1 input channel, 3 classes. A change here
+# means the architecture changed: update deliberately, never to make a test pass.
+PINNED_PARAMS = {
+    "unet": 342_635,
+    "resunet": 367_291,
+    "segnet": 332_755,
+    "usegnet1": 334_483,
+    "usegnet2": 337_939,
+    "usegnet3": 351_763,
+    "resusegnet": 358_283,
+}
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("patch", PATCHES.values(), ids=PATCHES.keys())
+def test_output_has_input_shape(name, patch):
+    model = build_model(name, in_channels=2, out_channels=3, channels=(8, 16, 32, 64), patch_size=patch)
+    x = torch.randn(2, 2, *patch)
+    assert model(x).shape == (2, 3, *patch)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_backward_gives_finite_gradients_everywhere(name):
+    torch.manual_seed(0)
+    model = build_model(name, out_channels=3, channels=(8, 16, 32, 64), patch_size=(32, 32, 16))
+    model(torch.randn(2, 1, 32, 32, 16)).logsumexp(1).mean().backward()
+    for key, param in model.named_parameters():
+        assert param.grad is not None, key
+        assert torch.isfinite(param.grad).all(), key
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_parameter_count_is_pinned(name):
+    model = build_model(name, out_channels=3, channels=(8, 16, 32, 64), patch_size=(32, 32, 16))
+    assert sum(p.numel() for p in model.parameters()) == PINNED_PARAMS[name]
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_state_dict_keys_read_like_the_diagram(name):
+    keys = list(build_model(name, channels=(8, 16, 32, 64), patch_size=(32, 32, 16)).state_dict())
+    assert "encoder.level1.conv1.conv.weight" in keys
+    assert any(k.startswith("decoder.level1.") for k in keys)
+    assert "head.weight" in keys
+    assert all(k.split(".")[0] in {"encoder", "decoder", "head"} for k in keys)
+
+
+def test_single_slice_never_convolves_or_pools_across_the_slice_axis():
+    model = build_model("unet", channels=(8, 16, 32, 64), patch_size=(64, 64, 1))
+    assert all(p[2] == 1 for p in model.plan.pools)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv3d):
+            assert module.kernel_size[2] == 1
+
+
+def test_anisotropic_patch_pools_each_axis_only_while_wide():
+    plan = plan_levels((112, 112, 16), depth=5)
+    assert plan.pools == ((2, 2, 2), (2, 2, 2), (2, 2, 1), (2, 2, 1))
+    assert plan.total_pool == (16, 16, 4)
+
+
+def test_segnet_decoder_really_uses_pooling_indices():
+    """Unpooling puts each value where the encoder's maximum was; interpolation would not."""
+    model = build_model("segnet", channels=(4, 8), patch_size=(8, 8, 8))
+    x = torch.zeros(1, 4, 8, 8, 8)
+    x[0, :, 1, 0, 1] = 5.0  # one maximum off the corner of its 2x2x2 window
+    pooled, idx = F.max_pool3d(x, 2, 2, return_indices=True)
+    unpooled = F.max_unpool3d(pooled, idx, 2, 2, output_size=x.shape[2:])
+    assert torch.equal(unpooled, x)  # the mechanism itself
+
+    captured = {}
+    model.decoder["level1"].register_forward_pre_hook(lambda m, args: captured.setdefault("x", args[0]))
+    model.encoder["level1"].register_forward_hook(lambda m, a, out: captured.setdefault("enc", out))
+    model(torch.randn(1, 1, 8, 8, 8))
+    enc, unpooled = captured["enc"], captured["x"]
+    # after unpooling, each 2x2x2 window holds exactly one non-zero, at the encoder's argmax
+    windows = unpooled.reshape(1, 4, 4, 2, 4, 2, 4, 2).permute(0, 1, 2, 4, 6, 3, 5, 7).reshape(1, 4, 64, 8)
+    assert ((windows != 0).sum(-1) <= 1).all()
+    _, enc_idx = F.max_pool3d(enc, 2, 2, return_indices=True)
+    nonzero = unpooled.flatten(2) != 0
+    where = torch.zeros_like(nonzero).scatter_(2, enc_idx.flatten(2), True)
+    assert (nonzero <= where).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"name": "vnet"}, "valid names: unet, resunet"),
+        ({"name": "unet", "patch_size": (112, 112, 81)}, "try (112, 112, 80)"),
+        ({"name": "unet", "patch_size": (32, 32)}, "three positive integers"),
+        ({"name": "unet", "channels": (16,)}, "at least 2 levels"),
+        ({"name": "usegnet3", "channels": (8, 16, 32)}, "skips must be between 0 and 2"),
+        ({"name": "unet", "norm": "group"}, "norm must be 'instance' or 'batch'"),
+        ({"name": "unet", "channels": (8, 0, 16)}, "positive"),
+    ],
+)
+def test_bad_arguments_raise_value_error_with_a_useful_message(kwargs, message):
+    kwargs = {"patch_size": (32, 32, 16), **kwargs}
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        build_model(**kwargs)
+
+
+def test_input_not_divisible_by_the_pooling_is_refused():
+    model = build_model("unet", channels=(8, 16, 32), patch_size=(32, 32, 16))
+    with pytest.raises(ValueError, match="divisible by"):
+        model(torch.randn(1, 1, 30, 32, 16))
+
+
+def _blob_volume(size=(16, 16, 16)):
+    grid = torch.stack(torch.meshgrid(*[torch.arange(s, dtype=torch.float32) for s in size], indexing="ij"))
+    centre = torch.tensor([s / 2 for s in size]).view(3, 1, 1, 1)
+    label = ((grid - centre) ** 2).sum(0) < 25
+    g = torch.Generator().manual_seed(0)
+    image = label.float() + 0.3 * torch.randn(size, generator=g)
+    return image[None, None], label[None].long()
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_each_model_overfits_one_tiny_volume(name):
+    torch.manual_seed(0)
+    image, label = _blob_volume()
+    model = build_model(name, channels=(8, 16, 32, 32), patch_size=(16, 16, 16))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(40):
+        loss = F.cross_entropy(model(image), label)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        pred = model(image).argmax(1)
+    inter = ((pred == 1) & (label == 1)).sum().item()
+    dice = 2 * inter / ((pred == 1).sum().item() + (label == 1).sum().item())
+    assert dice >= 0.9, f"{name}: Dice {dice:.3f} after 40 steps"
+
+
+def test_registry_lists_exactly_the_seven_names():
+    assert models3d.MODEL_NAMES == ("unet", "resunet", "segnet", "usegnet1", "usegnet2", "usegnet3", "resusegnet")

@@ -1,0 +1,200 @@
+"""End to end through the two scripts, as a user runs them: files, geometry, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import REPO, run_cli, smoke_args
+from pipeline.io import read_volume
+from pipeline.report import read_metrics_csv
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset, tmp_path_factory):
+    """One smoke training run and its test, shared by the checks below."""
+    out = tmp_path_factory.mktemp("outputs")
+    result = run_cli(*smoke_args(tiny_dataset, out))
+    assert result.returncode == 0, result.stderr
+    run = (out / "latest").resolve()
+    result = run_cli("test.py", "--run", str(out / "latest"))
+    assert result.returncode == 0, result.stderr
+    return run, result.stdout
+
+
+def test_run_folder_has_the_contract_files(trained):
+    run, _ = trained
+    assert run.name.startswith("smoke-")
+    for name in ("config.yaml", "split.json", "log.csv", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run / name).is_file(), name
+    assert (run / "loss.png").read_bytes().startswith(PNG)
+    with open(run / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["epoch", "lr", "train_loss", "val_dice", "seconds"]
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(0 <= float(r["val_dice"]) <= 1 for r in rows)
+    assert float(rows[1]["lr"]) < float(rows[0]["lr"])  # the decay is applied
+
+
+def test_checkpoint_is_complete_and_loads_with_weights_only(trained):
+    run, _ = trained
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "epoch", "rng", "config", "best_metric"} <= set(state)
+    assert state["epoch"] == 2
+    assert state["config"]["model"]["name"] == "resunet"
+    assert "encoder.level1.conv1.conv.weight" in state["model"]
+
+
+def test_split_is_saved_and_disjoint(trained, tiny_dataset):
+    run, _ = trained
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["train"]) == 3 and len(split["val"]) == 1
+    assert not set(split["train"]) & set(split["val"])
+    assert split["test"] == ["case_004", "case_005"]
+
+
+def test_predictions_keep_the_input_geometry(trained, tiny_dataset):
+    run, _ = trained
+    for case in ("case_004", "case_005"):
+        image = sitk.ReadImage(str(tiny_dataset / "imagesTs" / f"{case}.nii.gz"))
+        pred = sitk.ReadImage(str(run / "test" / "predictions" / f"{case}.nii.gz"))
+        assert pred.GetSize() == image.GetSize()
+        assert np.allclose(pred.GetSpacing(), image.GetSpacing(), atol=1e-6)
+        assert np.allclose(pred.GetOrigin(), image.GetOrigin(), atol=1e-5)
+        assert np.allclose(pred.GetDirection(), image.GetDirection(), atol=1e-6)
+        values = set(np.unique(sitk.GetArrayFromImage(pred)).tolist())
+        assert values <= {0, 1, 2}
+
+
+def test_metrics_summary_and_report_agree(trained, tiny_dataset):
+    run, stdout = trained
+    test_dir = run / "test"
+    rows = read_metrics_csv(test_dir / "metrics.csv")
+    assert [(r["case"], r["class"]) for r in rows] == [("case_004", 1), ("case_004", 2), ("case_005", 1), ("case_005", 2)]
+    assert {"dice", "jaccard", "asd", "assd", "hd95"} <= set(rows[0])
+    summary = json.loads((test_dir / "summary.json").read_text())
+    class_means = [np.mean([r["dice"] for r in rows if r["class"] == c]) for c in (1, 2)]
+    assert summary["mean_dice"] == pytest.approx(np.mean(class_means), abs=1e-5)
+    assert summary["classes"]["2"]["name"] == "vessel"
+    assert f"mean foreground Dice: {summary['mean_dice']:.4f}" in stdout
+    # the dice in metrics.csv is the dice of the saved prediction against the label file
+    pred, _ = read_volume(test_dir / "predictions" / "case_004.nii.gz")
+    ref, _ = read_volume(tiny_dataset / "labelsTs" / "case_004.nii.gz")
+    inter = np.sum((pred == 1) & (ref == 1))
+    assert rows[0]["dice"] == pytest.approx(2 * inter / (np.sum(pred == 1) + np.sum(ref == 1)), rel=1e-5)
+    report = (test_dir / "report.md").read_text()
+    assert "## Class 1: organ" in report and "![case_004](slices/case_004.png)" in report
+    assert (test_dir / "slices" / "case_004.png").read_bytes().startswith(PNG)
+
+
+def test_batch_evaluation_reproduces_the_test_metrics(trained, tiny_dataset, tmp_path):
+    run, _ = trained
+    result = run_cli("-m", "pipeline.evaluate", "--pred", str(run / "test" / "predictions"),
+                     "--ref", str(tiny_dataset / "labelsTs"), "--out", str(tmp_path / "eval"), "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    ours = read_metrics_csv(tmp_path / "eval" / "metrics.csv")
+    theirs = read_metrics_csv(run / "test" / "metrics.csv")
+    assert [r["name"] for r in ours] == [r["name"] for r in theirs]  # names from dataset.json
+    for a, b in zip(ours, theirs):
+        for key in ("dice", "jaccard", "asd", "assd", "hd95"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), key
+
+
+def test_second_test_run_does_not_overwrite_the_first(trained):
+    run, _ = trained
+    before = (run / "test" / "metrics.csv").read_bytes()
+    result = run_cli("test.py", "--run", str(run), "--checkpoint", "last")
+    assert result.returncode == 0, result.stderr
+    assert (run / "test-2" / "metrics.csv").is_file()
+    assert (run / "test" / "metrics.csv").read_bytes() == before
+
+
+def test_each_training_run_gets_a_new_folder_and_resume_appends(tiny_dataset, tmp_path):
+    first = run_cli(*smoke_args(tiny_dataset, tmp_path, "train.epochs=1"))
+    assert first.returncode == 0, first.stderr
+    run1 = (tmp_path / "latest").resolve()
+    log1 = (run1 / "log.csv").read_text()
+    second = run_cli(*smoke_args(tiny_dataset, tmp_path, "train.epochs=1"))
+    assert second.returncode == 0, second.stderr
+    run2 = (tmp_path / "latest").resolve()
+    assert run2 != run1 and (run1 / "log.csv").read_text() == log1
+
+    resumed = run_cli("train.py", "--resume", str(run1), "--set", "train.epochs=2")
+    assert resumed.returncode == 0, resumed.stderr
+    epochs = [line.split(",")[0] for line in (run1 / "log.csv").read_text().splitlines()[1:]]
+    assert epochs == ["1", "2"]
+    assert torch.load(run1 / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2
+
+
+def _broken_copy(tiny_dataset: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset, root)
+    return root
+
+
+def _one_line_error(result) -> str:
+    assert result.returncode in (1, 2), result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def test_missing_data_folder_is_one_clear_line(tmp_path):
+    line = _one_line_error(run_cli(*smoke_args(tmp_path / "nowhere", tmp_path / "out")))
+    assert "nowhere: data folder not found" in line
+    assert not (tmp_path / "out" / "latest").exists()  # no half-made run
+
+
+def test_image_without_label_is_named(tiny_dataset, tmp_path):
+    root = _broken_copy(tiny_dataset, tmp_path)
+    (root / "labelsTr" / "case_001.nii.gz").unlink()
+    line = _one_line_error(run_cli(*smoke_args(root, tmp_path / "out")))
+    assert "labelsTr/case_001.nii.gz" in line and "not found" in line
+
+
+def test_mismatched_image_and_label_shapes_are_named(tiny_dataset, tmp_path):
+    root = _broken_copy(tiny_dataset, tmp_path)
+    label = nib.load(root / "labelsTr" / "case_002.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((40, 48, 24), np.uint8), label.affine), root / "labelsTr" / "case_002.nii.gz")
+    line = _one_line_error(run_cli(*smoke_args(root, tmp_path / "out")))
+    assert "case_002.nii.gz" in line and "differs from image shape" in line
+
+
+def test_unknown_config_key_is_named(tiny_dataset, tmp_path):
+    line = _one_line_error(run_cli(*smoke_args(tiny_dataset, tmp_path, "train.epoch=2")))
+    assert "unknown key 'train.epoch'" in line and "train.epochs" in line
+
+
+def test_dataset_check_cli_lists_problems_and_exits_1(tiny_dataset, tmp_path):
+    ok = run_cli("-m", "pipeline.check", "--data", str(tiny_dataset))
+    assert ok.returncode == 0 and "0 error(s)" in ok.stdout and "48 x 48 x 24" in ok.stdout
+    root = _broken_copy(tiny_dataset, tmp_path)
+    (root / "labelsTr" / "case_000.nii.gz").write_bytes(b"")
+    bad = run_cli("-m", "pipeline.check", "--data", str(root))
+    assert bad.returncode == 1
+    assert "error:" in bad.stdout and "case_000.nii.gz" in bad.stdout
+
+
+def test_test_py_without_a_run_is_one_clear_line(tmp_path):
+    line = _one_line_error(run_cli("test.py", "--run", str(tmp_path / "no-run")))
+    assert "run folder not found" in line
+
+
+def test_evaluate_names_unpaired_files(tiny_dataset, tmp_path):
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    shutil.copy(tiny_dataset / "labelsTs" / "case_004.nii.gz", preds / "case_004.nii.gz")
+    line = _one_line_error(run_cli("-m", "pipeline.evaluate", "--pred", str(preds),
+                                   "--ref", str(tiny_dataset / "labelsTs"), "--out", str(tmp_path / "out")))
+    assert "case_005.nii.gz" in line and "without a partner" in line
