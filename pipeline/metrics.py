@@ -8,8 +8,9 @@ surface voxel of the other.
 
 Speed: medpy runs an erosion and a distance transform over the whole volume for
 each direction and each metric. Here both masks are cropped to their joint
-bounding box plus one voxel (which leaves the erosion and every nearest surface
-voxel unchanged, so the values are identical), and the two directed distance sets
+bounding box plus one voxel (which leaves the erosion unchanged), the nearest
+surface voxel is found with a KD-tree over surface voxels only (the same
+Euclidean distance the transform reads off), and the two directed distance sets
 are computed once per pair and shared by ``asd``, ``assd``, ``hd95`` and ``hd``
 (see ``surface_distance_metrics``).
 
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage, stats
+from scipy.spatial import cKDTree
 
 Spacing = Sequence[float] | float | None
 
@@ -131,21 +133,31 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     return mask ^ ndimage.binary_erosion(mask, structure=structure, iterations=1)
 
 
+def _nearest_distances(points: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Distance (mm) from each point to the nearest target point, both (N, ndim) in mm.
+
+    A KD-tree over the surface points gives exactly the distance medpy reads off
+    a Euclidean distance transform (nearest surface voxel, spacing applied), in
+    O(S log S) for S surface voxels instead of O(V) over the whole volume.
+    """
+    return cKDTree(targets).query(points, k=1)[0]
+
+
 def directed_surface_distances(pred, ref, spacing: Spacing = None, mask=None) -> tuple[np.ndarray, np.ndarray]:
     """Distances (mm) from each surface voxel of P to R's surface, and from R's to P's.
 
-    Both masks must be non-empty. Values and their order equal medpy's
-    ``__surface_distances(pred, ref)`` and ``__surface_distances(ref, pred)``.
+    Both masks must be non-empty. Values and their order (C order of the surface
+    voxels) equal medpy's ``__surface_distances(pred, ref)`` and
+    ``__surface_distances(ref, pred)``.
     """
     pred, ref = _prepare(pred, ref, mask)
     if not pred.any() or not ref.any():
         raise ValueError("surface distances need two non-empty masks")
     sampling = _normalize_spacing(spacing, pred.ndim)
     box = _bounding_box(pred | ref)
-    pred_surface, ref_surface = _surface(pred[box]), _surface(ref[box])
-    to_ref = ndimage.distance_transform_edt(~ref_surface, sampling=sampling)[pred_surface]
-    to_pred = ndimage.distance_transform_edt(~pred_surface, sampling=sampling)[ref_surface]
-    return to_ref, to_pred
+    pred_points = np.argwhere(_surface(pred[box])) * sampling
+    ref_points = np.argwhere(_surface(ref[box])) * sampling
+    return _nearest_distances(pred_points, ref_points), _nearest_distances(ref_points, pred_points)
 
 
 def surface_distance_metrics(pred, ref, spacing: Spacing = None, mask=None) -> dict[str, float]:
