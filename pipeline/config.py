@@ -24,10 +24,26 @@ from .errors import UserError
 @dataclass(frozen=True)
 class DataConfig:
     root: str = "data/demo"
-    modality: str = "CT"  # CT: clip to intensity_range (HU), scale to [0, 1]; MR: z-score over the body
+    layout: str = "auto"  # auto, msd, paired, h5, stack, list (see pipeline.datasets)
+    list: str | None = None  # layout list: YAML or CSV of image,label[,mask] paths inside root
+    images_dir: str | None = None  # layout paired: folder names (None: detect images/, labels/, mask/ ...)
+    labels_dir: str | None = None
+    fov_dir: str | None = None  # field-of-view masks: metrics are computed inside them
+    pair_by: str = "auto"  # paired files: same name, leading number (DRIVE: 21_training <-> 21_manual1), or auto
+    labels: tuple[str, ...] | None = None  # class names, background first (MSD: from dataset.json)
+    h5_image_key: str = "image"
+    h5_label_key: str = "label"
+    channel: int | None = None  # pick one channel of colour images (1 = green)
+    default_spacing: tuple[float, float, float] | None = None  # mm, for sources without one (HDF5, slices, 2D)
+    modality: str = "CT"  # CT: clip to intensity_range (HU), scale to [0, 1]; MR / generic: z-score
     intensity_range: tuple[float, float] = (-200.0, 300.0)
+    crop_foreground: bool = True  # crop to the body (CT > -500 HU, others > 0) before sampling
     spacing: tuple[float, float, float] | None = None  # resample to this spacing (mm); None keeps the native grid
     val_fraction: float = 0.2  # of the training cases, held out for validation (seeded)
+    folds: int = 0  # k-fold cross-validation when > 1: fold `fold` is the validation set
+    fold: int = 0
+    val_cases: tuple[str, ...] | None = None  # explicit validation case ids (override the above)
+    test_cases: tuple[str, ...] | None = None  # explicit test case ids taken out of the training cases
     cache_rate: float = 1.0  # fraction of preprocessed training volumes kept in memory
     workers: int = 1  # loader threads (CPU) or processes (CUDA)
 
@@ -82,7 +98,9 @@ class Config:
 
 
 CHOICES = {
-    "data.modality": ("CT", "MR"),
+    "data.modality": ("CT", "MR", "generic"),
+    "data.layout": ("auto", "msd", "paired", "h5", "stack", "list"),
+    "data.pair_by": ("auto", "name", "number"),
     "model.norm": ("instance", "batch"),
     "train.lr_schedule": ("poly", "step"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),

@@ -1,28 +1,48 @@
-"""Reading volumes with their geometry and writing label maps in a reference's geometry.
+"""Reading images with their geometry and writing label maps in a reference's geometry.
 
-Arrays are in the file's voxel order (x, y, z), as nibabel and MONAI's
-``NibabelReader`` return them; SimpleITK arrays are transposed to match.
-Spacing is in mm. Writes are atomic: a temporary file in the target folder is
-renamed into place, so an interrupted run never leaves a half-written output.
+``load_image`` reads every supported source and returns the voxel array and a
+4x4 voxel-to-RAS affine (mm):
+
+- NIfTI ``.nii``/``.nii.gz`` (nibabel), MHA/MHD/NRRD (SimpleITK);
+- a DICOM series folder (SimpleITK; a missing slice or uneven spacing is an error);
+- HDF5 ``.h5``/``.hdf5`` with one dataset per key (``image``, ``label``), spacing
+  from a ``spacing`` attribute when present;
+- a folder of 2D ``.tif``/``.png`` slices forming one volume, in natural order;
+- a 2D ``.png``/``.jpg``/``.tif``/``.gif`` image as a single-slice volume.
+
+Arrays are in the file's voxel order (x, y, z) as nibabel gives them (SimpleITK
+arrays are transposed to match; for 2D images x is the row); channels, when
+there are several, come last. Writes are atomic: a temporary file in the target
+folder is renamed into place, so an interrupted run never leaves a half-written
+output.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import zlib
+
+import h5py
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
+from PIL import Image
 
 from .errors import UserError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+H5_SUFFIXES = (".h5", ".hdf5")
+IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp")
+ALL_SUFFIXES = VOLUME_SUFFIXES + H5_SUFFIXES + IMAGE_2D_SUFFIXES
 MAX_VOXELS = 2**31  # refuse headers that declare more voxels than this (8 GB as float32)
+MAX_GZIP_RATIO = 1100  # deflate cannot compress more than ~1032:1; a header claiming more is lying
 
 
 @dataclass(frozen=True)
@@ -38,14 +58,37 @@ class Geometry:
 def case_id(path: str | Path) -> str:
     """File name without its image suffix: ``case_001.nii.gz`` -> ``case_001``."""
     name = Path(path).name
-    for suffix in VOLUME_SUFFIXES + (".h5", ".hdf5", ".png", ".tif", ".tiff", ".gif", ".jpg"):
+    for suffix in ALL_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
-    return Path(name).stem
+    return name
 
 
 def is_volume_file(path: str | Path) -> bool:
     return str(path).lower().endswith(VOLUME_SUFFIXES)
+
+
+def natural_key(path: str | Path) -> list:
+    """Sort key that puts ``2.png`` before ``10.png``."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", Path(path).name)]
+
+
+def kind_of(path: str | Path) -> str:
+    """``nifti``, ``itk``, ``h5``, ``image2d``, ``dicom`` or ``stack`` (a folder of 2D slices)."""
+    path = Path(path)
+    name = path.name.lower()
+    if path.is_dir():
+        files = [p for p in path.iterdir() if p.is_file()]
+        if any(p.name.lower().endswith(IMAGE_2D_SUFFIXES) for p in files):
+            return "stack"
+        if any(p.suffix.lower() in (".dcm", "") for p in files):
+            return "dicom"
+        raise UserError(f"{path}: folder holds no DICOM series and no 2D slices (.tif, .png)")
+    for kind, suffixes in (("nifti", NIFTI_SUFFIXES), ("itk", ITK_SUFFIXES), ("h5", H5_SUFFIXES),
+                           ("image2d", IMAGE_2D_SUFFIXES)):
+        if name.endswith(suffixes):
+            return kind
+    raise UserError(f"{path}: unsupported file type; use one of {', '.join(ALL_SUFFIXES)}, a DICOM folder or a slice folder")
 
 
 def read_geometry(path: str | Path) -> Geometry:
@@ -64,29 +107,189 @@ def read_geometry(path: str | Path) -> Geometry:
     )
 
 
-def read_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    """Voxel array (x, y, z) and spacing (mm) of a NIfTI, MHA/MHD or NRRD file."""
+def read_volume(path: str | Path, **options) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Voxel array and spacing (mm) of any supported source (see ``load_image``)."""
+    array, affine = load_image(path, **options)
+    return array, spacing_from_affine(affine)
+
+
+def load_image(
+    path: str | Path,
+    h5_key: str = "image",
+    channel: int | None = None,
+    spacing: tuple[float, ...] | None = None,
+    label: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(array, affine) of a file or folder: array (x, y, z) or (x, y, z, C); affine 4x4 voxel -> RAS mm.
+
+    ``h5_key`` names the HDF5 dataset, ``channel`` picks one channel of a colour
+    image (1 = green), ``spacing`` (mm) is used where the source carries none
+    (HDF5 without a ``spacing`` attribute, slices, 2D images; default 1 mm).
+    ``label`` turns 0/255 masks into 0/1. Raises UserError naming the file.
+    """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"{path}: file not found")
+    if path.is_file() and path.stat().st_size == 0:
+        raise UserError(f"{path}: file is empty (0 bytes)")
+    kind = kind_of(path)
+    default = _spacing_or_default(spacing)
+    try:
+        if kind == "nifti":
+            array, affine = _read_nifti(path)
+        elif kind == "itk":
+            array, affine = _read_itk(path)
+        elif kind == "dicom":
+            array, affine = _read_dicom(path)
+        elif kind == "h5":
+            array, affine = _read_h5(path, h5_key, default)
+        elif kind == "stack":
+            array, affine = _read_stack(path), np.diag([*default, 1.0])
+        else:
+            array, affine = _read_2d(path), np.diag([*default, 1.0])
+    except UserError:
+        raise
+    except (OSError, EOFError, ValueError, RuntimeError, KeyError, zlib.error, Image.DecompressionBombError,
+            nib.filebasedimages.ImageFileError) as err:
+        raise UserError(f"{path}: cannot read image data ({_first_line(err)})") from None
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim not in (3, 4):
+        raise UserError(f"{path}: expected a 2D or 3D image (optionally with channels), got shape {array.shape}")
+    if array.ndim == 4 and channel is not None:
+        if not 0 <= channel < array.shape[3]:
+            raise UserError(f"{path}: data.channel {channel} does not exist (the image has {array.shape[3]} channels)")
+        array = array[..., channel]
+    if label:
+        if array.ndim == 4:
+            array = array[..., 0]
+        if array.dtype == np.uint8 and array.max(initial=0) == 255 and np.isin(array, (0, 255)).all():
+            array = (array > 0).astype(np.uint8)  # 0/255 masks (GIF, PNG) are binary labels
+    return array, np.asarray(affine, dtype=np.float64)
+
+
+def _spacing_or_default(spacing) -> tuple[float, float, float]:
+    if spacing is None:
+        return (1.0, 1.0, 1.0)
+    values = tuple(float(v) for v in spacing)
+    if len(values) != 3 or any(v <= 0 for v in values):
+        raise UserError(f"data.default_spacing must be three positive numbers (mm), got {spacing}")
+    return values
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    image = nib.load(str(path))
+    shape = image.shape
+    n_bytes = int(np.prod(shape, dtype=np.int64)) * image.get_data_dtype().itemsize
+    if int(np.prod(shape, dtype=np.int64)) > MAX_VOXELS:
+        raise UserError(f"{path}: header declares {shape} voxels, more than this tool accepts")
+    size = path.stat().st_size
+    if str(path).lower().endswith(".gz") and n_bytes > MAX_GZIP_RATIO * size:
+        raise UserError(f"{path}: header declares {shape} voxels ({n_bytes:,} bytes) but the file has only "
+                        f"{size:,} bytes; the file is corrupt")
+    if not str(path).lower().endswith(".gz") and n_bytes + int(image.dataobj.offset) > size:
+        raise UserError(f"{path}: file is truncated ({size:,} bytes, header needs {n_bytes:,})")
+    return np.asanyarray(image.dataobj), image.affine
+
+
+def _affine_from_itk(spacing, origin, direction) -> np.ndarray:
+    """ITK geometry (LPS) -> voxel-to-RAS affine, as nibabel writes it."""
+    affine = np.eye(4)
+    affine[:3, :3] = np.asarray(direction, dtype=np.float64).reshape(3, 3) * np.asarray(spacing)
+    affine[:3, 3] = origin
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+
+
+def _itk_to_array(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    if image.GetDimension() == 2:
+        image = sitk.JoinSeries(image)
+    array = sitk.GetArrayFromImage(image)  # (z, y, x[, c])
+    array = array.transpose(2, 1, 0, 3) if array.ndim == 4 else array.transpose(2, 1, 0)
+    return array, _affine_from_itk(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+
+
+def _read_itk(path: Path) -> tuple[np.ndarray, np.ndarray]:
     geometry = read_geometry(path)
     if int(np.prod(geometry.shape, dtype=np.int64)) > MAX_VOXELS:
         raise UserError(f"{path}: header declares {geometry.shape} voxels, more than this tool accepts")
-    try:
-        if str(path).lower().endswith(NIFTI_SUFFIXES):
-            image = nib.load(str(path))
-            return np.asanyarray(image.dataobj), tuple(float(z) for z in image.header.get_zooms()[:3])
-        image = sitk.ReadImage(str(path))
-        return sitk.GetArrayFromImage(image).transpose(), tuple(image.GetSpacing())
-    except (OSError, EOFError, ValueError, RuntimeError) as err:
-        raise UserError(f"{path}: cannot read image data ({_first_line(err)})") from None
+    return _itk_to_array(sitk.ReadImage(str(path)))
 
 
-def write_label_like(label: np.ndarray, reference: str | Path, out: str | Path) -> Path:
+def _read_dicom(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One DICOM series; refuses a missing slice or uneven slice spacing, naming the gap."""
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if len(series) != 1:
+        raise UserError(f"{folder}: expected one DICOM series, found {len(series)}; put each series in its own folder")
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
+    positions, normal = [], None
+    for name in files:
+        header = sitk.ImageFileReader()
+        header.SetFileName(name)
+        header.ReadImageInformation()
+        positions.append(np.asarray(header.GetOrigin()))
+        if normal is None:
+            normal = np.asarray(header.GetDirection()).reshape(3, 3)[:, 2]
+    if len(files) > 2:
+        steps = np.diff([float(p @ normal) for p in positions])
+        expected = float(np.median(steps))
+        for i, step in enumerate(steps):
+            if abs(step - expected) > 0.05 * abs(expected) + 1e-3:
+                raise UserError(f"{folder}: slice gap between {Path(files[i]).name} and {Path(files[i + 1]).name}: "
+                                f"{step:.3g} mm where the series has {expected:.3g} mm (missing or duplicate slice?)")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    return _itk_to_array(reader.Execute())
+
+
+def _read_h5(path: Path, key: str, default_spacing) -> tuple[np.ndarray, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        if key not in f:
+            raise UserError(f"{path}: no dataset {key!r} (it has {', '.join(f.keys()) or 'none'}); "
+                            "set data.h5_image_key / data.h5_label_key")
+        dataset = f[key]
+        if dataset.size > MAX_VOXELS:
+            raise UserError(f"{path}: dataset {key!r} declares {dataset.shape} voxels, more than this tool accepts")
+        array = dataset[()]
+        spacing = dataset.attrs.get("spacing", f.attrs.get("spacing", default_spacing))
+    spacing = [float(v) for v in np.atleast_1d(spacing)]
+    return array, np.diag([*spacing[:3], 1.0])
+
+
+def _read_2d(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        if image.mode in ("P", "1", "LA"):
+            image = image.convert("L")
+        elif image.mode in ("RGBA", "CMYK", "YCbCr"):
+            image = image.convert("RGB")
+        array = np.asarray(image)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    return array[:, :, None, :] if array.ndim == 3 else array  # (rows, cols) or (rows, cols, 1, C)
+
+
+def _read_stack(folder: Path) -> np.ndarray:
+    """2D slices of a folder stacked in natural order along the last axis: (rows, cols, slices)."""
+    files = sorted((p for p in folder.iterdir() if p.name.lower().endswith(IMAGE_2D_SUFFIXES)), key=natural_key)
+    slices = []
+    for file in files:
+        try:
+            data = _read_2d(file)
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            raise UserError(f"{file}: cannot read slice ({_first_line(err)})") from None
+        data = data[:, :, 0, 0] if data.ndim == 4 else data  # colour slices: first channel
+        if slices and data.shape != slices[0].shape:
+            raise UserError(f"{file}: slice shape {data.shape} differs from {files[0].name} {slices[0].shape}")
+        slices.append(data)
+    return np.stack(slices, axis=-1)
+
+
+def write_label_like(label: np.ndarray, reference: str | Path, out: str | Path, affine: np.ndarray | None = None) -> Path:
     """Save ``label`` (x, y, z) as ``out`` (.nii.gz) in the exact geometry of ``reference``.
 
-    A NIfTI reference keeps its affine, qform and sform through nibabel; other
-    formats copy spacing, origin and direction through SimpleITK.
+    A NIfTI reference keeps its affine, qform and sform through nibabel; MHA/NRRD
+    references give spacing, origin and direction through SimpleITK; sources
+    without a header of their own (HDF5, slices, 2D images, DICOM folders) use
+    ``affine`` (voxel -> RAS mm, as ``load_image`` returned it).
     """
     reference, out = Path(reference), Path(out)
     label = np.asarray(label)
@@ -96,7 +299,8 @@ def write_label_like(label: np.ndarray, reference: str | Path, out: str | Path) 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
     try:
-        if str(reference).lower().endswith(NIFTI_SUFFIXES):
+        kind = kind_of(reference)
+        if kind == "nifti":
             ref = nib.load(str(reference))
             if tuple(ref.shape[:3]) != label.shape:
                 raise ValueError(f"label shape {label.shape} differs from {reference} shape {ref.shape[:3]}")
@@ -107,11 +311,15 @@ def write_label_like(label: np.ndarray, reference: str | Path, out: str | Path) 
             image.set_sform(ref.header.get_sform(), code=int(ref.header["sform_code"]))
             image.header.set_slope_inter(1.0, 0.0)
             nib.save(image, str(tmp))
-        else:
+        elif kind == "itk":
             geometry = read_geometry(reference)
             if geometry.shape != label.shape:
                 raise ValueError(f"label shape {label.shape} differs from {reference} shape {geometry.shape}")
             write_label_with_geometry(label, geometry, tmp)
+        else:
+            if affine is None:
+                raise ValueError(f"{reference} has no header to copy: pass the affine it was loaded with")
+            save_nifti(label, np.asarray(affine, dtype=np.float64), tmp)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -12,7 +12,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
@@ -25,7 +24,7 @@ from .datasets import Case, load_dataset
 from .errors import UserError
 from .evaluation import evaluate_case
 from .inference import predict_volume
-from .io import NIFTI_SUFFIXES, case_id, is_volume_file, read_volume, write_label_like
+from .io import ALL_SUFFIXES, case_id, load_image, natural_key, spacing_from_affine, write_label_like
 from .report import write_reports
 from .runtime import resolve_precision, select_device
 from .training import model_from_config
@@ -71,14 +70,16 @@ def cases_from_images(images: Path, labels: Path | None) -> list[Case]:
     """Image files of a folder, each paired with the same-named file in ``labels`` when given."""
     if not images.is_dir():
         raise UserError(f"{images}: image folder not found")
+    def files(folder: Path) -> list[Path]:
+        return sorted((p for p in folder.iterdir() if p.name.lower().endswith(ALL_SUFFIXES)), key=natural_key)
     label_files = {}
     if labels is not None:
         if not labels.is_dir():
             raise UserError(f"{labels}: label folder not found")
-        label_files = {case_id(p): p for p in labels.iterdir() if is_volume_file(p)}
-    cases = [Case(case_id(p), p, label_files.get(case_id(p))) for p in sorted(images.iterdir()) if is_volume_file(p)]
+        label_files = {case_id(p): p for p in files(labels)}
+    cases = [Case(case_id(p), p, label_files.get(case_id(p))) for p in files(images)]
     if not cases:
-        raise UserError(f"{images}: no image files (.nii.gz, .nii, .mha, .nrrd)")
+        raise UserError(f"{images}: no image files ({', '.join(ALL_SUFFIXES)})")
     if labels is not None:
         missing = [c.image.name for c in cases if c.label is None]
         if missing:
@@ -86,15 +87,16 @@ def cases_from_images(images: Path, labels: Path | None) -> list[Case]:
     return cases
 
 
-def run_cases(run_dir: Path, data: str | None, images: str | None, labels: str | None) -> list[Case]:
-    """The cases to test: the run's test split by default, or a dataset root, or an image folder."""
+def run_cases(run_dir: Path, cfg: Config, data: str | None, images: str | None, labels: str | None) -> list[Case]:
+    """The cases to test: the run's test split by default, or a dataset root laid out like the
+    training data (read with the run's data options), or an image folder."""
     if images is not None:
         return cases_from_images(Path(images), Path(labels) if labels else None)
     if data is not None:
-        dataset = load_dataset(data)
+        dataset = load_dataset(data, cfg.data)
         return list(dataset.training + dataset.test)
     split = json.loads((run_dir / "split.json").read_text())
-    dataset = load_dataset(split["root"])
+    dataset = load_dataset(split["root"], cfg.data)
     return [dataset.case(i) for i in split["test"]]
 
 
@@ -116,8 +118,8 @@ def new_output_dir(run_dir: Path, out: str | None) -> Path:
     raise UserError(f"{run_dir}: too many test folders; pass --out")
 
 
-def predict_case(trained: TrainedModel, image_path: Path, amp_dtype: torch.dtype | None) -> np.ndarray:
-    """Label map (x, y, z) of one image file on the file's own voxel grid."""
+def predict_case(trained: TrainedModel, image_path: Path, amp_dtype: torch.dtype | None) -> tuple[np.ndarray, np.ndarray]:
+    """Label map (x, y, z) of one image on the source's own voxel grid, and the source's affine."""
     cfg = trained.cfg
     pre = build_transforms(cfg, train=False, keys=(IMAGE,))
     try:
@@ -129,8 +131,9 @@ def predict_case(trained: TrainedModel, image_path: Path, amp_dtype: torch.dtype
                            cfg.infer, amp_dtype)
     label = probs.argmax(dim=1).to(torch.uint8).cpu()  # (1, H, W, D)
     data["pred"] = MetaTensor(label, meta=data[IMAGE].meta, applied_operations=data[IMAGE].applied_operations)
+    affine = np.asarray(data[IMAGE].meta["original_affine"], dtype=np.float64)
     inverted = Invertd("pred", transform=pre, orig_keys=IMAGE, nearest_interp=True)(data)
-    return np.asarray(inverted["pred"].as_tensor()[0].round().to(torch.uint8))
+    return np.asarray(inverted["pred"].as_tensor()[0].round().to(torch.uint8)), affine
 
 
 def run_test(
@@ -145,24 +148,26 @@ def run_test(
     run_dir = resolve_run(run)
     load_config(run_dir / "config.yaml")  # fail early on a damaged run folder
     trained = load_trained(run_dir, checkpoint)
-    cases = run_cases(run_dir, data, images, labels)
+    cfg = trained.cfg
+    cases = run_cases(run_dir, cfg, data, images, labels)
     out_dir = new_output_dir(run_dir, out)
     (out_dir / "predictions").mkdir()
     (out_dir / "slices").mkdir()
-    amp_dtype = resolve_precision(trained.cfg.infer.precision, next(trained.model.parameters()).device)
-    window = trained.cfg.data.intensity_range if trained.cfg.data.modality == "CT" else None
+    amp_dtype = resolve_precision(cfg.infer.precision, next(trained.model.parameters()).device)
+    window = cfg.data.intensity_range if cfg.data.modality == "CT" else None
+    read = {"spacing": cfg.data.default_spacing}
 
     rows, slices = [], {}
     for case in tqdm(cases, desc="test", unit="case"):
-        pred = predict_case(trained, case.image, amp_dtype)
-        write_label_like(pred, case.image, out_dir / "predictions" / f"{case.id}.nii.gz")
-        image, spacing = read_volume(case.image)
-        image = image[..., 0] if image.ndim == 4 else image
+        pred, affine = predict_case(trained, case.image, amp_dtype)
+        write_label_like(pred, case.image, out_dir / "predictions" / f"{case.id}.nii.gz", affine=affine)
+        image, _ = load_image(case.image, h5_key=cfg.data.h5_image_key, channel=cfg.data.channel, **read)
+        spacing = spacing_from_affine(affine)
         ref = None
         if case.label is not None:
-            ref, _ = read_volume(case.label)
-            rows += evaluate_case(case.id, pred, ref.astype(np.int64), trained.labels, spacing)
-        affine = nib.load(str(case.image)).affine if str(case.image).lower().endswith(NIFTI_SUFFIXES) else None
+            ref, _ = load_image(case.label, h5_key=cfg.data.h5_label_key, label=True, **read)
+            mask = load_image(case.mask, label=True, **read)[0] > 0 if case.mask is not None else None
+            rows += evaluate_case(case.id, pred, ref.astype(np.int64), trained.labels, spacing, mask)
         slice_figure(image, ref, pred, spacing, out_dir / "slices" / f"{case.id}.png", affine=affine,
                      title=case.id, window=window)
         slices[case.id] = f"slices/{case.id}.png"

@@ -272,8 +272,8 @@ def run_training(cfg: Config, resume_dir: str | Path | None = None) -> Path:
             return run_dir
         save_config(cfg, run_dir / "config.yaml")
 
-    dataset = load_dataset(cfg.data.root)
-    report = check_dataset(dataset)
+    dataset = load_dataset(cfg.data.root, cfg.data)
+    report = check_dataset(dataset, cfg.data)
     for problem in report.problems:
         if problem.severity == "warning":
             log.warning("%s", problem)
@@ -286,10 +286,13 @@ def run_training(cfg: Config, resume_dir: str | Path | None = None) -> Path:
         raise UserError(f"{cfg.data.root}: no training cases")
 
     if resume is None:
-        train, val = split_cases(list(dataset.training), cfg.data.val_fraction, cfg.train.seed)
+        train, val, held_out = split_cases(list(dataset.training), cfg.data, cfg.train.seed)
+        test = [c for c in dataset.test if c.label is not None] or held_out or val
+        if not test:
+            log.warning("no held-out cases: test.py will evaluate the training cases; use --data for real test data")
+            test = train
         run_dir = new_run_dir(cfg)
         save_config(cfg, run_dir / "config.yaml")
-        test = [c for c in dataset.test if c.label is not None] or val
         split = {"root": str(dataset.root), "train": [c.id for c in train], "val": [c.id for c in val],
                  "test": [c.id for c in test]}
         (run_dir / "split.json").write_text(json.dumps(split, indent=2))

@@ -1,7 +1,8 @@
 """MONAI dictionary transforms: one deterministic (cacheable) part, one random part.
 
-Deterministic: load, channel first, RAS orientation, optional resampling, crop to
-the body, intensity normalisation (CT window or MR z-score), pad to the patch,
+Deterministic: load (any format, through ``PipelineReader``), channel first, RAS
+orientation, optional resampling, crop to the body, intensity normalisation (CT
+window, MR z-score over the body, generic z-score), pad to the patch,
 and, for training, foreground/background voxel indices for the crop sampler.
 Random: ``RandCropByPosNegLabeld`` patches and flips on every axis the patch has.
 All deterministic steps are invertible, so ``Invertd`` puts a prediction back
@@ -16,6 +17,7 @@ import numpy as np
 from monai import transforms as mt
 
 from .config import Config
+from .readers import PipelineReader
 
 IMAGE, LABEL = "image", "label"
 FG, BG = "label_fg_indices", "label_bg_indices"
@@ -34,20 +36,24 @@ def body_positive(x: np.ndarray) -> np.ndarray:
 def deterministic_transforms(cfg: Config, keys: Sequence[str] = (IMAGE, LABEL), sampler_indices: bool = False) -> list:
     """Load and preprocess; ``sampler_indices`` adds the crop sampler's foreground/background indices."""
     keys = list(keys)
-    steps: list = [
-        mt.LoadImaged(keys, image_only=True, ensure_channel_first=True),
-        mt.Orientationd(keys, axcodes="RAS", labels=None),
-    ]
+    d = cfg.data
+    readers = {
+        IMAGE: PipelineReader(h5_key=d.h5_image_key, channel=d.channel, spacing=d.default_spacing),
+        LABEL: PipelineReader(h5_key=d.h5_label_key, spacing=d.default_spacing, label=True),
+    }
+    steps: list = [mt.LoadImaged(key, reader=readers[key], image_only=True, ensure_channel_first=True) for key in keys]
+    steps.append(mt.Orientationd(keys, axcodes="RAS", labels=None))
     if cfg.data.spacing is not None:
         steps.append(mt.Spacingd(keys, pixdim=cfg.data.spacing, mode=["bilinear", "nearest"][: len(keys)]))
-    ct = cfg.data.modality == "CT"
-    steps.append(mt.CropForegroundd(keys, source_key=IMAGE, select_fn=body_ct if ct else body_positive,
-                                    margin=2, allow_smaller=True))
+    ct = d.modality == "CT"
+    if d.crop_foreground:
+        steps.append(mt.CropForegroundd(keys, source_key=IMAGE, select_fn=body_ct if ct else body_positive,
+                                        margin=2, allow_smaller=True))
     if ct:
-        low, high = cfg.data.intensity_range
+        low, high = d.intensity_range
         steps.append(mt.ScaleIntensityRanged(IMAGE, a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True))
-    else:
-        steps.append(mt.NormalizeIntensityd(IMAGE, nonzero=True, channel_wise=True))
+    else:  # MR: statistics over the body (non-zero voxels); generic (photos, microscopy): whole image
+        steps.append(mt.NormalizeIntensityd(IMAGE, nonzero=d.modality == "MR", channel_wise=True))
     steps.append(mt.SpatialPadd(keys, spatial_size=cfg.train.patch_size))
     steps.append(mt.EnsureTyped(keys, dtype=None))
     if sampler_indices:

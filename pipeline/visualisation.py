@@ -67,6 +67,8 @@ def slice_figure(
     Arrays are (x, y, z) in file voxel order; with ``affine`` they are turned to
     RAS for display. Columns: image, label overlay, prediction overlay.
     """
+    if image.ndim == 4:  # colour: show the mean over channels
+        image = image.mean(axis=-1)
     image, label, pred = (_to_ras(a, affine) for a in (image, label, pred))
     if affine is not None:
         spacing = tuple(np.asarray(spacing)[np.argsort(nib.orientations.io_orientation(affine)[:, 0])])
@@ -82,12 +84,14 @@ def slice_figure(
         ("coronal", (slice(None), centre[1], slice(None)), (spacing[2], spacing[0])),
         ("axial", (slice(None), slice(None), centre[2]), (spacing[1], spacing[0])),
     ]
+    if image.shape[2] == 1:  # single-slice volume: only the axial plane means anything
+        planes = planes[2:]
     columns = [("image", None), ("label", label), ("prediction", pred)]
-    fig = Figure(figsize=(9, 9), tight_layout=True)
+    fig = Figure(figsize=(9, 3 * len(planes)), tight_layout=True)
     for row, (plane, index, (dr, dc)) in enumerate(planes):
         base = np.flipud(image[index].T)
         for col, (name, overlay) in enumerate(columns):
-            ax = fig.add_subplot(3, 3, row * 3 + col + 1)
+            ax = fig.add_subplot(len(planes), 3, row * 3 + col + 1)
             ax.imshow(base, cmap="gray", vmin=low, vmax=high, aspect=dr / dc, interpolation="nearest")
             if overlay is not None:
                 plane_labels = np.flipud(overlay[index].T).astype(float)

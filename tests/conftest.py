@@ -25,7 +25,8 @@ def tiny_dataset(tmp_path_factory) -> Path:
 def run_cli(*args: str, cwd: Path = REPO, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``python <args>`` like a user would, capturing output."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, encoding="utf-8",
+                          errors="replace", timeout=timeout, env=full_env)
 
 
 def smoke_args(data: Path, out: Path, *extra: str) -> list[str]:

@@ -1,0 +1,46 @@
+"""A MONAI ``ImageReader`` over ``pipeline.io.load_image``, so every supported
+format (NIfTI, MHA/NRRD, DICOM series, HDF5, slice stacks, 2D images) enters
+the MONAI transforms as a MetaTensor with its affine, and ``Invertd`` can put
+predictions back on the source grid."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from monai.data import ImageReader
+
+from .errors import UserError
+from .io import kind_of, load_image
+
+
+class PipelineReader(ImageReader):
+    """Reads one path with ``load_image``; channels (if any) are reported as the last dimension."""
+
+    def __init__(self, h5_key: str = "image", channel: int | None = None,
+                 spacing: Sequence[float] | None = None, label: bool = False):
+        super().__init__()
+        self.options = {"h5_key": h5_key, "channel": channel, "spacing": spacing, "label": label}
+
+    def verify_suffix(self, filename) -> bool:
+        if isinstance(filename, (list, tuple)):
+            return False
+        try:
+            kind_of(filename)
+        except UserError:
+            return False
+        return True
+
+    def read(self, data, **kwargs):
+        return load_image(data, **self.options)
+
+    def get_data(self, img) -> tuple[np.ndarray, dict]:
+        array, affine = img
+        meta = {
+            "affine": affine,
+            "original_affine": affine.copy(),
+            "spatial_shape": np.asarray(array.shape[:3]),
+            "original_channel_dim": -1 if array.ndim == 4 else float("nan"),
+            "space": "RAS",
+        }
+        return array, meta
