@@ -23,16 +23,14 @@ class PipelineReader(ImageReader):
         self.options = {"h5_key": h5_key, "channel": channel, "spacing": spacing, "label": label}
 
     def verify_suffix(self, filename) -> bool:
-        if isinstance(filename, (list, tuple)):
-            return False
         try:
-            kind_of(filename)
-        except UserError:
+            kind_of(_single(filename))
+        except (UserError, ValueError, OSError):
             return False
         return True
 
     def read(self, data, **kwargs):
-        return load_image(data, **self.options)
+        return load_image(_single(data), **self.options)
 
     def get_data(self, img) -> tuple[np.ndarray, dict]:
         array, affine = img
@@ -44,3 +42,12 @@ class PipelineReader(ImageReader):
             "space": "RAS",
         }
         return array, meta
+
+
+def _single(filename):
+    """MONAI passes file names as a tuple; this reader reads exactly one source."""
+    if isinstance(filename, (list, tuple)):
+        if len(filename) != 1:
+            raise ValueError(f"one file or folder per image, got {len(filename)}")
+        return filename[0]
+    return filename

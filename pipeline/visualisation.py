@@ -84,17 +84,21 @@ def slice_figure(
         ("coronal", (slice(None), centre[1], slice(None)), (spacing[2], spacing[0])),
         ("axial", (slice(None), slice(None), centre[2]), (spacing[1], spacing[0])),
     ]
-    if image.shape[2] == 1:  # single-slice volume: only the axial plane means anything
-        planes = planes[2:]
+    single = image.shape[2] == 1
+    if single:  # single-slice volume (a 2D image): one plane, shown as stored (rows down, columns across)
+        planes = [("image", (slice(None), slice(None), 0), (spacing[0], spacing[1]))]
     columns = [("image", None), ("label", label), ("prediction", pred)]
     fig = Figure(figsize=(9, 3 * len(planes)), tight_layout=True)
     for row, (plane, index, (dr, dc)) in enumerate(planes):
-        base = np.flipud(image[index].T)
+        def view(plane_data: np.ndarray) -> np.ndarray:
+            return plane_data if single else np.flipud(plane_data.T)
+
+        base = view(image[index])
         for col, (name, overlay) in enumerate(columns):
             ax = fig.add_subplot(len(planes), 3, row * 3 + col + 1)
             ax.imshow(base, cmap="gray", vmin=low, vmax=high, aspect=dr / dc, interpolation="nearest")
             if overlay is not None:
-                plane_labels = np.flipud(overlay[index].T).astype(float)
+                plane_labels = view(overlay[index]).astype(float)
                 ax.imshow(np.ma.masked_where(plane_labels == 0, plane_labels), cmap=cmap, vmin=1,
                           vmax=max(n_classes, 1) + 1e-6, alpha=0.55, aspect=dr / dc, interpolation="nearest")
             elif name != "image":

@@ -133,12 +133,16 @@ def test_broken_files_are_one_clear_error(tmp_path, name, content, message):
     assert name in str(err.value)
 
 
-def test_absurd_header_is_refused_before_allocating(tmp_path):
+def _huge_header() -> bytes:
+    """A NIfTI header declaring 30000^3 float32 voxels, followed by 1 kB of data."""
     header = nib.Nifti1Header()
     header.set_data_shape((30000, 30000, 30000))
     header.set_data_dtype(np.float32)
-    raw = header.binaryblock + b"\x00" * 4 + b"\x00" * 1000
-    (tmp_path / "huge.nii.gz").write_bytes(gzip.compress(raw))
+    return header.binaryblock + b"\x00" * 4 + b"\x00" * 1000
+
+
+def test_absurd_header_is_refused_before_allocating(tmp_path):
+    (tmp_path / "huge.nii.gz").write_bytes(gzip.compress(_huge_header()))
     start = time.perf_counter()
     with pytest.raises(UserError, match="declares"):
         load_image(tmp_path / "huge.nii.gz")
@@ -175,6 +179,8 @@ def _msd(root, n=3, shape=(8, 8, 8)):
     (lambda r: nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 2, 2), np.float32), np.eye(4)), r / "imagesTr/c0.nii.gz"),
      "error", "expected a 2D or 3D image"),
     (lambda r: (r / "imagesTr/c0.nii.gz").write_bytes(b""), "error", "file is empty"),
+    (lambda r: (r / "imagesTr/c0.nii.gz").write_bytes(gzip.compress(_nifti_bytes())[:8000]), "error", "cannot read image data"),
+    (lambda r: (r / "imagesTr/c0.nii.gz").write_bytes(gzip.compress(_huge_header())), "error", "header declares"),
 ])
 def test_check_reports_each_problem_with_its_file(tmp_path, damage, severity, message):
     root = _msd(tmp_path / "ds")
