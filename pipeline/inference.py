@@ -19,10 +19,11 @@ def predict_volume(
     infer: InferConfig,
     amp_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Class probabilities of a whole volume by Gaussian-blended sliding windows.
+    """Logits of a whole volume by blended sliding windows (ROI = the training patch).
 
     image: (B, C, H, W, D) on the model's device; returns (B, K, H, W, D) float32
-    softmax probabilities on the same device.
+    logits on the same device: argmax them for labels, softmax them (in place)
+    only when probabilities are needed, so large volumes hold one K-channel buffer.
     """
     device = next(model.parameters()).device
     was_training = model.training
@@ -33,6 +34,6 @@ def predict_volume(
                 image.to(device), roi_size=roi_size, sw_batch_size=infer.sw_batch_size, predictor=model,
                 overlap=infer.overlap, mode=infer.blend, progress=False,
             )
-        return torch.softmax(logits.float(), dim=1)
+        return logits.float()
     finally:
         model.train(was_training)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from monai.transforms import Invertd
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint
-from .config import Config, config_from_dict, load_config
+from .config import Config, config_from_dict, config_to_dict, load_config, merge_overrides
 from .datasets import Case, load_dataset
 from .errors import UserError
 from .evaluation import evaluate_case
@@ -127,9 +128,10 @@ def predict_case(trained: TrainedModel, image_path: Path, amp_dtype: torch.dtype
     except Exception as err:  # MONAI wraps reader errors in RuntimeError with the transform chain
         raise UserError(f"{image_path}: cannot load ({str(err).splitlines()[-1][:200]})") from None
     device = next(trained.model.parameters()).device
-    probs = predict_volume(trained.model, data[IMAGE].as_tensor()[None].to(device), cfg.train.patch_size,
-                           cfg.infer, amp_dtype)
-    label = probs.argmax(dim=1).to(torch.uint8).cpu()  # (1, H, W, D)
+    logits = predict_volume(trained.model, data[IMAGE].as_tensor()[None].to(device), cfg.train.patch_size,
+                            cfg.infer, amp_dtype)
+    label = logits.argmax(dim=1).to(torch.uint8).cpu()  # (1, H, W, D)
+    del logits
     data["pred"] = MetaTensor(label, meta=data[IMAGE].meta, applied_operations=data[IMAGE].applied_operations)
     affine = np.asarray(data[IMAGE].meta["original_affine"], dtype=np.float64)
     inverted = Invertd("pred", transform=pre, orig_keys=IMAGE, nearest_interp=True)(data)
@@ -143,11 +145,21 @@ def run_test(
     images: str | None = None,
     labels: str | None = None,
     out: str | None = None,
+    overrides: Sequence[str] = (),
 ) -> tuple[Path, dict | None]:
-    """Predict, draw and evaluate; returns the output folder and the summary (None without labels)."""
+    """Predict, draw and evaluate; returns the output folder and the summary (None without labels).
+
+    ``overrides`` (``infer.overlap=0.5`` ...) change inference settings of the run's config.
+    """
     run_dir = resolve_run(run)
     load_config(run_dir / "config.yaml")  # fail early on a damaged run folder
     trained = load_trained(run_dir, checkpoint)
+    bad = [o for o in overrides if not o.strip().startswith("infer.")]
+    if bad:
+        raise UserError(f"--set {bad[0]!r}: test.py changes only infer.* keys; the rest belongs to the trained run")
+    if overrides:
+        cfg = config_from_dict(merge_overrides(config_to_dict(trained.cfg), overrides), "--set")
+        trained = TrainedModel(trained.model, cfg, trained.labels)
     cfg = trained.cfg
     cases = run_cases(run_dir, cfg, data, images, labels)
     out_dir = new_output_dir(run_dir, out)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.data import CacheDataset, DataLoader, ThreadDataLoader
+from monai.data import CacheDataset, DataLoader, PersistentDataset, ThreadDataLoader
 from monai.losses import DiceCELoss
 from monai.transforms import Compose, Randomizable
 from torch import nn
@@ -85,6 +85,20 @@ def build_optimizer(model: nn.Module, cfg: Config) -> tuple[torch.optim.Optimize
     return optimizer, scheduler
 
 
+@dataclass
+class EpochStats:
+    """What one epoch cost: mean loss of the finite steps, steps, wall and data-wait seconds."""
+
+    loss: float
+    steps: int
+    seconds: float
+    data_seconds: float
+
+    @property
+    def data_fraction(self) -> float:
+        return self.data_seconds / self.seconds if self.seconds else 0.0
+
+
 def train_one_epoch(
     model: nn.Module,
     loader,
@@ -92,23 +106,29 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     amp_dtype: torch.dtype | None,
-) -> float:
-    """One pass over the loader; returns the mean loss of the finite steps."""
+) -> EpochStats:
+    """One pass over the loader (batches of (B, C, H, W, D) crops); skips non-finite steps."""
     device = next(model.parameters()).device
     memory_format = torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
     model.train()
     losses = []
-    for batch in tqdm(loader, desc="  steps", leave=False, unit="step"):
+    data_seconds, start = 0.0, time.perf_counter()
+    batches = iter(tqdm(loader, desc="  steps", leave=False, unit="step"))
+    while True:
+        wait = time.perf_counter()
+        batch = next(batches, None)
+        data_seconds += time.perf_counter() - wait
+        if batch is None:
+            break
         image = batch[IMAGE].as_tensor().to(device, non_blocking=True, memory_format=memory_format)
         label = batch[LABEL].as_tensor().to(device, non_blocking=True)
         with autocast(device, amp_dtype):
             logits = model(image)
         loss = loss_fn(logits.float(), label)
+        optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
             log.warning("non-finite loss %s: step skipped", loss.item())
-            optimizer.zero_grad(set_to_none=True)
             continue
-        optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
@@ -116,15 +136,15 @@ def train_one_epoch(
     if not losses:
         raise UserError("every training step of the epoch had a non-finite loss; check the data "
                         "(NaN voxels?) or lower train.lr")
-    return float(np.mean(losses))
+    return EpochStats(float(np.mean(losses)), len(losses), time.perf_counter() - start, data_seconds)
 
 
 def validate(model: nn.Module, items, cfg: Config, n_classes: int, amp_dtype: torch.dtype | None) -> float:
     """Mean foreground Dice over whole validation volumes (sliding window, argmax)."""
     scores = []
     for item in tqdm(items, desc="  validate", leave=False, unit="case"):
-        probs = predict_volume(model, item[IMAGE].as_tensor()[None], cfg.train.patch_size, cfg.infer, amp_dtype)
-        pred = probs.argmax(dim=1)[0].cpu().numpy()
+        logits = predict_volume(model, item[IMAGE].as_tensor()[None], cfg.train.patch_size, cfg.infer, amp_dtype)
+        pred = logits.argmax(dim=1)[0].cpu().numpy()
         ref = item[LABEL].as_tensor()[0].cpu().numpy()
         scores.append(np.mean([metrics.dice(pred == c, ref == c) for c in range(1, n_classes)]))
     return float(np.mean(scores))
@@ -143,11 +163,38 @@ def _append_log(path: Path, row: dict) -> None:
         writer.writerow(row)
 
 
+def _cache_bytes(item: dict) -> int:
+    return sum(v.element_size() * v.numel() if isinstance(v, torch.Tensor) else getattr(v, "nbytes", 0)
+               for v in item.values())
+
+
+def cached_dataset(items: list[dict], transform: Compose, cfg: Config, cache_dir: Path):
+    """The training cases with their deterministic transforms applied once.
+
+    In memory (MONAI CacheDataset) when the estimate (first case's size times the
+    number of cases) fits ``data.cache_memory_gb``; otherwise on disk (MONAI
+    PersistentDataset under the run folder), said once in the log.
+    """
+    deterministic = Compose(transform.transforms[: _first_random(transform)])
+    estimate = _cache_bytes(deterministic(items[0])) * len(items) * cfg.data.cache_rate
+    budget = cfg.data.cache_memory_gb * 2**30
+    if estimate <= budget:
+        return CacheDataset(items, transform, cache_rate=cfg.data.cache_rate, num_workers=None, progress=False)
+    log.warning("preprocessed training data needs about %.1f GB, more than data.cache_memory_gb=%.1f: caching on disk "
+                "in %s instead (raise data.cache_memory_gb to keep it in memory)", estimate / 2**30,
+                cfg.data.cache_memory_gb, cache_dir)
+    return PersistentDataset(items, transform, cache_dir=cache_dir)
+
+
+def _first_random(transform: Compose) -> int:
+    return next(i for i, t in enumerate(transform.transforms) if isinstance(t, Randomizable))
+
+
 def _loaders(cfg: Config, run: Run, device: torch.device):
     train_tf = build_transforms(cfg, train=True)
     train_tf.set_random_state(seed=cfg.train.seed)
     items = [{IMAGE: str(c.image), LABEL: str(c.label)} for c in run.train]
-    train_ds = CacheDataset(items, train_tf, cache_rate=cfg.data.cache_rate, num_workers=None, progress=False)
+    train_ds = cached_dataset(items, train_tf, cfg, run.dir / "cache")
     generator = torch.Generator().manual_seed(cfg.train.seed)
     if device.type == "cuda":
         loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True, num_workers=cfg.data.workers,
@@ -202,7 +249,10 @@ def fit(cfg: Config, run: Run, resume: dict | None = None) -> float:
     for epoch in epochs:
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        train_loss = train_one_epoch(model, loader, loss_fn, optimizer, scaler, amp_dtype)
+        stats = train_one_epoch(model, loader, loss_fn, optimizer, scaler, amp_dtype)
+        train_loss = stats.loss
+        log.debug("epoch %d: %d steps, %.2f s/step, %.1f %% waiting for data", epoch, stats.steps,
+                  stats.seconds / stats.steps, 100 * stats.data_fraction)
         scheduler.step()
         val_dice = None
         if val_items and (epoch % cfg.train.val_every == 0 or epoch == cfg.train.epochs):
