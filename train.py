@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from pipeline.config import load_config
 from pipeline.errors import UserError, exit_on_user_error, setup_logging
-from pipeline.training import run_training
+from pipeline.training import TrainingInterrupted, run_training
 
 DEFAULT_CONFIG = "configs/demo.yaml"
 
@@ -37,7 +38,11 @@ def main() -> None:
     if args.resume and not config.is_file():
         raise UserError(f"{args.resume}: not a run folder (no config.yaml); pass the folder train.py created")
     cfg = load_config(config, args.overrides)
-    run_dir = run_training(cfg, resume_dir=args.resume)
+    try:
+        run_dir = run_training(cfg, resume_dir=args.resume)
+    except TrainingInterrupted as stop:
+        print(f"interrupted: {stop}", file=sys.stderr)
+        sys.exit(130)
     print(f"run folder: {run_dir}")
     print(f"next: python test.py --run {run_dir}")
 

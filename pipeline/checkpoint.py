@@ -9,6 +9,7 @@ container of those: NumPy states are stored as tensors for that reason.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import random
@@ -20,6 +21,8 @@ import numpy as np
 import torch
 
 from .errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def _numpy_state(state: tuple) -> dict:
@@ -49,12 +52,29 @@ def restore_rng(state: dict, transform_states: list[np.random.RandomState] = ())
     random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
     np.random.set_state(_numpy_tuple(state["numpy"]))
     torch.set_rng_state(state["torch"])
-    for generator, saved in zip(transform_states, state.get("transforms", [])):
-        generator.set_state(_numpy_tuple(saved))
+    restore_transform_rng(state.get("transforms", []), transform_states)
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` to ``path`` atomically: temporary file, fsync, rename."""
+def capture_transform_rng(transform_states: list[np.random.RandomState]) -> list[dict]:
+    return [_numpy_state(r.get_state()) for r in transform_states]
+
+
+def restore_transform_rng(saved: list[dict], transform_states: list[np.random.RandomState]) -> None:
+    for generator, state in zip(transform_states, saved):
+        generator.set_state(_numpy_tuple(state))
+
+
+def previous_path(path: Path) -> Path:
+    """Where ``save_checkpoint(keep_previous=True)`` keeps the checkpoint it replaces."""
+    return path.with_name(path.stem + ".prev" + path.suffix)
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool = False) -> None:
+    """Write ``state`` to ``path`` atomically: temporary file, fsync, rename.
+
+    ``keep_previous`` first moves the existing file to ``<name>.prev.pt``, so that
+    a complete checkpoint exists at every instant, whatever kills the process.
+    """
     path = Path(path)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     try:
@@ -62,7 +82,14 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        if keep_previous and path.exists():
+            os.replace(path, previous_path(path))
         os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)  # make the renames themselves durable
+        finally:
+            os.close(folder)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -80,3 +107,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise UserError(f"{path}: not a checkpoint of this tool (no model state or config)")
     return state
+
+
+def load_resume_checkpoint(path: Path) -> dict[str, Any]:
+    """``last.pt``, or the previous one with a warning when ``last.pt`` is missing or damaged."""
+    try:
+        return load_checkpoint(path)
+    except UserError as err:
+        previous = previous_path(path)
+        if not previous.is_file():
+            raise
+        log.warning("%s; resuming from the previous checkpoint %s", err, previous.name)
+        return load_checkpoint(previous)

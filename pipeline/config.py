@@ -77,7 +77,8 @@ class TrainConfig:
     class_weights: tuple[float, ...] | None = None  # cross-entropy weight per class, background first
     val_every: int = 1  # epochs between validations
     precision: str = "auto"  # fp32, bf16, fp16 or auto (bf16 where the hardware runs it natively)
-    deterministic: bool = False
+    deterministic: bool = False  # same weights after kill + resume as uninterrupted (CPU; fp32 recommended)
+    max_nonfinite_steps: int = 10  # consecutive NaN/Inf losses before training stops with an error
 
 
 @dataclass(frozen=True)

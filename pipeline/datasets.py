@@ -269,7 +269,10 @@ def _list_cases(root: Path, listing: str) -> list[Case]:
         image = _inside(root, entry["image"], source)
         label = _inside(root, entry["label"], source) if entry.get("label") else None
         mask = _inside(root, entry["mask"], source) if entry.get("mask") else None
-        cases.append(Case(str(entry.get("id") or case_id(image)), image, label, mask))
+        cid = str(entry.get("id") or case_id(image))
+        if "/" in cid or "\\" in cid or cid in ("", ".", ".."):
+            raise UserError(f"{source}: case id {cid!r} is not a plain name; outputs are named after case ids")
+        cases.append(Case(cid, image, label, mask))
     return cases
 
 

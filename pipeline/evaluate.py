@@ -77,12 +77,20 @@ def evaluate_folder(
     names = label_names(ref_dir, labels)
     workers = max(1, min(workers or os.cpu_count() or 1, len(pairs)))
     job = partial(_evaluate_pair, labels=names)
-    if workers == 1:
-        results = [job(p) for p in tqdm(pairs, desc="evaluate", unit="case")]
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(tqdm(pool.map(job, pairs), total=len(pairs), desc="evaluate", unit="case"))
-    rows = [row for case_rows in results for row in case_rows]
+    rows: list[dict] = []
+    with tqdm(total=len(pairs), desc="evaluate", unit="case") as bar:  # closed (newline) on errors too
+        if workers == 1:
+            results = map(job, pairs)
+        else:
+            pool = ProcessPoolExecutor(max_workers=workers)
+            results = pool.map(job, pairs)
+        try:
+            for case_rows in results:
+                rows += case_rows
+                bar.update()
+        finally:
+            if workers > 1:
+                pool.shutdown(cancel_futures=True)
     return write_reports(rows, out_dir, title=f"Evaluation of {pred_dir}")
 
 

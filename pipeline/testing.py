@@ -138,6 +138,24 @@ def predict_case(trained: TrainedModel, image_path: Path, amp_dtype: torch.dtype
     return np.asarray(inverted["pred"].as_tensor()[0].round().to(torch.uint8)), affine
 
 
+def _test_case(trained: TrainedModel, case: Case, out_dir: Path, amp_dtype, window) -> list[dict]:
+    """Prediction, slice image and metric rows (none without a label) of one case."""
+    cfg = trained.cfg
+    read = {"spacing": cfg.data.default_spacing}
+    pred, affine = predict_case(trained, case.image, amp_dtype)
+    write_label_like(pred, case.image, out_dir / "predictions" / f"{case.id}.nii.gz", affine=affine)
+    image, _ = load_image(case.image, h5_key=cfg.data.h5_image_key, channel=cfg.data.channel, **read)
+    spacing = spacing_from_affine(affine)
+    ref, rows = None, []
+    if case.label is not None:
+        ref, _ = load_image(case.label, h5_key=cfg.data.h5_label_key, label=True, **read)
+        mask = load_image(case.mask, label=True, **read)[0] > 0 if case.mask is not None else None
+        rows = evaluate_case(case.id, pred, ref.astype(np.int64), trained.labels, spacing, mask)
+    slice_figure(image, ref, pred, spacing, out_dir / "slices" / f"{case.id}.png", affine=affine,
+                 title=case.id, window=window)
+    return rows
+
+
 def run_test(
     run: str | Path,
     checkpoint: str = "best",
@@ -167,22 +185,11 @@ def run_test(
     (out_dir / "slices").mkdir()
     amp_dtype = resolve_precision(cfg.infer.precision, next(trained.model.parameters()).device)
     window = cfg.data.intensity_range if cfg.data.modality == "CT" else None
-    read = {"spacing": cfg.data.default_spacing}
-
     rows, slices = [], {}
-    for case in tqdm(cases, desc="test", unit="case"):
-        pred, affine = predict_case(trained, case.image, amp_dtype)
-        write_label_like(pred, case.image, out_dir / "predictions" / f"{case.id}.nii.gz", affine=affine)
-        image, _ = load_image(case.image, h5_key=cfg.data.h5_image_key, channel=cfg.data.channel, **read)
-        spacing = spacing_from_affine(affine)
-        ref = None
-        if case.label is not None:
-            ref, _ = load_image(case.label, h5_key=cfg.data.h5_label_key, label=True, **read)
-            mask = load_image(case.mask, label=True, **read)[0] > 0 if case.mask is not None else None
-            rows += evaluate_case(case.id, pred, ref.astype(np.int64), trained.labels, spacing, mask)
-        slice_figure(image, ref, pred, spacing, out_dir / "slices" / f"{case.id}.png", affine=affine,
-                     title=case.id, window=window)
-        slices[case.id] = f"slices/{case.id}.png"
+    with tqdm(cases, desc="test", unit="case") as bar:  # closed (newline) on errors too
+        for case in bar:
+            rows += _test_case(trained, case, out_dir, amp_dtype, window)
+            slices[case.id] = f"slices/{case.id}.png"
     if not rows:
         log.info("no labels: wrote predictions and slices only")
         return out_dir, None

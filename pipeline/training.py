@@ -8,12 +8,18 @@ at the newest run. ``--resume`` continues a run in its own folder.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
 import math
 import os
+import shutil
+import signal
+import threading
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -29,7 +35,15 @@ from tqdm import tqdm
 from models3d import build_model
 
 from . import metrics
-from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from .checkpoint import (
+    capture_rng,
+    capture_transform_rng,
+    load_checkpoint,
+    load_resume_checkpoint,
+    restore_rng,
+    restore_transform_rng,
+    save_checkpoint,
+)
 from .config import Config, config_from_dict, config_to_dict, save_config
 from .datasets import Case, Dataset, check_dataset, load_dataset, split_cases
 from .errors import UserError
@@ -87,12 +101,17 @@ def build_optimizer(model: nn.Module, cfg: Config) -> tuple[torch.optim.Optimize
 
 @dataclass
 class EpochStats:
-    """What one epoch cost: mean loss of the finite steps, steps, wall and data-wait seconds."""
+    """One epoch (or the part of it that ran): finite losses, steps taken, wall and data-wait seconds."""
 
-    loss: float
+    losses: list[float]
     steps: int
     seconds: float
     data_seconds: float
+    interrupted: bool = False
+
+    @property
+    def loss(self) -> float:
+        return float(np.mean(self.losses)) if self.losses else math.nan
 
     @property
     def data_fraction(self) -> float:
@@ -106,13 +125,22 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     amp_dtype: torch.dtype | None,
+    skip: int = 0,
+    should_stop: Callable[[], bool] = lambda: False,
+    max_nonfinite: int = 10,
 ) -> EpochStats:
-    """One pass over the loader (batches of (B, C, H, W, D) crops); skips non-finite steps."""
+    """One pass over the loader (batches of (B, C, H, W, D) crops).
+
+    The first ``skip`` batches are drawn but not trained on (a resumed epoch
+    replays its random crops exactly); ``should_stop`` is asked after every
+    step; a non-finite loss skips the step, and ``max_nonfinite`` of them in a
+    row stop training with the files of the last batch named.
+    """
     device = next(model.parameters()).device
     memory_format = torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
     model.train()
-    losses = []
-    data_seconds, start = 0.0, time.perf_counter()
+    losses: list[float] = []
+    steps, nonfinite, data_seconds, start = 0, 0, 0.0, time.perf_counter()
     batches = iter(tqdm(loader, desc="  steps", leave=False, unit="step"))
     while True:
         wait = time.perf_counter()
@@ -120,23 +148,31 @@ def train_one_epoch(
         data_seconds += time.perf_counter() - wait
         if batch is None:
             break
+        steps += 1
+        if steps <= skip:
+            continue
         image = batch[IMAGE].as_tensor().to(device, non_blocking=True, memory_format=memory_format)
         label = batch[LABEL].as_tensor().to(device, non_blocking=True)
         with autocast(device, amp_dtype):
             logits = model(image)
         loss = loss_fn(logits.float(), label)
         optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
-            log.warning("non-finite loss %s: step skipped", loss.item())
-            continue
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        losses.append(loss.item())
-    if not losses:
-        raise UserError("every training step of the epoch had a non-finite loss; check the data "
-                        "(NaN voxels?) or lower train.lr")
-    return EpochStats(float(np.mean(losses)), len(losses), time.perf_counter() - start, data_seconds)
+        if torch.isfinite(loss):
+            nonfinite = 0
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            losses.append(loss.item())
+        else:
+            nonfinite += 1
+            files = sorted({Path(str(f)).name for f in batch[IMAGE].meta.get("filename_or_obj", [])})
+            log.warning("non-finite loss (%s) on a batch from %s: step skipped", loss.item(), ", ".join(files))
+            if nonfinite >= max_nonfinite:
+                raise UserError(f"{nonfinite} consecutive non-finite losses, last batch from {', '.join(files)}; "
+                                "check those images for NaN/extreme values or lower train.lr")
+        if should_stop():
+            return EpochStats(losses, steps, time.perf_counter() - start, data_seconds, interrupted=True)
+    return EpochStats(losses, steps, time.perf_counter() - start, data_seconds)
 
 
 def validate(model: nn.Module, items, cfg: Config, n_classes: int, amp_dtype: torch.dtype | None) -> float:
@@ -151,7 +187,16 @@ def validate(model: nn.Module, items, cfg: Config, n_classes: int, amp_dtype: to
 
 
 def _random_generators(transform: Compose) -> list[np.random.RandomState]:
-    return [t.R for t in transform.flatten().transforms if isinstance(t, Randomizable)]
+    """The random generators of a flat Compose's transforms and of the transforms they wrap.
+
+    Not ``transform.flatten()``: building a Compose reseeds every child from a fresh seed.
+    """
+    found: dict[int, np.random.RandomState] = {}
+    for t in transform.transforms:
+        for obj in (t, *vars(t).values()):
+            if isinstance(obj, Randomizable):
+                found.setdefault(id(obj.R), obj.R)
+    return list(found.values())
 
 
 def _append_log(path: Path, row: dict) -> None:
@@ -207,11 +252,59 @@ def _loaders(cfg: Config, run: Run, device: torch.device):
     return loader, val_items, train_tf
 
 
+class TrainingInterrupted(Exception):
+    """Training stopped on SIGTERM/SIGINT after saving a resumable checkpoint."""
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """Yield a callable that turns true once SIGTERM or SIGINT arrives (main thread only)."""
+    requested = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+
+    def handler(signum, frame):
+        requested.append(signum)
+        log.warning("%s received: saving after the current step", signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield lambda: bool(requested)
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _check_room(folder: Path, model: nn.Module) -> None:
+    """Room for a few checkpoints (weights and optimizer state each), else a clear error."""
+    checkpoint = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+    free = shutil.disk_usage(folder).free
+    if free < 4 * checkpoint + 50 * 2**20:
+        raise UserError(f"{folder}: only {free / 2**20:.0f} MB free, training needs about "
+                        f"{(4 * checkpoint) / 2**20 + 50:.0f} MB for checkpoints; free space or set output_dir")
+
+
+def _last_logged_epoch(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with open(path, newline="") as f:
+        return max((int(r["epoch"]) for r in csv.DictReader(f)), default=0)
+
+
+def _complete_log(path: Path, row: dict | None) -> None:
+    """Append the checkpoint's own log row when the process died between saving and logging."""
+    if row is not None and int(row["epoch"]) > _last_logged_epoch(path):
+        _append_log(path, row)
+
+
 def fit(cfg: Config, run: Run, resume: dict | None = None) -> float:
     """Train for ``cfg.train.epochs`` epochs; returns the best validation Dice.
 
-    Writes ``checkpoints/last.pt`` every epoch, ``best.pt`` on improvement,
-    appends ``log.csv`` and redraws ``loss.png``.
+    Writes ``checkpoints/last.pt`` every epoch (keeping the previous one as
+    ``last.prev.pt``), ``best.pt`` on improvement, appends ``log.csv`` and redraws
+    ``loss.png``. On SIGTERM/SIGINT it saves a checkpoint that resumes at the
+    exact step and raises TrainingInterrupted.
     """
     device = select_device()
     amp_dtype = resolve_precision(cfg.train.precision, device)
@@ -220,13 +313,14 @@ def fit(cfg: Config, run: Run, resume: dict | None = None) -> float:
     model = model_from_config(cfg, len(run.dataset.modalities), n_classes).to(device)
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last_3d)
+    _check_room(run.dir, model)
     loss_fn = build_loss(cfg, n_classes).to(device)
     optimizer, scheduler = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     loader, val_items, train_tf = _loaders(cfg, run, device)
     generators = _random_generators(train_tf)
 
-    start_epoch, best = 1, -math.inf
+    start_epoch, best, skip, earlier_losses = 1, -math.inf, 0, []
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
@@ -237,46 +331,69 @@ def fit(cfg: Config, run: Run, resume: dict | None = None) -> float:
         start_epoch, best = int(resume["epoch"]) + 1, float(resume["best_metric"])
         restore_rng(resume["rng"], generators)
         loader.generator.set_state(resume["loader_rng"])
-        log.info("resuming %s at epoch %d (best val Dice so far %.4f)", run.dir, start_epoch, best)
+        partial = resume.get("partial")
+        if partial is not None:  # replay the interrupted epoch's draws from its start
+            restore_transform_rng(partial["transforms_rng"], generators)
+            loader.generator.set_state(partial["loader_rng"])
+            skip, earlier_losses = int(partial["step"]), [float(v) for v in partial["losses"]]
+        _complete_log(run.dir / "log.csv", resume.get("log_row"))
+        log.info("resuming %s at epoch %d%s (best val Dice so far %.4f)", run.dir, start_epoch,
+                 f", step {skip + 1}" if skip else "", best)
 
     log.info("training %s on %s (%s), %d train / %d val cases, %d epochs",
              cfg.model.name, device, "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
              len(run.train), len(run.val), cfg.train.epochs)
     ckpt_dir = run.dir / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
-    epochs = tqdm(range(start_epoch, cfg.train.epochs + 1), desc="epochs", unit="epoch",
-                  initial=start_epoch - 1, total=cfg.train.epochs)
-    for epoch in epochs:
-        start = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        stats = train_one_epoch(model, loader, loss_fn, optimizer, scaler, amp_dtype)
-        train_loss = stats.loss
-        log.debug("epoch %d: %d steps, %.2f s/step, %.1f %% waiting for data", epoch, stats.steps,
-                  stats.seconds / stats.steps, 100 * stats.data_fraction)
-        scheduler.step()
-        val_dice = None
-        if val_items and (epoch % cfg.train.val_every == 0 or epoch == cfg.train.epochs):
-            val_dice = validate(model, val_items, cfg, n_classes, amp_dtype)
-        improved = val_dice is not None and val_dice > best
-        if improved:
-            best = val_dice
-        state = {
+
+    def state(epoch: int, partial: dict | None = None, log_row: dict | None = None) -> dict:
+        return {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "epoch": epoch, "best_metric": best,
-            "rng": capture_rng(generators), "loader_rng": loader.generator.get_state(),
-            "config": config_to_dict(cfg), "labels": {str(k): v for k, v in run.dataset.labels.items()},
-            "in_channels": len(run.dataset.modalities),
+            "rng": capture_rng(generators), "loader_rng": loader.generator.get_state(), "partial": partial,
+            "log_row": log_row, "config": config_to_dict(cfg),
+            "labels": {str(k): v for k, v in run.dataset.labels.items()}, "in_channels": len(run.dataset.modalities),
         }
-        save_checkpoint(state, ckpt_dir / "last.pt")
-        if improved or (not val_items and epoch == cfg.train.epochs):
-            save_checkpoint(state, ckpt_dir / "best.pt")
-        _append_log(run.dir / "log.csv", {
-            "epoch": epoch, "lr": f"{lr:.6g}", "train_loss": f"{train_loss:.5f}",
-            "val_dice": "" if val_dice is None else f"{val_dice:.5f}",
-            "seconds": f"{time.perf_counter() - start:.1f}",
-        })
-        plot_training_log(run.dir / "log.csv", run.dir / "loss.png")
-        epochs.set_postfix(loss=f"{train_loss:.4f}", val_dice="-" if val_dice is None else f"{val_dice:.4f}")
+
+    epochs = tqdm(range(start_epoch, cfg.train.epochs + 1), desc="epochs", unit="epoch",
+                  initial=start_epoch - 1, total=cfg.train.epochs)
+    with stop_requests() as should_stop, warnings.catch_warnings():
+        # all-background cases are named once by the dataset check; MONAI would warn on every crop
+        warnings.filterwarnings("ignore", message="Num foregrounds 0")
+        for epoch in epochs:
+            epoch_start = {"transforms_rng": capture_transform_rng(generators), "loader_rng": loader.generator.get_state()}
+            start = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            stats = train_one_epoch(model, loader, loss_fn, optimizer, scaler, amp_dtype, skip, should_stop,
+                                    cfg.train.max_nonfinite_steps)
+            stats.losses[:0], earlier_losses, skip = earlier_losses, [], 0
+            if stats.interrupted:
+                partial = {**epoch_start, "step": stats.steps, "losses": stats.losses}
+                save_checkpoint(state(epoch - 1, partial=partial), ckpt_dir / "last.pt", keep_previous=True)
+                raise TrainingInterrupted(f"stopped in epoch {epoch} after step {stats.steps}; state saved in "
+                                          f"{ckpt_dir / 'last.pt'}; continue with: python train.py --resume {run.dir}")
+            log.debug("epoch %d: %d steps, %.2f s/step, %.1f %% waiting for data", epoch, stats.steps,
+                      stats.seconds / max(stats.steps, 1), 100 * stats.data_fraction)
+            scheduler.step()
+            val_dice = None
+            if val_items and (epoch % cfg.train.val_every == 0 or epoch == cfg.train.epochs):
+                val_dice = validate(model, val_items, cfg, n_classes, amp_dtype)
+            improved = val_dice is not None and val_dice > best
+            if improved:
+                best = val_dice
+            row = {"epoch": epoch, "lr": f"{lr:.6g}", "train_loss": f"{stats.loss:.5f}",
+                   "val_dice": "" if val_dice is None else f"{val_dice:.5f}",
+                   "seconds": f"{time.perf_counter() - start:.1f}"}
+            checkpoint = state(epoch, log_row=row)
+            save_checkpoint(checkpoint, ckpt_dir / "last.pt", keep_previous=True)
+            if improved or (not val_items and epoch == cfg.train.epochs):
+                save_checkpoint(checkpoint, ckpt_dir / "best.pt")
+            if epoch > _last_logged_epoch(run.dir / "log.csv"):
+                _append_log(run.dir / "log.csv", row)
+            else:  # retrained after falling back to an older checkpoint: log.csv is append-only
+                log.warning("epoch %d was trained again; log.csv keeps its first row for it", epoch)
+            plot_training_log(run.dir / "log.csv", run.dir / "loss.png")
+            epochs.set_postfix(loss=f"{stats.loss:.4f}", val_dice="-" if val_dice is None else f"{val_dice:.4f}")
     if not (ckpt_dir / "best.pt").exists():  # no validation improved: keep the final weights as best
         save_checkpoint(load_checkpoint(ckpt_dir / "last.pt"), ckpt_dir / "best.pt")
     return best
@@ -312,12 +429,12 @@ def run_training(cfg: Config, resume_dir: str | Path | None = None) -> Path:
     resume = None
     if resume_dir is not None:
         run_dir = Path(resume_dir)
-        resume = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+        resume = load_resume_checkpoint(run_dir / "checkpoints" / "last.pt")
         saved = config_from_dict(resume["config"], f"{run_dir}/checkpoints/last.pt")
         if (saved.model, saved.train.patch_size, saved.data.root) != (cfg.model, cfg.train.patch_size, cfg.data.root):
             raise UserError(f"{run_dir}: checkpoint was made with model {saved.model}, patch "
                             f"{saved.train.patch_size} and data {saved.data.root}; a resumed run keeps those")
-        if int(resume["epoch"]) >= cfg.train.epochs:
+        if int(resume["epoch"]) >= cfg.train.epochs and resume.get("partial") is None:
             log.info("%s already finished %d epochs; raise train.epochs to train longer", run_dir, cfg.train.epochs)
             return run_dir
         save_config(cfg, run_dir / "config.yaml")

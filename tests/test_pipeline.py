@@ -198,3 +198,35 @@ def test_evaluate_names_unpaired_files(tiny_dataset, tmp_path):
     line = _one_line_error(run_cli("-m", "pipeline.evaluate", "--pred", str(preds),
                                    "--ref", str(tiny_dataset / "labelsTs"), "--out", str(tmp_path / "out")))
     assert "case_005.nii.gz" in line and "without a partner" in line
+
+
+def test_cache_over_the_memory_budget_falls_back_to_disk(tiny_dataset, tmp_path):
+    result = run_cli(*smoke_args(tiny_dataset, tmp_path, "train.epochs=1", "data.cache_memory_gb=0.000001"))
+    assert result.returncode == 0, result.stderr
+    assert "more than data.cache_memory_gb" in result.stderr and "caching on disk" in result.stderr
+    run = (tmp_path / "latest").resolve()
+    assert len(list((run / "cache").glob("*.pt"))) == 3  # one preprocessed file per training case
+    assert (run / "checkpoints" / "last.pt").is_file()
+
+
+def test_registry_name_trains_end_to_end(tiny_dataset, tmp_path):
+    result = run_cli(*smoke_args(tiny_dataset, tmp_path, "train.epochs=1", "model.name=usegnet2"))
+    assert result.returncode == 0, result.stderr
+    state = torch.load((tmp_path / "latest" / "checkpoints" / "last.pt").resolve(), weights_only=True)
+    assert state["config"]["model"]["name"] == "usegnet2"
+    assert "decoder.level1.conv1.conv.weight" in state["model"]
+    result = run_cli("test.py", "--run", str(tmp_path / "latest"))
+    assert result.returncode == 0, result.stderr
+
+
+def test_evaluate_names_both_files_on_a_spacing_mismatch(tiny_dataset, tmp_path):
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    for case in ("case_004", "case_005"):
+        label = nib.load(tiny_dataset / "labelsTs" / f"{case}.nii.gz")
+        affine = label.affine.copy()
+        affine[2, 2] *= 2
+        nib.save(nib.Nifti1Image(np.asanyarray(label.dataobj), affine), preds / f"{case}.nii.gz")
+    line = _one_line_error(run_cli("-m", "pipeline.evaluate", "--pred", str(preds),
+                                   "--ref", str(tiny_dataset / "labelsTs"), "--out", str(tmp_path / "out"), "--workers", "1"))
+    assert "preds/case_004.nii.gz has spacing" in line and "labelsTs/case_004.nii.gz has" in line

@@ -1,0 +1,227 @@
+"""Killed runs resume losing nothing; hostile inputs never run code or take the machine down."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from PIL import Image
+
+from conftest import REPO, run_cli, smoke_args
+from pipeline.config import InferConfig, read_yaml
+from pipeline.errors import UserError
+from pipeline.inference import predict_volume
+from pipeline.io import load_image
+
+DETERMINISTIC = ("train.deterministic=true", "train.precision=fp32", "infer.precision=fp32", "train.epochs=4")
+
+
+def _weights(run: Path) -> dict:
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def _epochs_logged(run: Path) -> list[int]:
+    with open(run / "log.csv", newline="") as f:
+        return [int(r["epoch"]) for r in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_dataset, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("reference")
+    result = run_cli(*smoke_args(tiny_dataset, out, *DETERMINISTIC))
+    assert result.returncode == 0, result.stderr
+    return _weights((out / "latest").resolve())
+
+
+def _start_and_signal(tiny_dataset, out: Path, sig: int, after_epoch: int, delay: float) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, *smoke_args(tiny_dataset, out, *DETERMINISTIC)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace")
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        log = out / "latest" / "log.csv"
+        if log.exists() and len(log.read_text().splitlines()) > after_epoch:
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"training ended before the signal: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.02)
+    time.sleep(delay)
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    return proc
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tiny_dataset, tmp_path, uninterrupted):
+    proc = _start_and_signal(tiny_dataset, tmp_path, signal.SIGKILL, after_epoch=1, delay=0.3)
+    assert proc.returncode == -signal.SIGKILL
+    run = (tmp_path / "latest").resolve()
+    assert _epochs_logged(run)[-1] < 4  # really killed before the end
+    resumed = run_cli("train.py", "--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr
+    assert _epochs_logged(run) == [1, 2, 3, 4]
+    _assert_same(_weights(run), uninterrupted)
+
+
+def test_sigterm_saves_the_exact_step_and_resume_matches(tiny_dataset, tmp_path, uninterrupted):
+    proc = _start_and_signal(tiny_dataset, tmp_path, signal.SIGTERM, after_epoch=1, delay=0.0)
+    stderr = proc.stderr.read()
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "interrupted: stopped in epoch" in stderr and "--resume" in stderr
+    run = (tmp_path / "latest").resolve()
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["partial"] is not None and state["partial"]["step"] >= 1
+    resumed = run_cli("train.py", "--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr
+    assert _epochs_logged(run) == [1, 2, 3, 4]
+    _assert_same(_weights(run), uninterrupted)
+
+
+def test_damaged_last_checkpoint_falls_back_to_the_previous_one(tiny_dataset, tmp_path):
+    first = run_cli(*smoke_args(tiny_dataset, tmp_path, "train.epochs=2"))
+    assert first.returncode == 0, first.stderr
+    run = (tmp_path / "latest").resolve()
+    last = run / "checkpoints" / "last.pt"
+    assert (run / "checkpoints" / "last.prev.pt").is_file()
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a write that died halfway
+    resumed = run_cli("train.py", "--resume", str(run), "--set", "train.epochs=3")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from the previous checkpoint last.prev.pt" in resumed.stderr
+    assert _epochs_logged(run) == [1, 2, 3]
+    assert torch.load(last, weights_only=True)["epoch"] == 3
+
+
+class _Plant:
+    """Unpickling this would run ``touch`` (what a hostile checkpoint does)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_hostile_checkpoint_never_runs_code(tiny_dataset, tmp_path):
+    marker = tmp_path / "planted"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": _Plant(marker), "config": {}}, evil)
+    first = run_cli(*smoke_args(tiny_dataset, tmp_path / "out", "train.epochs=1"))
+    assert first.returncode == 0, first.stderr
+    for env in ({}, {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}):
+        result = run_cli("test.py", "--run", str(tmp_path / "out" / "latest"), "--checkpoint", str(evil), env=env)
+        assert result.returncode == 2 and "evil.pt: not a loadable checkpoint" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert not marker.exists()
+
+
+def _samples(tmp_path: Path) -> dict[str, Path]:
+    rng = np.random.default_rng(0)
+    files = {}
+    volume = rng.normal(size=(24, 24, 12)).astype(np.float32)
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "a.nii.gz")
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "a.nii")
+    for suffix in (".mha", ".nrrd"):
+        sitk.WriteImage(sitk.GetImageFromArray(volume), str(tmp_path / f"a{suffix}"))
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f["image"] = volume
+    for suffix in (".png", ".tif", ".gif"):
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(tmp_path / f"a{suffix}")
+    for path in tmp_path.iterdir():
+        files[path.name] = path
+    return files
+
+
+def _variants(data: bytes, rng: np.random.Generator) -> dict[str, bytes]:
+    flipped = bytearray(data)
+    for i in rng.integers(0, len(data), size=24):
+        flipped[i] ^= 0xFF
+    return {"truncated": data[: len(data) // 2], "flipped": bytes(flipped), "empty": b"", "head": data[:64],
+            "not-gzip": b"\x1f\x8b\x08\x00" + bytes(rng.integers(0, 255, 300, dtype=np.uint8))}
+
+
+def test_corrupted_inputs_of_every_format_end_in_a_clear_error(tmp_path):
+    rng = np.random.default_rng(1)
+    originals = _samples(tmp_path / "orig" if (tmp_path / "orig").mkdir() is None else tmp_path)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    outcomes = []
+    for name, path in originals.items():
+        for kind, content in _variants(path.read_bytes(), rng).items():
+            bad = tmp_path / "bad" / kind / name
+            bad.parent.mkdir(parents=True, exist_ok=True)
+            bad.write_bytes(content)
+            start = time.perf_counter()
+            try:
+                load_image(bad)
+                outcomes.append("read")  # flipped pixel bytes can still be a valid image
+            except UserError as err:
+                assert bad.name in str(err)
+                outcomes.append("error")
+            assert time.perf_counter() - start < 1.0, (kind, name)
+    assert outcomes.count("error") >= len(originals) * 3  # at least truncated, empty, head fail everywhere
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 2**20 < 1.0  # GB (ru_maxrss in kB)
+
+
+def test_yaml_with_python_objects_is_refused(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("model: !!python/object/new:os.system ['echo hi']\n")
+    with pytest.raises(UserError, match="invalid YAML"):
+        read_yaml(path)
+
+
+def test_links_out_of_the_root_are_refused(tiny_dataset, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset, root)
+    outside = tmp_path / "outside.nii.gz"
+    shutil.copy(root / "imagesTr" / "case_000.nii.gz", outside)
+    (root / "imagesTr" / "case_000.nii.gz").unlink()
+    (root / "imagesTr" / "case_000.nii.gz").symlink_to(outside)
+    result = run_cli(*smoke_args(root, tmp_path / "out"))
+    assert result.returncode == 2 and "outside the dataset root" in result.stderr
+
+
+def test_all_background_training_case_trains_to_the_end(tiny_dataset, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset, root)
+    label = nib.load(root / "labelsTr" / "case_001.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros(label.shape, np.uint8), label.affine), root / "labelsTr" / "case_001.nii.gz")
+    result = run_cli(*smoke_args(root, tmp_path / "out", "train.epochs=2", "data.val_cases=[case_000]"))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("all background") == 1 and "case_001.nii.gz" in result.stderr
+    assert "Num foregrounds 0" not in result.stderr
+    assert _epochs_logged((tmp_path / "out" / "latest").resolve()) == [1, 2]
+
+
+def test_out_of_memory_while_stitching_retries_on_the_cpu(monkeypatch, caplog):
+    calls = []
+
+    def fake(image, roi_size, sw_batch_size, predictor, overlap, mode, progress, sw_device, device):
+        calls.append(torch.device(device))
+        if torch.device(device).type != "cpu":
+            raise torch.OutOfMemoryError("CUDA out of memory (mocked)")
+        return torch.zeros(1, 2, *image.shape[2:])
+
+    monkeypatch.setattr("pipeline.inference.sliding_window_inference", fake)
+    model = torch.nn.Conv3d(1, 2, 1)
+    logits = predict_volume(model, torch.zeros(1, 1, 8, 8, 8), (8, 8, 8), InferConfig(), stitch_device=torch.device("cuda"))
+    assert logits.shape == (1, 2, 8, 8, 8) and logits.device.type == "cpu"
+    assert [d.type for d in calls] == ["cuda", "cpu"]
+    assert "stitching on the CPU instead" in caplog.text
