@@ -38,7 +38,7 @@ def prepare(run: str, shape: tuple[int, int, int], out: str) -> None:
     from pipeline.transforms import IMAGE, build_transforms
 
     cfg = load_trained(Path(run), "best").cfg
-    split = _json.loads((Path(run) / "split.json").read_text())
+    split = _json.loads((Path(run) / "split.json").read_text(encoding="utf-8"))
     case = load_dataset(split["root"], cfg.data).case(split["test"][0])
     image = build_transforms(cfg, train=False, keys=(IMAGE,))({IMAGE: str(case.image)})[IMAGE].as_tensor()
     pad = [(0, 0)] + [(0, max(t - s, 0)) for t, s in zip(shape, image.shape[1:])]

@@ -253,7 +253,7 @@ def _list_cases(root: Path, listing: str) -> list[Case]:
     source = _inside(root, listing, root)
     if source.suffix.lower() == ".csv":
         try:
-            with open(source, newline="") as f:
+            with open(source, newline="", encoding="utf-8") as f:
                 entries = list(csv.DictReader(f))
         except (OSError, csv.Error, UnicodeDecodeError) as err:
             raise UserError(f"{source}: cannot read CSV ({err})") from None

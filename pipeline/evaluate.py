@@ -55,7 +55,7 @@ def label_names(ref_dir: Path, ids: Sequence[int] | None) -> dict[int, str] | No
     meta = ref_dir.parent / "dataset.json"
     if meta.is_file():
         try:
-            names = {int(k): str(v) for k, v in json.loads(meta.read_text()).get("labels", {}).items()}
+            names = {int(k): str(v) for k, v in json.loads(meta.read_text(encoding="utf-8")).get("labels", {}).items()}
         except (ValueError, AttributeError, json.JSONDecodeError):
             names = {}
     if ids is None:

@@ -40,7 +40,7 @@ def write_metrics_csv(rows: Sequence[dict], path: Path) -> None:
 
 def read_metrics_csv(path: Path) -> list[dict]:
     """Rows of a ``metrics.csv`` with numbers parsed back (``inf`` included)."""
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     for row in rows:
         for key, value in row.items():

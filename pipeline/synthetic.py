@@ -116,7 +116,7 @@ def generate_dataset(out: str | Path, spec: PhantomSpec = PhantomSpec()) -> Path
     marker = out / MARKER
     wanted = json.loads(json.dumps(asdict(spec)))
     if out.exists() and any(out.iterdir()):
-        if marker.is_file() and json.loads(marker.read_text()) == wanted:
+        if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == wanted:
             log.info("demo data already in %s", out)
             return out
         raise UserError(f"{out}: folder exists and is not this generator's output with these settings; "
@@ -147,8 +147,8 @@ def generate_dataset(out: str | Path, spec: PhantomSpec = PhantomSpec()) -> Path
         "training": training,
         "test": test,
     }
-    (out / "dataset.json").write_text(json.dumps(dataset, indent=2))
-    marker.write_text(json.dumps(wanted))
+    (out / "dataset.json").write_text(json.dumps(dataset, indent=2), encoding="utf-8")
+    marker.write_text(json.dumps(wanted), encoding="utf-8")
     return out
 
 

@@ -96,7 +96,7 @@ def run_cases(run_dir: Path, cfg: Config, data: str | None, images: str | None, 
     if data is not None:
         dataset = load_dataset(data, cfg.data)
         return list(dataset.training + dataset.test)
-    split = json.loads((run_dir / "split.json").read_text())
+    split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
     dataset = load_dataset(split["root"], cfg.data)
     return [dataset.case(i) for i in split["test"]]
 

@@ -201,7 +201,7 @@ def _random_generators(transform: Compose) -> list[np.random.RandomState]:
 
 def _append_log(path: Path, row: dict) -> None:
     new = not path.exists()
-    with open(path, "a", newline="") as f:
+    with open(path, "a", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
         if new:
             writer.writeheader()
@@ -288,7 +288,7 @@ def _check_room(folder: Path, model: nn.Module) -> None:
 def _last_logged_epoch(path: Path) -> int:
     if not path.exists():
         return 0
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         return max((int(r["epoch"]) for r in csv.DictReader(f)), default=0)
 
 
@@ -462,10 +462,10 @@ def run_training(cfg: Config, resume_dir: str | Path | None = None) -> Path:
         save_config(cfg, run_dir / "config.yaml")
         split = {"root": str(dataset.root), "train": [c.id for c in train], "val": [c.id for c in val],
                  "test": [c.id for c in test]}
-        (run_dir / "split.json").write_text(json.dumps(split, indent=2))
+        (run_dir / "split.json").write_text(json.dumps(split, indent=2), encoding="utf-8")
         log.info("run folder %s", run_dir)
     else:
-        split = json.loads((run_dir / "split.json").read_text())
+        split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
         train = [dataset.case(i) for i in split["train"]]
         val = [dataset.case(i) for i in split["val"]]
     fit(cfg, Run(run_dir, dataset, train, val), resume)

@@ -28,7 +28,7 @@ def _save(fig: Figure, out: str | Path) -> None:
 
 def plot_training_log(log_csv: str | Path, out: str | Path) -> None:
     """``loss.png``: training loss and validation Dice per epoch, from ``log.csv``."""
-    with open(log_csv, newline="") as f:
+    with open(log_csv, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     epochs = [int(r["epoch"]) for r in rows]
     fig = Figure(figsize=(7, 3.5), tight_layout=True)

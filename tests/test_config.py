@@ -54,7 +54,7 @@ def test_bad_keys_and_values_name_the_key(overrides, message):
 
 def test_duplicate_keys_are_rejected(tmp_path):
     path = tmp_path / "dup.yaml"
-    path.write_text("train:\n  epochs: 3\n  epochs: 4\n")
+    path.write_text("train:\n  epochs: 3\n  epochs: 4\n", encoding="utf-8")
     with pytest.raises(UserError, match="duplicate key 'epochs'"):
         load_config(path)
 
@@ -62,7 +62,7 @@ def test_duplicate_keys_are_rejected(tmp_path):
 def test_python_tags_are_refused_and_never_executed(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.yaml"
-    path.write_text(f"name: !!python/object/apply:os.system ['touch {marker}']\n")
+    path.write_text(f"name: !!python/object/apply:os.system ['touch {marker}']\n", encoding="utf-8")
     with pytest.raises(UserError, match="invalid YAML"):
         load_config(path)
     assert not marker.exists()

@@ -161,7 +161,7 @@ def _msd(root, n=3, shape=(8, 8, 8)):
         nib.save(nib.Nifti1Image(label, np.eye(4)), root / "labelsTr" / f"c{i}.nii.gz")
         entries.append({"image": f"./imagesTr/c{i}.nii.gz", "label": f"./labelsTr/c{i}.nii.gz"})
     meta = {"labels": {"0": "background", "1": "organ"}, "training": entries}
-    (root / "dataset.json").write_text(json.dumps(meta))
+    (root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
     return root
 
 
@@ -194,9 +194,9 @@ def test_check_reports_each_problem_with_its_file(tmp_path, damage, severity, me
 
 def test_dataset_json_paths_outside_the_root_are_refused(tmp_path):
     root = _msd(tmp_path / "ds")
-    meta = json.loads((root / "dataset.json").read_text())
+    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     meta["training"][0]["image"] = "../../etc/passwd"
-    (root / "dataset.json").write_text(json.dumps(meta))
+    (root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(UserError, match="outside the dataset root"):
         load_dataset(root)
 
@@ -238,10 +238,10 @@ def test_h5_folder_and_stack_layouts_are_detected(tmp_path):
 
 def test_csv_list_layout_and_traversal(tmp_path):
     root = _msd(tmp_path / "ds")
-    (root / "cases.csv").write_text("image,label\nimagesTr/c0.nii.gz,labelsTr/c0.nii.gz\nimagesTr/c1.nii.gz,labelsTr/c1.nii.gz\n")
+    (root / "cases.csv").write_text("image,label\nimagesTr/c0.nii.gz,labelsTr/c0.nii.gz\nimagesTr/c1.nii.gz,labelsTr/c1.nii.gz\n", encoding="utf-8")
     dataset = load_dataset(root, DataConfig(layout="list", list="cases.csv"))
     assert [c.id for c in dataset.training] == ["c0", "c1"]
-    (root / "bad.csv").write_text("image,label\n/etc/hostname,labelsTr/c0.nii.gz\n")
+    (root / "bad.csv").write_text("image,label\n/etc/hostname,labelsTr/c0.nii.gz\n", encoding="utf-8")
     with pytest.raises(UserError, match="outside the dataset root"):
         load_dataset(root, DataConfig(layout="list", list="bad.csv"))
 

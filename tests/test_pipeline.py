@@ -57,7 +57,7 @@ def test_checkpoint_is_complete_and_loads_with_weights_only(trained):
 
 def test_split_is_saved_and_disjoint(trained, tiny_dataset):
     run, _ = trained
-    split = json.loads((run / "split.json").read_text())
+    split = json.loads((run / "split.json").read_text(encoding="utf-8"))
     assert len(split["train"]) == 3 and len(split["val"]) == 1
     assert not set(split["train"]) & set(split["val"])
     assert split["test"] == ["case_004", "case_005"]
@@ -82,7 +82,7 @@ def test_metrics_summary_and_report_agree(trained, tiny_dataset):
     rows = read_metrics_csv(test_dir / "metrics.csv")
     assert [(r["case"], r["class"]) for r in rows] == [("case_004", 1), ("case_004", 2), ("case_005", 1), ("case_005", 2)]
     assert {"dice", "jaccard", "asd", "assd", "hd95"} <= set(rows[0])
-    summary = json.loads((test_dir / "summary.json").read_text())
+    summary = json.loads((test_dir / "summary.json").read_text(encoding="utf-8"))
     class_means = [np.mean([r["dice"] for r in rows if r["class"] == c]) for c in (1, 2)]
     assert summary["mean_dice"] == pytest.approx(np.mean(class_means), abs=1e-5)
     assert summary["classes"]["2"]["name"] == "vessel"
@@ -92,7 +92,7 @@ def test_metrics_summary_and_report_agree(trained, tiny_dataset):
     ref, _ = read_volume(tiny_dataset / "labelsTs" / "case_004.nii.gz")
     inter = np.sum((pred == 1) & (ref == 1))
     assert rows[0]["dice"] == pytest.approx(2 * inter / (np.sum(pred == 1) + np.sum(ref == 1)), rel=1e-5)
-    report = (test_dir / "report.md").read_text()
+    report = (test_dir / "report.md").read_text(encoding="utf-8")
     assert "## Class 1: organ" in report and "![case_004](slices/case_004.png)" in report
     assert (test_dir / "slices" / "case_004.png").read_bytes().startswith(PNG)
 
@@ -123,15 +123,15 @@ def test_each_training_run_gets_a_new_folder_and_resume_appends(tiny_dataset, tm
     first = run_cli(*smoke_args(tiny_dataset, tmp_path, "train.epochs=1"))
     assert first.returncode == 0, first.stderr
     run1 = (tmp_path / "latest").resolve()
-    log1 = (run1 / "log.csv").read_text()
+    log1 = (run1 / "log.csv").read_text(encoding="utf-8")
     second = run_cli(*smoke_args(tiny_dataset, tmp_path, "train.epochs=1"))
     assert second.returncode == 0, second.stderr
     run2 = (tmp_path / "latest").resolve()
-    assert run2 != run1 and (run1 / "log.csv").read_text() == log1
+    assert run2 != run1 and (run1 / "log.csv").read_text(encoding="utf-8") == log1
 
     resumed = run_cli("train.py", "--resume", str(run1), "--set", "train.epochs=2")
     assert resumed.returncode == 0, resumed.stderr
-    epochs = [line.split(",")[0] for line in (run1 / "log.csv").read_text().splitlines()[1:]]
+    epochs = [line.split(",")[0] for line in (run1 / "log.csv").read_text(encoding="utf-8").splitlines()[1:]]
     assert epochs == ["1", "2"]
     assert torch.load(run1 / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2
 

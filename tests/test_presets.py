@@ -24,7 +24,7 @@ def _train_and_test(preset: str, tmp_path, *extra: str):
     run = (tmp_path / "latest").resolve()
     result = run_cli("test.py", "--run", str(run))
     assert result.returncode == 0, result.stderr[-2000:]
-    return run, json.loads((run / "split.json").read_text())
+    return run, json.loads((run / "split.json").read_text(encoding="utf-8"))
 
 
 def test_la_heart_preset_reads_hdf5(tmp_path):

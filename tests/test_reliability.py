@@ -54,7 +54,7 @@ def _start_and_signal(tiny_dataset, out: Path, sig: int, after_epoch: int, delay
     deadline = time.time() + 120
     while time.time() < deadline:
         log = out / "latest" / "log.csv"
-        if log.exists() and len(log.read_text().splitlines()) > after_epoch:
+        if log.exists() and len(log.read_text(encoding="utf-8").splitlines()) > after_epoch:
             break
         if proc.poll() is not None:
             pytest.fail(f"training ended before the signal: {proc.stderr.read()[-2000:]}")
@@ -182,7 +182,7 @@ def test_corrupted_inputs_of_every_format_end_in_a_clear_error(tmp_path):
 
 def test_yaml_with_python_objects_is_refused(tmp_path):
     path = tmp_path / "x.yaml"
-    path.write_text("model: !!python/object/new:os.system ['echo hi']\n")
+    path.write_text("model: !!python/object/new:os.system ['echo hi']\n", encoding="utf-8")
     with pytest.raises(UserError, match="invalid YAML"):
         read_yaml(path)
 
