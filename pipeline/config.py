@@ -87,6 +87,8 @@ class InferConfig:
     blend: str = "constant"  # or gaussian; constant matched gaussian on the demo test split (README)
     precision: str = "auto"
     sw_batch_size: int = 1
+    probabilities: bool = False  # also write probabilities/<case>.nii.gz (foreground classes, float32)
+    auc: bool = False  # ROC AUC per class from the probabilities (2D-sized problems: it sorts every voxel)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from .datasets import Case, load_dataset
 from .errors import UserError
 from .evaluation import evaluate_case
 from .inference import predict_volume
-from .io import ALL_SUFFIXES, case_id, load_image, natural_key, spacing_from_affine, write_label_like
+from .io import ALL_SUFFIXES, case_id, load_image, natural_key, save_nifti, spacing_from_affine, write_label_like
 from .report import write_reports
 from .runtime import resolve_precision, select_device
 from .training import model_from_config
@@ -119,8 +119,11 @@ def new_output_dir(run_dir: Path, out: str | None) -> Path:
     raise UserError(f"{run_dir}: too many test folders; pass --out")
 
 
-def predict_case(trained: TrainedModel, image_path: Path, amp_dtype: torch.dtype | None) -> tuple[np.ndarray, np.ndarray]:
-    """Label map (x, y, z) of one image on the source's own voxel grid, and the source's affine."""
+def predict_case(
+    trained: TrainedModel, image_path: Path, amp_dtype: torch.dtype | None, probabilities: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Label map (x, y, z) of one image on the source's own grid, the source's affine, and
+    (with ``probabilities``) the softmax probabilities (K, x, y, z) on that grid."""
     cfg = trained.cfg
     pre = build_transforms(cfg, train=False, keys=(IMAGE,))
     try:
@@ -131,26 +134,37 @@ def predict_case(trained: TrainedModel, image_path: Path, amp_dtype: torch.dtype
     logits = predict_volume(trained.model, data[IMAGE].as_tensor()[None].to(device), cfg.train.patch_size,
                             cfg.infer, amp_dtype)
     label = logits.argmax(dim=1).to(torch.uint8).cpu()  # (1, H, W, D)
-    del logits
+    keys, nearest = ["pred"], [True]
     data["pred"] = MetaTensor(label, meta=data[IMAGE].meta, applied_operations=data[IMAGE].applied_operations)
+    if probabilities:
+        probs = torch.softmax(logits, dim=1)[0].cpu()
+        data["prob"] = MetaTensor(probs, meta=data[IMAGE].meta, applied_operations=data[IMAGE].applied_operations)
+        keys, nearest = keys + ["prob"], nearest + [False]
+    del logits
     affine = np.asarray(data[IMAGE].meta["original_affine"], dtype=np.float64)
-    inverted = Invertd("pred", transform=pre, orig_keys=IMAGE, nearest_interp=True)(data)
-    return np.asarray(inverted["pred"].as_tensor()[0].round().to(torch.uint8)), affine
+    inverted = Invertd(keys, transform=pre, orig_keys=IMAGE, nearest_interp=nearest)(data)
+    prob = np.asarray(inverted["prob"].as_tensor(), dtype=np.float32) if probabilities else None
+    return np.asarray(inverted["pred"].as_tensor()[0].round().to(torch.uint8)), affine, prob
 
 
 def _test_case(trained: TrainedModel, case: Case, out_dir: Path, amp_dtype, window) -> list[dict]:
     """Prediction, slice image and metric rows (none without a label) of one case."""
     cfg = trained.cfg
     read = {"spacing": cfg.data.default_spacing}
-    pred, affine = predict_case(trained, case.image, amp_dtype)
+    want_prob = cfg.infer.probabilities or (cfg.infer.auc and case.label is not None)
+    pred, affine, prob = predict_case(trained, case.image, amp_dtype, probabilities=want_prob)
     write_label_like(pred, case.image, out_dir / "predictions" / f"{case.id}.nii.gz", affine=affine)
+    if cfg.infer.probabilities:
+        (out_dir / "probabilities").mkdir(exist_ok=True)
+        save_nifti(np.moveaxis(prob[1:], 0, -1), affine, out_dir / "probabilities" / f"{case.id}.nii.gz")
     image, _ = load_image(case.image, h5_key=cfg.data.h5_image_key, channel=cfg.data.channel, **read)
     spacing = spacing_from_affine(affine)
     ref, rows = None, []
     if case.label is not None:
         ref, _ = load_image(case.label, h5_key=cfg.data.h5_label_key, label=True, **read)
         mask = load_image(case.mask, label=True, **read)[0] > 0 if case.mask is not None else None
-        rows = evaluate_case(case.id, pred, ref.astype(np.int64), trained.labels, spacing, mask)
+        rows = evaluate_case(case.id, pred, ref.astype(np.int64), trained.labels, spacing, mask,
+                             prob=prob if cfg.infer.auc else None)
     slice_figure(image, ref, pred, spacing, out_dir / "slices" / f"{case.id}.png", affine=affine,
                  title=case.id, window=window)
     return rows

@@ -230,3 +230,23 @@ def test_evaluate_names_both_files_on_a_spacing_mismatch(tiny_dataset, tmp_path)
     line = _one_line_error(run_cli("-m", "pipeline.evaluate", "--pred", str(preds),
                                    "--ref", str(tiny_dataset / "labelsTs"), "--out", str(tmp_path / "out"), "--workers", "1"))
     assert "preds/case_004.nii.gz has spacing" in line and "labelsTs/case_004.nii.gz has" in line
+
+
+def test_probabilities_and_auc_on_request(trained, tiny_dataset, tmp_path):
+    run, _ = trained
+    out = tmp_path / "probs"
+    result = run_cli("test.py", "--run", str(run), "--out", str(out), "--set", "infer.probabilities=true", "infer.auc=true")
+    assert result.returncode == 0, result.stderr
+    prob, _ = read_volume(out / "probabilities" / "case_004.nii.gz")
+    ref, _ = read_volume(tiny_dataset / "labelsTs" / "case_004.nii.gz")
+    assert prob.shape == (*ref.shape, 2) and prob.min() >= 0 and prob.max() <= 1  # organ, vessel
+    rows = read_metrics_csv(out / "metrics.csv")
+    from pipeline.metrics import roc_auc
+    assert rows[0]["auc"] == pytest.approx(roc_auc(prob[..., 0], ref == 1), abs=1e-4)
+    assert "auc" in json.loads((out / "summary.json").read_text(encoding="utf-8"))["classes"]["1"]["metrics"]
+
+
+def test_test_py_refuses_to_change_training_keys(trained):
+    run, _ = trained
+    line = _one_line_error(run_cli("test.py", "--run", str(run), "--set", "train.epochs=9"))
+    assert "test.py changes only infer.* keys" in line

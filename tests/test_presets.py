@@ -48,6 +48,8 @@ def test_drive_preset_evaluates_inside_the_field_of_view(tmp_path):
     row = next(r for r in read_metrics_csv(run / "test" / "metrics.csv") if r["case"] == case)
     assert row["accuracy"] == pytest.approx(accuracy(pred == 1, label == 1, mask=fov > 0), abs=1e-6)
     assert row["accuracy"] != pytest.approx(accuracy(pred == 1, label == 1), abs=1e-6)  # the FOV matters
+    summary = json.loads((run / "test" / "summary.json").read_text(encoding="utf-8"))
+    assert 0 <= summary["classes"]["1"]["metrics"]["auc"]["mean"] <= 1
 
 
 def test_em_stack_preset_reads_the_slice_folder(tmp_path):
