@@ -26,6 +26,8 @@ def main() -> None:
     source.add_argument("--images", metavar="DIR", help="test the image files of this folder")
     parser.add_argument("--labels", metavar="DIR", help="labels for --images, same file names")
     parser.add_argument("--out", metavar="DIR", help="output folder (default RUN/test, or RUN/test-N if taken)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a stopped test in --out (default RUN/test): only missing cases run")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="inference settings, e.g. infer.overlap=0.5 infer.precision=fp32")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -36,7 +38,7 @@ def main() -> None:
     logging.getLogger("monai").setLevel(logging.WARNING)
 
     out_dir, summary = run_test(args.run, args.checkpoint, args.data, args.images, args.labels, args.out,
-                                 args.overrides)
+                                 args.overrides, args.resume)
     print(f"predictions and slices: {out_dir}")
     if summary is not None:
         print(f"report: {out_dir / 'report.md'}")

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from .errors import UserError, exit_on_user_error, setup_logging
 from .evaluation import evaluate_files
 from .io import case_id, is_volume_file
-from .report import write_reports
+from .report import read_case_rows, write_case_rows, write_reports
 
 
 def _files(folder: Path, what: str) -> dict[str, Path]:
@@ -72,25 +72,31 @@ def evaluate_folder(
     pred_dir: Path, ref_dir: Path, out_dir: Path, labels: Sequence[int] | None = None,
     mask_dir: Path | None = None, workers: int | None = None,
 ) -> dict:
-    """Evaluate every pair in parallel processes and write the reports; returns the summary."""
+    """Evaluate every pair in parallel processes and write the reports; returns the summary.
+
+    Cases already recorded in ``out_dir/cases/`` (a stopped earlier call) are not evaluated again.
+    """
     pairs = pair_files(pred_dir, ref_dir, mask_dir)
     names = label_names(ref_dir, labels)
-    workers = max(1, min(workers or os.cpu_count() or 1, len(pairs)))
+    done = read_case_rows(out_dir)
+    todo = [p for p in pairs if p[0] not in done]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
     job = partial(_evaluate_pair, labels=names)
-    rows: list[dict] = []
-    with tqdm(total=len(pairs), desc="evaluate", unit="case") as bar:  # closed (newline) on errors too
+    with tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc="evaluate", unit="case") as bar:
         if workers == 1:
-            results = map(job, pairs)
+            results = map(job, todo)
         else:
             pool = ProcessPoolExecutor(max_workers=workers)
-            results = pool.map(job, pairs)
+            results = pool.map(job, todo)
         try:
-            for case_rows in results:
-                rows += case_rows
+            for (case, *_), case_rows in zip(todo, results):
+                write_case_rows(out_dir, case, case_rows)
+                done[case] = case_rows
                 bar.update()
         finally:
             if workers > 1:
                 pool.shutdown(cancel_futures=True)
+    rows = [row for case, *_ in pairs for row in done[case]]
     return write_reports(rows, out_dir, title=f"Evaluation of {pred_dir}")
 
 
@@ -115,10 +121,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--labels", help="foreground label ids to evaluate, e.g. 1,2 (default: all found)")
     parser.add_argument("--mask", type=Path, help="folder of field-of-view masks (metrics inside the mask)")
     parser.add_argument("--workers", type=int, help="parallel processes (default: one per core)")
+    parser.add_argument("--resume", action="store_true", help="continue a stopped evaluation in --out")
     args = parser.parse_args(argv)
     setup_logging()
-    if args.out.exists() and any(args.out.iterdir()):
-        raise UserError(f"{args.out}: output folder exists and is not empty; choose another --out")
+    if not args.resume and args.out.exists() and any(args.out.iterdir()):
+        raise UserError(f"{args.out}: output folder exists and is not empty; choose another --out or pass --resume")
     summary = evaluate_folder(args.pred, args.ref, args.out, _parse_labels(args.labels), args.mask, args.workers)
     print(f"report: {args.out / 'report.md'}")
     if summary["mean_dice"] is not None:

@@ -78,6 +78,26 @@ def render_markdown(summary: dict, rows: Sequence[dict], images: Mapping[str, st
     return "\n".join(lines) + "\n"
 
 
+def write_case_rows(out_dir: Path, case: str, rows: Sequence[dict]) -> None:
+    """``cases/<case>.json``, written last for a case: its presence marks the case complete."""
+    (out_dir / "cases").mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(out_dir / "cases" / f"{case}.json", json.dumps(list(rows)))
+
+
+def read_case_rows(out_dir: Path) -> dict[str, list[dict]]:
+    """Rows of every completed case of an earlier (possibly killed) run into ``out_dir``."""
+    folder = out_dir / "cases"
+    if not folder.is_dir():
+        return {}
+    done = {}
+    for path in sorted(folder.glob("*.json")):
+        try:
+            done[path.stem] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue  # not complete: the case runs again
+    return done
+
+
 def write_reports(rows: Sequence[dict], out_dir: Path, images: Mapping[str, str] | None = None, title: str = "Evaluation") -> dict:
     """Write ``metrics.csv``, ``summary.json`` and ``report.md`` into ``out_dir``; returns the summary."""
     out_dir.mkdir(parents=True, exist_ok=True)

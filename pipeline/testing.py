@@ -26,7 +26,7 @@ from .errors import UserError
 from .evaluation import evaluate_case
 from .inference import predict_volume
 from .io import ALL_SUFFIXES, case_id, load_image, natural_key, save_nifti, spacing_from_affine, write_label_like
-from .report import write_reports
+from .report import read_case_rows, write_case_rows, write_reports
 from .runtime import resolve_precision, select_device
 from .training import model_from_config
 from .transforms import IMAGE, build_transforms
@@ -101,8 +101,16 @@ def run_cases(run_dir: Path, cfg: Config, data: str | None, images: str | None, 
     return [dataset.case(i) for i in split["test"]]
 
 
-def new_output_dir(run_dir: Path, out: str | None) -> Path:
-    """``--out`` (must be new or empty) or the first free ``RUN/test``, ``RUN/test-2``, ..."""
+def new_output_dir(run_dir: Path, out: str | None, resume: bool = False) -> Path:
+    """``--out`` (must be new or empty) or the first free ``RUN/test``, ``RUN/test-2``, ...
+
+    With ``resume``: the existing ``--out`` (default ``RUN/test``) of a run that was stopped.
+    """
+    if resume:
+        path = Path(out) if out is not None else run_dir / "test"
+        if not path.is_dir():
+            raise UserError(f"{path}: nothing to resume (no such folder); drop --resume")
+        return path
     if out is not None:
         path = Path(out)
         if path.exists() and any(path.iterdir()):
@@ -178,6 +186,7 @@ def run_test(
     labels: str | None = None,
     out: str | None = None,
     overrides: Sequence[str] = (),
+    resume: bool = False,
 ) -> tuple[Path, dict | None]:
     """Predict, draw and evaluate; returns the output folder and the summary (None without labels).
 
@@ -194,15 +203,21 @@ def run_test(
         trained = TrainedModel(trained.model, cfg, trained.labels)
     cfg = trained.cfg
     cases = run_cases(run_dir, cfg, data, images, labels)
-    out_dir = new_output_dir(run_dir, out)
-    (out_dir / "predictions").mkdir()
-    (out_dir / "slices").mkdir()
+    out_dir = new_output_dir(run_dir, out, resume)
+    (out_dir / "predictions").mkdir(exist_ok=True)
+    (out_dir / "slices").mkdir(exist_ok=True)
+    done = read_case_rows(out_dir) if resume else {}
+    if done:
+        log.info("resuming %s: %d of %d cases already done", out_dir, len(done), len(cases))
     amp_dtype = resolve_precision(cfg.infer.precision, next(trained.model.parameters()).device)
     window = cfg.data.intensity_range if cfg.data.modality == "CT" else None
     rows, slices = [], {}
     with tqdm(cases, desc="test", unit="case") as bar:  # closed (newline) on errors too
         for case in bar:
-            rows += _test_case(trained, case, out_dir, amp_dtype, window)
+            if case.id not in done:
+                done[case.id] = _test_case(trained, case, out_dir, amp_dtype, window)
+                write_case_rows(out_dir, case.id, done[case.id])
+            rows += done[case.id]
             slices[case.id] = f"slices/{case.id}.png"
     if not rows:
         log.info("no labels: wrote predictions and slices only")

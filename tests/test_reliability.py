@@ -225,3 +225,50 @@ def test_out_of_memory_while_stitching_retries_on_the_cpu(monkeypatch, caplog):
     assert logits.shape == (1, 2, 8, 8, 8) and logits.device.type == "cpu"
     assert [d.type for d in calls] == ["cuda", "cpu"]
     assert "stitching on the CPU instead" in caplog.text
+
+
+def test_resume_with_another_architecture_is_a_clear_error(tiny_dataset, tmp_path):
+    first = run_cli(*smoke_args(tiny_dataset, tmp_path, "train.epochs=1"))
+    assert first.returncode == 0, first.stderr
+    run = (tmp_path / "latest").resolve()
+    result = run_cli("train.py", "--resume", str(run), "--set", "model.name=unet", "train.epochs=2")
+    assert result.returncode == 2 and "a resumed run keeps those" in result.stderr and "Traceback" not in result.stderr
+    assert [line.split(",")[0] for line in (run / "log.csv").read_text(encoding="utf-8").splitlines()[1:]] == ["1"]
+
+
+def test_too_little_disk_room_is_refused_before_training(monkeypatch, tmp_path):
+    import shutil as shutil_module
+
+    from pipeline import training
+
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: shutil_module._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    model = torch.nn.Conv3d(1, 8, 3)
+    with pytest.raises(UserError, match="MB free, training needs about"):
+        training._check_room(tmp_path, model)
+
+
+def test_stopped_test_and_evaluation_redo_only_missing_cases(tiny_dataset, tmp_path):
+    assert run_cli(*smoke_args(tiny_dataset, tmp_path, "train.epochs=1")).returncode == 0
+    run = (tmp_path / "latest").resolve()
+    assert run_cli("test.py", "--run", str(run)).returncode == 0
+    complete = (run / "test" / "metrics.csv").read_text(encoding="utf-8")
+    # as if killed while on case_005: its record and outputs are missing
+    for stale in ("cases/case_005.json", "predictions/case_005.nii.gz", "metrics.csv", "summary.json"):
+        (run / "test" / stale).unlink()
+    before = (run / "test" / "predictions" / "case_004.nii.gz").stat().st_mtime_ns
+    resumed = run_cli("test.py", "--run", str(run), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "1 of 2 cases already done" in resumed.stderr
+    assert (run / "test" / "predictions" / "case_004.nii.gz").stat().st_mtime_ns == before  # not redone
+    assert (run / "test" / "metrics.csv").read_text(encoding="utf-8") == complete
+
+    out = tmp_path / "eval"
+    args = ["-m", "pipeline.evaluate", "--pred", str(run / "test" / "predictions"),
+            "--ref", str(tiny_dataset / "labelsTs"), "--out", str(out), "--workers", "1"]
+    assert run_cli(*args).returncode == 0
+    first = (out / "metrics.csv").read_text(encoding="utf-8")
+    (out / "cases" / "case_004.json").unlink()
+    assert "not empty" in run_cli(*args).stderr  # never silently over an earlier evaluation
+    again = run_cli(*args, "--resume")
+    assert again.returncode == 0, again.stderr
+    assert (out / "metrics.csv").read_text(encoding="utf-8") == first
