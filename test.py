@@ -5,6 +5,7 @@
     python test.py --run outputs/demo-20261123-101500 --checkpoint last
     python test.py --data /data/ct_test              # every case of a dataset root
     python test.py --images scans/ [--labels masks/] --out results/
+    torchrun --nproc_per_node=2 test.py --run-dir RUN   # cases shared across ranks, one report
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from pipeline import distributed
 from pipeline.errors import exit_on_user_error, setup_logging
 from pipeline.testing import run_test
 
@@ -19,7 +21,8 @@ from pipeline.testing import run_test
 @exit_on_user_error
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", default="outputs/latest", help="run folder (default outputs/latest)")
+    parser.add_argument("--run", "--run-dir", dest="run", default="outputs/latest",
+                        help="run folder (default outputs/latest); under torchrun write --run-dir, torchrun claims --run")
     parser.add_argument("--checkpoint", default="best", help="best, last or a checkpoint path (default best)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--data", metavar="ROOT", help="test every case of this dataset root")
@@ -34,11 +37,19 @@ def main() -> None:
     args = parser.parse_args()
     if args.labels and not args.images:
         parser.error("--labels goes with --images")
+    info = distributed.init()  # torchrun: each rank tests its share of the cases
     setup_logging(args.verbose)
     logging.getLogger("monai").setLevel(logging.WARNING)
+    if not info.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
 
-    out_dir, summary = run_test(args.run, args.checkpoint, args.data, args.images, args.labels, args.out,
-                                 args.overrides, args.resume)
+    try:
+        out_dir, summary = run_test(args.run, args.checkpoint, args.data, args.images, args.labels, args.out,
+                                     args.overrides, args.resume, info)
+    finally:
+        distributed.shutdown()
+    if not info.is_main:
+        return
     print(f"predictions and slices: {out_dir}")
     if summary is not None:
         print(f"report: {out_dir / 'report.md'}")

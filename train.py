@@ -4,6 +4,7 @@
     python train.py                                  # demo config on data/demo
     python train.py --config configs/smoke.yaml --set train.epochs=3 model.name=usegnet2
     python train.py --resume outputs/demo-20261123-101500
+    torchrun --nproc_per_node=2 train.py --config configs/smoke.yaml   # data-parallel
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
+from pipeline import distributed
 from pipeline.config import load_config
 from pipeline.errors import UserError, exit_on_user_error, setup_logging
 from pipeline.training import TrainingInterrupted, run_training
@@ -29,8 +31,11 @@ def main() -> None:
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run in its own folder from checkpoints/last.pt")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
+    info = distributed.init()  # torchrun: join the process group; plain python: one process
     setup_logging(args.verbose)
     logging.getLogger("monai").setLevel(logging.WARNING)
+    if not info.is_main:  # rank 0 speaks for the run; the others only warn
+        logging.getLogger().setLevel(logging.WARNING)
 
     if args.resume and args.config:
         parser.error("--resume continues with the run's own config.yaml; change keys with --set instead of --config")
@@ -39,12 +44,16 @@ def main() -> None:
         raise UserError(f"{args.resume}: not a run folder (no config.yaml); pass the folder train.py created")
     cfg = load_config(config, args.overrides)
     try:
-        run_dir = run_training(cfg, resume_dir=args.resume)
+        run_dir = run_training(cfg, resume_dir=args.resume, info=info)
     except TrainingInterrupted as stop:
-        print(f"interrupted: {stop}", file=sys.stderr)
+        if info.is_main:
+            print(f"interrupted: {stop}", file=sys.stderr)
         sys.exit(130)
-    print(f"run folder: {run_dir}")
-    print(f"next: python test.py --run {run_dir}")
+    finally:
+        distributed.shutdown()
+    if info.is_main:
+        print(f"run folder: {run_dir}")
+        print(f"next: python test.py --run {run_dir}")
 
 
 if __name__ == "__main__":

@@ -79,6 +79,7 @@ class TrainConfig:
     precision: str = "auto"  # fp32, bf16, fp16 or auto (bf16 where the hardware runs it natively)
     deterministic: bool = False  # same weights after kill + resume as uninterrupted (CPU; fp32 recommended)
     max_nonfinite_steps: int = 10  # consecutive NaN/Inf losses before training stops with an error
+    sync_batchnorm: bool = False  # under torchrun with model.norm=batch: synchronise batch statistics
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from . import distributed
+from .distributed import Dist, barrier, broadcast, shard
 from .errors import UserError, exit_on_user_error, setup_logging
 from .evaluation import evaluate_files
 from .io import case_id, is_volume_file
@@ -70,19 +72,20 @@ def _evaluate_pair(item: tuple, labels: dict[int, str] | None) -> list[dict]:
 
 def evaluate_folder(
     pred_dir: Path, ref_dir: Path, out_dir: Path, labels: Sequence[int] | None = None,
-    mask_dir: Path | None = None, workers: int | None = None,
-) -> dict:
+    mask_dir: Path | None = None, workers: int | None = None, info: Dist = Dist(),
+) -> dict | None:
     """Evaluate every pair in parallel processes and write the reports; returns the summary.
 
     Cases already recorded in ``out_dir/cases/`` (a stopped earlier call) are not evaluated again.
+    Under torchrun each rank evaluates its share and rank 0 alone writes the reports (others get None).
     """
     pairs = pair_files(pred_dir, ref_dir, mask_dir)
     names = label_names(ref_dir, labels)
     done = read_case_rows(out_dir)
-    todo = [p for p in pairs if p[0] not in done]
-    workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
+    todo = shard([p for p in pairs if p[0] not in done], info)
+    workers = 1 if info.enabled else max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
     job = partial(_evaluate_pair, labels=names)
-    with tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc="evaluate", unit="case") as bar:
+    with tqdm(total=len(todo), desc="evaluate", unit="case", disable=not info.is_main) as bar:
         if workers == 1:
             results = map(job, todo)
         else:
@@ -96,6 +99,10 @@ def evaluate_folder(
         finally:
             if workers > 1:
                 pool.shutdown(cancel_futures=True)
+    barrier(info)
+    if not info.is_main:
+        return None
+    done = read_case_rows(out_dir)  # every rank's cases
     rows = [row for case, *_ in pairs for row in done[case]]
     return write_reports(rows, out_dir, title=f"Evaluation of {pred_dir}")
 
@@ -123,10 +130,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, help="parallel processes (default: one per core)")
     parser.add_argument("--resume", action="store_true", help="continue a stopped evaluation in --out")
     args = parser.parse_args(argv)
+    info = distributed.init()  # torchrun: cases shared across ranks
     setup_logging()
-    if not args.resume and args.out.exists() and any(args.out.iterdir()):
+    taken = info.is_main and not args.resume and args.out.exists() and any(args.out.iterdir())
+    if broadcast(taken, info):
+        if not info.is_main:
+            raise SystemExit(2)
         raise UserError(f"{args.out}: output folder exists and is not empty; choose another --out or pass --resume")
-    summary = evaluate_folder(args.pred, args.ref, args.out, _parse_labels(args.labels), args.mask, args.workers)
+    try:
+        summary = evaluate_folder(args.pred, args.ref, args.out, _parse_labels(args.labels), args.mask,
+                                  args.workers, info)
+    finally:
+        distributed.shutdown()
+    if summary is None:
+        return
     print(f"report: {args.out / 'report.md'}")
     if summary["mean_dice"] is not None:
         print(f"mean foreground Dice: {summary['mean_dice']:.4f}")

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from .checkpoint import load_checkpoint
 from .config import Config, config_from_dict, config_to_dict, load_config, merge_overrides
 from .datasets import Case, load_dataset
+from .distributed import Dist, barrier, broadcast, shard
 from .errors import UserError
 from .evaluation import evaluate_case
 from .inference import predict_volume
@@ -42,7 +43,7 @@ class TrainedModel:
     labels: dict[int, str]
 
 
-def load_trained(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
+def load_trained(run_dir: Path, checkpoint: str = "best", info: Dist = Dist()) -> TrainedModel:
     """The network of a run from ``best``, ``last`` or a checkpoint path, ready for inference."""
     path = run_dir / "checkpoints" / f"{checkpoint}.pt" if checkpoint in ("best", "last") else Path(checkpoint)
     state = load_checkpoint(path)
@@ -54,7 +55,8 @@ def load_trained(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
     except RuntimeError as err:
         raise UserError(f"{path}: weights do not fit model {cfg.model.name} {cfg.model.channels} "
                         f"({str(err).splitlines()[0]})") from None
-    return TrainedModel(model.to(select_device()).eval(), cfg, labels)
+    device = info.device() if info.enabled else select_device()
+    return TrainedModel(model.to(device).eval(), cfg, labels)
 
 
 def resolve_run(run: str | Path) -> Path:
@@ -187,14 +189,16 @@ def run_test(
     out: str | None = None,
     overrides: Sequence[str] = (),
     resume: bool = False,
+    info: Dist = Dist(),
 ) -> tuple[Path, dict | None]:
-    """Predict, draw and evaluate; returns the output folder and the summary (None without labels).
+    """Predict, draw and evaluate; returns the output folder and the summary (None without labels,
+    and on ranks other than 0 under torchrun, where each rank tests its share of the cases).
 
     ``overrides`` (``infer.overlap=0.5`` ...) change inference settings of the run's config.
     """
     run_dir = resolve_run(run)
     load_config(run_dir / "config.yaml")  # fail early on a damaged run folder
-    trained = load_trained(run_dir, checkpoint)
+    trained = load_trained(run_dir, checkpoint, info)
     bad = [o for o in overrides if not o.strip().startswith("infer.")]
     if bad:
         raise UserError(f"--set {bad[0]!r}: test.py changes only infer.* keys; the rest belongs to the trained run")
@@ -203,7 +207,18 @@ def run_test(
         trained = TrainedModel(trained.model, cfg, trained.labels)
     cfg = trained.cfg
     cases = run_cases(run_dir, cfg, data, images, labels)
-    out_dir = new_output_dir(run_dir, out, resume)
+    folder: tuple = ("error", "")
+    if info.is_main:
+        try:
+            folder = ("ok", str(new_output_dir(run_dir, out, resume)))
+        except UserError as err:
+            folder = ("error", str(err))
+    folder = broadcast(folder, info)
+    if folder[0] == "error":
+        if info.is_main:
+            raise UserError(folder[1])
+        raise SystemExit(2)
+    out_dir = Path(folder[1])
     (out_dir / "predictions").mkdir(exist_ok=True)
     (out_dir / "slices").mkdir(exist_ok=True)
     done = read_case_rows(out_dir) if resume else {}
@@ -211,14 +226,17 @@ def run_test(
         log.info("resuming %s: %d of %d cases already done", out_dir, len(done), len(cases))
     amp_dtype = resolve_precision(cfg.infer.precision, next(trained.model.parameters()).device)
     window = cfg.data.intensity_range if cfg.data.modality == "CT" else None
-    rows, slices = [], {}
-    with tqdm(cases, desc="test", unit="case") as bar:  # closed (newline) on errors too
-        for case in bar:
+    with tqdm(shard(cases, info), desc="test", unit="case", disable=not info.is_main) as bar:
+        for case in bar:  # the bar is closed (newline) on errors too
             if case.id not in done:
                 done[case.id] = _test_case(trained, case, out_dir, amp_dtype, window)
                 write_case_rows(out_dir, case.id, done[case.id])
-            rows += done[case.id]
-            slices[case.id] = f"slices/{case.id}.png"
+    barrier(info)
+    if not info.is_main:
+        return out_dir, None
+    done = read_case_rows(out_dir)  # every rank's cases
+    rows = [row for case in cases for row in done[case.id]]
+    slices = {case.id: f"slices/{case.id}.png" for case in cases}
     if not rows:
         log.info("no labels: wrote predictions and slices only")
         return out_dir, None

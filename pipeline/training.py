@@ -30,6 +30,8 @@ from monai.data import CacheDataset, DataLoader, PersistentDataset, ThreadDataLo
 from monai.losses import DiceCELoss
 from monai.transforms import Compose, Randomizable
 from torch import nn
+from torch.distributed import get_backend as dist_backend
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from models3d import build_model
@@ -46,6 +48,7 @@ from .checkpoint import (
 )
 from .config import Config, config_from_dict, config_to_dict, save_config
 from .datasets import Case, Dataset, check_dataset, load_dataset, split_cases
+from .distributed import Dist, any_rank, barrier, broadcast, gather, shard
 from .errors import UserError
 from .inference import predict_volume
 from .runtime import autocast, resolve_precision, seed_everything, select_device
@@ -128,6 +131,7 @@ def train_one_epoch(
     skip: int = 0,
     should_stop: Callable[[], bool] = lambda: False,
     max_nonfinite: int = 10,
+    progress: bool = True,
 ) -> EpochStats:
     """One pass over the loader (batches of (B, C, H, W, D) crops).
 
@@ -141,7 +145,7 @@ def train_one_epoch(
     model.train()
     losses: list[float] = []
     steps, nonfinite, data_seconds, start = 0, 0, 0.0, time.perf_counter()
-    batches = iter(tqdm(loader, desc="  steps", leave=False, unit="step"))
+    batches = iter(tqdm(loader, desc="  steps", leave=False, unit="step", disable=not progress))
     while True:
         wait = time.perf_counter()
         batch = next(batches, None)
@@ -175,15 +179,19 @@ def train_one_epoch(
     return EpochStats(losses, steps, time.perf_counter() - start, data_seconds)
 
 
-def validate(model: nn.Module, items, cfg: Config, n_classes: int, amp_dtype: torch.dtype | None) -> float:
-    """Mean foreground Dice over whole validation volumes (sliding window, argmax)."""
+def validate(model: nn.Module, items, cfg: Config, n_classes: int, amp_dtype: torch.dtype | None,
+             info: Dist = Dist()) -> float:
+    """Mean foreground Dice over whole validation volumes (sliding window, argmax).
+
+    Under torchrun each rank scores its share of ``items`` and the mean is over all of them.
+    """
     scores = []
-    for item in tqdm(items, desc="  validate", leave=False, unit="case"):
+    for item in tqdm(shard(items, info), desc="  validate", leave=False, unit="case", disable=not info.is_main):
         logits = predict_volume(model, item[IMAGE].as_tensor()[None], cfg.train.patch_size, cfg.infer, amp_dtype)
         pred = logits.argmax(dim=1)[0].cpu().numpy()
         ref = item[LABEL].as_tensor()[0].cpu().numpy()
-        scores.append(np.mean([metrics.dice(pred == c, ref == c) for c in range(1, n_classes)]))
-    return float(np.mean(scores))
+        scores.append(float(np.mean([metrics.dice(pred == c, ref == c) for c in range(1, n_classes)])))
+    return float(np.mean(gather(scores, info)))
 
 
 def _random_generators(transform: Compose) -> list[np.random.RandomState]:
@@ -235,12 +243,14 @@ def _first_random(transform: Compose) -> int:
     return next(i for i, t in enumerate(transform.transforms) if isinstance(t, Randomizable))
 
 
-def _loaders(cfg: Config, run: Run, device: torch.device):
+def _loaders(cfg: Config, run: Run, device: torch.device, info: Dist = Dist()):
+    """Training loader over this rank's (padded) share of the cases, and the validation items."""
+    seed = cfg.train.seed + info.rank  # each rank draws its own crops
     train_tf = build_transforms(cfg, train=True)
-    train_tf.set_random_state(seed=cfg.train.seed)
-    items = [{IMAGE: str(c.image), LABEL: str(c.label)} for c in run.train]
-    train_ds = cached_dataset(items, train_tf, cfg, run.dir / "cache")
-    generator = torch.Generator().manual_seed(cfg.train.seed)
+    train_tf.set_random_state(seed=seed)
+    items = [{IMAGE: str(c.image), LABEL: str(c.label)} for c in shard(run.train, info, pad=True)]
+    train_ds = cached_dataset(items, train_tf, cfg, run.dir / "cache" / f"rank{info.rank}" if info.enabled else run.dir / "cache")
+    generator = torch.Generator().manual_seed(seed)
     if device.type == "cuda":
         loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True, num_workers=cfg.data.workers,
                             pin_memory=True, generator=generator, persistent_workers=cfg.data.workers > 0)
@@ -298,45 +308,61 @@ def _complete_log(path: Path, row: dict | None) -> None:
         _append_log(path, row)
 
 
-def fit(cfg: Config, run: Run, resume: dict | None = None) -> float:
+def fit(cfg: Config, run: Run, resume: dict | None = None, info: Dist = Dist()) -> float:
     """Train for ``cfg.train.epochs`` epochs; returns the best validation Dice.
 
     Writes ``checkpoints/last.pt`` every epoch (keeping the previous one as
     ``last.prev.pt``), ``best.pt`` on improvement, appends ``log.csv`` and redraws
     ``loss.png``. On SIGTERM/SIGINT it saves a checkpoint that resumes at the
-    exact step and raises TrainingInterrupted.
+    exact step and raises TrainingInterrupted. Under torchrun the model is
+    wrapped in DistributedDataParallel and only rank 0 writes.
     """
-    device = select_device()
+    device = info.device() if info.enabled else select_device()
     amp_dtype = resolve_precision(cfg.train.precision, device)
-    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    seed_everything(cfg.train.seed, cfg.train.deterministic)  # same initial weights on every rank
     n_classes = run.dataset.n_classes
-    model = model_from_config(cfg, len(run.dataset.modalities), n_classes).to(device)
+    net = model_from_config(cfg, len(run.dataset.modalities), n_classes)
+    if info.enabled and cfg.train.sync_batchnorm:
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    net = net.to(device)
     if device.type == "cpu":
-        model = model.to(memory_format=torch.channels_last_3d)
-    _check_room(run.dir, model)
+        net = net.to(memory_format=torch.channels_last_3d)
+    _check_room(run.dir, net)
+    model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) if info.enabled else net
     loss_fn = build_loss(cfg, n_classes).to(device)
-    optimizer, scheduler = build_optimizer(model, cfg)
+    optimizer, scheduler = build_optimizer(net, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    loader, val_items, train_tf = _loaders(cfg, run, device)
+    loader, val_items, train_tf = _loaders(cfg, run, device, info)
     generators = _random_generators(train_tf)
+    if info.enabled:
+        crops = info.world_size * cfg.train.batch_size * cfg.train.samples_per_volume
+        log.info("torchrun: %d ranks (%s), effective batch %d crops per step, lr %g (not scaled)",
+                 info.world_size, dist_backend(), crops, cfg.train.lr)
 
     start_epoch, best, skip, earlier_losses = 1, -math.inf, 0, []
     if resume is not None:
-        model.load_state_dict(resume["model"])
+        net.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         if isinstance(scheduler, torch.optim.lr_scheduler.PolynomialLR):
             scheduler.total_iters = cfg.train.epochs  # train.epochs may have been raised for the resumed run
         scaler.load_state_dict(resume["scaler"])
         start_epoch, best = int(resume["epoch"]) + 1, float(resume["best_metric"])
-        restore_rng(resume["rng"], generators)
-        loader.generator.set_state(resume["loader_rng"])
         partial = resume.get("partial")
+        if info.enabled:  # rank 0's random states do not fit other ranks (or another world size): reseed
+            reseed = cfg.train.seed + 1000 * int(resume["epoch"]) + info.rank
+            train_tf.set_random_state(seed=reseed)
+            loader.generator.manual_seed(reseed)
+            partial = None  # the interrupted epoch is redone from its start
+        else:
+            restore_rng(resume["rng"], generators)
+            loader.generator.set_state(resume["loader_rng"])
         if partial is not None:  # replay the interrupted epoch's draws from its start
             restore_transform_rng(partial["transforms_rng"], generators)
             loader.generator.set_state(partial["loader_rng"])
             skip, earlier_losses = int(partial["step"]), [float(v) for v in partial["losses"]]
-        _complete_log(run.dir / "log.csv", resume.get("log_row"))
+        if info.is_main:
+            _complete_log(run.dir / "log.csv", resume.get("log_row"))
         log.info("resuming %s at epoch %d%s (best val Dice so far %.4f)", run.dir, start_epoch,
                  f", step {skip + 1}" if skip else "", best)
 
@@ -345,10 +371,11 @@ def fit(cfg: Config, run: Run, resume: dict | None = None) -> float:
              len(run.train), len(run.val), cfg.train.epochs)
     ckpt_dir = run.dir / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
+    main = info.is_main
 
     def state(epoch: int, partial: dict | None = None, log_row: dict | None = None) -> dict:
         return {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "epoch": epoch, "best_metric": best,
             "rng": capture_rng(generators), "loader_rng": loader.generator.get_state(), "partial": partial,
             "log_row": log_row, "config": config_to_dict(cfg),
@@ -356,20 +383,25 @@ def fit(cfg: Config, run: Run, resume: dict | None = None) -> float:
         }
 
     epochs = tqdm(range(start_epoch, cfg.train.epochs + 1), desc="epochs", unit="epoch",
-                  initial=start_epoch - 1, total=cfg.train.epochs)
+                  initial=start_epoch - 1, total=cfg.train.epochs, disable=not main)
     with stop_requests() as should_stop, warnings.catch_warnings():
         # all-background cases are named once by the dataset check; MONAI would warn on every crop
         warnings.filterwarnings("ignore", message="Num foregrounds 0")
+        # DDP + channels-last: 1x1x1 kernels have ambiguous strides; harmless, said once per backward
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         for epoch in epochs:
             epoch_start = {"transforms_rng": capture_transform_rng(generators), "loader_rng": loader.generator.get_state()}
             start = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            stats = train_one_epoch(model, loader, loss_fn, optimizer, scaler, amp_dtype, skip, should_stop,
-                                    cfg.train.max_nonfinite_steps)
+            stop = (lambda: any_rank(should_stop(), info)) if info.enabled else should_stop
+            stats = train_one_epoch(model, loader, loss_fn, optimizer, scaler, amp_dtype, skip, stop,
+                                    cfg.train.max_nonfinite_steps, progress=main)
             stats.losses[:0], earlier_losses, skip = earlier_losses, [], 0
             if stats.interrupted:
                 partial = {**epoch_start, "step": stats.steps, "losses": stats.losses}
-                save_checkpoint(state(epoch - 1, partial=partial), ckpt_dir / "last.pt", keep_previous=True)
+                if main:
+                    save_checkpoint(state(epoch - 1, partial=partial), ckpt_dir / "last.pt", keep_previous=True)
+                barrier(info)
                 raise TrainingInterrupted(f"stopped in epoch {epoch} after step {stats.steps}; state saved in "
                                           f"{ckpt_dir / 'last.pt'}; continue with: python train.py --resume {run.dir}")
             log.debug("epoch %d: %d steps, %.2f s/step, %.1f %% waiting for data", epoch, stats.steps,
@@ -377,25 +409,30 @@ def fit(cfg: Config, run: Run, resume: dict | None = None) -> float:
             scheduler.step()
             val_dice = None
             if val_items and (epoch % cfg.train.val_every == 0 or epoch == cfg.train.epochs):
-                val_dice = validate(model, val_items, cfg, n_classes, amp_dtype)
+                val_dice = validate(net, val_items, cfg, n_classes, amp_dtype, info)
             improved = val_dice is not None and val_dice > best
             if improved:
                 best = val_dice
             row = {"epoch": epoch, "lr": f"{lr:.6g}", "train_loss": f"{stats.loss:.5f}",
                    "val_dice": "" if val_dice is None else f"{val_dice:.5f}",
                    "seconds": f"{time.perf_counter() - start:.1f}"}
-            checkpoint = state(epoch, log_row=row)
-            save_checkpoint(checkpoint, ckpt_dir / "last.pt", keep_previous=True)
-            if improved or (not val_items and epoch == cfg.train.epochs):
-                save_checkpoint(checkpoint, ckpt_dir / "best.pt")
-            if epoch > _last_logged_epoch(run.dir / "log.csv"):
-                _append_log(run.dir / "log.csv", row)
-            else:  # retrained after falling back to an older checkpoint: log.csv is append-only
-                log.warning("epoch %d was trained again; log.csv keeps its first row for it", epoch)
-            plot_training_log(run.dir / "log.csv", run.dir / "loss.png")
+            if main:
+                checkpoint = state(epoch, log_row=row)
+                save_checkpoint(checkpoint, ckpt_dir / "last.pt", keep_previous=True)
+                if improved or (not val_items and epoch == cfg.train.epochs):
+                    save_checkpoint(checkpoint, ckpt_dir / "best.pt")
+                if epoch > _last_logged_epoch(run.dir / "log.csv"):
+                    _append_log(run.dir / "log.csv", row)
+                else:  # retrained after falling back to an older checkpoint: log.csv is append-only
+                    log.warning("epoch %d was trained again; log.csv keeps its first row for it", epoch)
+                plot_training_log(run.dir / "log.csv", run.dir / "loss.png")
             epochs.set_postfix(loss=f"{stats.loss:.4f}", val_dice="-" if val_dice is None else f"{val_dice:.4f}")
-    if not (ckpt_dir / "best.pt").exists():  # no validation improved: keep the final weights as best
+    if main and not (ckpt_dir / "best.pt").exists():  # no validation improved: keep the final weights as best
         save_checkpoint(load_checkpoint(ckpt_dir / "last.pt"), ckpt_dir / "best.pt")
+    barrier(info)
+    if info.enabled:
+        checksum = sum(float(p.detach().double().sum()) for p in net.parameters())
+        log.warning("rank %d/%d: parameter checksum %.10e", info.rank, info.world_size, checksum)
     return best
 
 
@@ -424,8 +461,35 @@ def new_run_dir(cfg: Config) -> Path:
     return run_dir
 
 
-def run_training(cfg: Config, resume_dir: str | Path | None = None) -> Path:
-    """Check the data, make (or reopen) the run folder, and fit. Returns the run folder."""
+def run_training(cfg: Config, resume_dir: str | Path | None = None, info: Dist = Dist()) -> Path:
+    """Check the data, make (or reopen) the run folder, and fit. Returns the run folder.
+
+    Under torchrun rank 0 alone checks the data and writes the run folder; the
+    other ranks receive the outcome (or stop quietly on its error, which rank 0 reports).
+    """
+    outcome: tuple = ("error", "")
+    if info.is_main:
+        try:
+            outcome = ("ok", prepare_run(cfg, resume_dir))
+        except UserError as err:
+            outcome = ("error", str(err))
+    outcome = broadcast(outcome, info)
+    if outcome[0] == "error":
+        if info.is_main:
+            raise UserError(outcome[1])
+        raise SystemExit(2)
+    run, resume = outcome[1]
+    if run is not None and (resume is None or not _finished(cfg, resume)):
+        fit(cfg, run, resume, info)
+    return Path(run.dir if run is not None else resume_dir)
+
+
+def _finished(cfg: Config, resume: dict) -> bool:
+    return int(resume["epoch"]) >= cfg.train.epochs and resume.get("partial") is None
+
+
+def prepare_run(cfg: Config, resume_dir: str | Path | None) -> tuple[Run | None, dict | None]:
+    """Checked data and a new (or reopened) run folder with config.yaml and split.json."""
     resume = None
     if resume_dir is not None:
         run_dir = Path(resume_dir)
@@ -434,9 +498,9 @@ def run_training(cfg: Config, resume_dir: str | Path | None = None) -> Path:
         if (saved.model, saved.train.patch_size, saved.data.root) != (cfg.model, cfg.train.patch_size, cfg.data.root):
             raise UserError(f"{run_dir}: checkpoint was made with model {saved.model}, patch "
                             f"{saved.train.patch_size} and data {saved.data.root}; a resumed run keeps those")
-        if int(resume["epoch"]) >= cfg.train.epochs and resume.get("partial") is None:
+        if _finished(cfg, resume):
             log.info("%s already finished %d epochs; raise train.epochs to train longer", run_dir, cfg.train.epochs)
-            return run_dir
+            return None, resume
         save_config(cfg, run_dir / "config.yaml")
 
     dataset = load_dataset(cfg.data.root, cfg.data)
@@ -468,5 +532,4 @@ def run_training(cfg: Config, resume_dir: str | Path | None = None) -> Path:
         split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
         train = [dataset.case(i) for i in split["train"]]
         val = [dataset.case(i) for i in split["val"]]
-    fit(cfg, Run(run_dir, dataset, train, val), resume)
-    return run_dir
+    return Run(run_dir, dataset, train, val), resume

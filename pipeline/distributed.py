@@ -1,0 +1,110 @@
+"""torchrun support: who this process is, and the few collectives the pipeline needs.
+
+Under ``torchrun`` (RANK, WORLD_SIZE, LOCAL_RANK set by it) the process group is
+initialised with NCCL on CUDA and Gloo on the CPU; without torchrun everything
+here is a no-op for a single process, so ``python train.py`` is unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def device(self) -> torch.device:
+        if torch.cuda.is_available():
+            return torch.device("cuda", self.local_rank)
+        return torch.device("cpu")
+
+
+def init() -> Dist:
+    """Join the process group when launched by torchrun (idempotent); a single process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    info = Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+    return info
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard(items: Sequence[T], info: Dist, pad: bool = False) -> list[T]:
+    """This rank's share, ``items[rank::world]``; ``pad`` repeats items so every rank gets as many."""
+    mine = list(items[info.rank :: info.world_size])
+    if pad and info.enabled and items:
+        per_rank = -(-len(items) // info.world_size)
+        mine += [items[i % len(items)] for i in range(len(mine), per_rank)]
+    return mine
+
+
+def broadcast(value: Any, info: Dist) -> Any:
+    """Rank 0's ``value`` on every rank (any picklable object made by this program)."""
+    if not info.enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(values: list, info: Dist) -> list:
+    """All ranks' lists concatenated, in rank order, on every rank."""
+    if not info.enabled:
+        return values
+    parts: list = [None] * info.world_size
+    dist.all_gather_object(parts, values)
+    return [v for part in parts for v in part]
+
+
+def any_rank(flag: bool, info: Dist) -> bool:
+    """True on every rank when any rank says True (ranks must stop at the same step)."""
+    if not info.enabled:
+        return flag
+    tensor = torch.tensor([int(flag)], device=info.device() if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
+def barrier(info: Dist) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_first(info: Dist):
+    """Rank 0 runs the block first (creating folders, files); the others follow after it."""
+    if not info.is_main:
+        barrier(info)
+    yield
+    if info.is_main:
+        barrier(info)

@@ -1,0 +1,61 @@
+"""torchrun on the CPU (Gloo): two ranks train, test and evaluate like one process, writing once."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from conftest import run_cli, smoke_args
+
+
+def _torchrun(*args: str, nproc: int = 2):
+    return run_cli("-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args, timeout=600)
+
+
+def _checksums(stderr: str) -> dict[int, str]:
+    return {int(rank): value for rank, value in re.findall(r"rank (\d)/2: parameter checksum (\S+)", stderr)}
+
+
+def test_two_ranks_train_once_with_identical_parameters(tiny_dataset, tmp_path):
+    result = _torchrun(*smoke_args(tiny_dataset, tmp_path, "train.epochs=2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    sums = _checksums(result.stderr)
+    assert set(sums) == {0, 1} and sums[0] == sums[1]  # both ranks ran and ended with the same weights
+    assert "effective batch 4 crops per step" in result.stderr
+    runs = [p for p in tmp_path.iterdir() if p.name != "latest"]
+    assert len(runs) == 1  # one set of outputs
+    run = runs[0]
+    assert [line.split(",")[0] for line in (run / "log.csv").read_text(encoding="utf-8").splitlines()[1:]] == ["1", "2"]
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    checksum = sum(float(v.double().sum()) for k, v in state["model"].items() if "running" not in k and "num_batches" not in k)
+    assert f"{checksum:.10e}" == sums[0]  # the saved weights are the ranks' weights
+    assert result.stdout.count("run folder:") == 1
+
+
+def test_checkpoint_from_one_rank_resumes_on_two(tiny_dataset, tmp_path):
+    first = run_cli(*smoke_args(tiny_dataset, tmp_path, "train.epochs=1"))
+    assert first.returncode == 0, first.stderr
+    run = (tmp_path / "latest").resolve()
+    resumed = _torchrun("train.py", "--resume", str(run), "--set", "train.epochs=2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    sums = _checksums(resumed.stderr)
+    assert sums[0] == sums[1]
+    assert [line.split(",")[0] for line in (run / "log.csv").read_text(encoding="utf-8").splitlines()[1:]] == ["1", "2"]
+
+
+def test_test_py_on_two_ranks_writes_the_single_process_rows(tiny_dataset, tmp_path):
+    assert run_cli(*smoke_args(tiny_dataset, tmp_path, "train.epochs=1")).returncode == 0
+    run = (tmp_path / "latest").resolve()
+    assert run_cli("test.py", "--run", str(run), "--out", str(tmp_path / "one")).returncode == 0
+    two = _torchrun("test.py", "--run-dir", str(run), "--out", str(tmp_path / "two"))
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("mean foreground Dice") == 1
+    one_csv = (tmp_path / "one" / "metrics.csv").read_text(encoding="utf-8")
+    assert one_csv == (tmp_path / "two" / "metrics.csv").read_text(encoding="utf-8")
+    assert len(one_csv.splitlines()) == 1 + 2 * 2  # two cases, two classes
+    evaluated = _torchrun("-m", "pipeline.evaluate", "--pred", str(tmp_path / "two" / "predictions"),
+                          "--ref", str(tiny_dataset / "labelsTs"), "--out", str(tmp_path / "eval"))
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    rows = (tmp_path / "eval" / "metrics.csv").read_text(encoding="utf-8").splitlines()
+    assert [r.split(",")[:2] for r in rows[1:]] == [r.split(",")[:2] for r in one_csv.splitlines()[1:]]
