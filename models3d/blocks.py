@@ -144,6 +144,20 @@ def make_block(
     return block(in_ch, out_ch, kernel, norm, dropout, stride=tuple(stride))
 
 
+def make_encoder(
+    residual: bool, in_channels: int, channels, kernels, norm: str, dropout: float, strides=None
+) -> nn.ModuleDict:
+    """``level1 .. levelD``: one block per level mapping to ``channels[i]`` (optionally strided)."""
+    widths = [in_channels, *channels]
+    strides = strides or [(1, 1, 1)] * len(channels)
+    return nn.ModuleDict(
+        {
+            f"level{i + 1}": make_block(residual, widths[i], widths[i + 1], kernels[i], norm, dropout, strides[i])
+            for i in range(len(channels))
+        }
+    )
+
+
 def check_input(x: torch.Tensor, plan: LevelPlan) -> None:
     """Raise ValueError unless ``x`` is (B, C, H, W, D) with sizes divisible by the pooling."""
     if x.ndim != 5:

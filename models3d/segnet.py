@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import LevelPlan, check_input, make_block, plan_levels
+from .blocks import LevelPlan, check_input, make_block, make_encoder, plan_levels
 
 
 class SegNet(nn.Module):
@@ -44,13 +44,7 @@ class SegNet(nn.Module):
         self.skips = skips
         self.plan: LevelPlan = plan_levels(tuple(patch_size), depth)
         kernels = self.plan.kernels
-        widths = [in_channels, *channels]
-        self.encoder = nn.ModuleDict(
-            {
-                f"level{i + 1}": make_block(residual, widths[i], widths[i + 1], kernels[i], norm, dropout)
-                for i in range(depth)
-            }
-        )
+        self.encoder = make_encoder(residual, in_channels, channels, kernels, norm, dropout)
         decoder = {}
         for i in reversed(range(depth)):
             in_ch = channels[i] * (2 if i < skips else 1)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import LevelPlan, check_input, make_block, plan_levels
+from .blocks import LevelPlan, check_input, make_block, make_encoder, plan_levels
 
 
 class UpLevel(nn.Module):
@@ -68,14 +68,8 @@ class UNet(nn.Module):
         self.plan: LevelPlan = plan_levels(tuple(patch_size), len(channels))
         kernels, pools = self.plan.kernels, self.plan.pools
         depth = len(channels)
-        widths = [in_channels, *channels]
-        strides = [*pools, (1, 1, 1)] if strided else [(1, 1, 1)] * depth
-        self.encoder = nn.ModuleDict(
-            {
-                f"level{i + 1}": make_block(residual, widths[i], widths[i + 1], kernels[i], norm, dropout, strides[i])
-                for i in range(depth)
-            }
-        )
+        strides = [*pools, (1, 1, 1)] if strided else None
+        self.encoder = make_encoder(residual, in_channels, channels, kernels, norm, dropout, strides)
         if strided:
             self.decoder = nn.ModuleDict(
                 {

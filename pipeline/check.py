@@ -16,7 +16,7 @@ import numpy as np
 
 from .config import DataConfig, load_config
 from .datasets import CheckReport, check_dataset, load_dataset
-from .errors import UserError, exit_on_user_error
+from .errors import exit_on_user_error
 
 
 def format_report(report: CheckReport) -> str:

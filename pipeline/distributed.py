@@ -7,15 +7,16 @@ here is a no-op for a single process, so ``python train.py`` is unchanged.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from .errors import UserError
 
 T = TypeVar("T")
 
@@ -100,11 +101,21 @@ def barrier(info: Dist) -> None:
         dist.barrier()
 
 
-@contextlib.contextmanager
-def main_first(info: Dist):
-    """Rank 0 runs the block first (creating folders, files); the others follow after it."""
-    if not info.is_main:
-        barrier(info)
-    yield
+def on_main(work: Callable[[], T], info: Dist) -> T:
+    """Run ``work`` on rank 0 alone and return its result on every rank.
+
+    A UserError raised there is raised again on rank 0 (which reports it) and
+    ends the other ranks quietly with exit status 2.
+    """
+    outcome: tuple = ("error", "")
     if info.is_main:
-        barrier(info)
+        try:
+            outcome = ("ok", work())
+        except UserError as err:
+            outcome = ("error", str(err))
+    outcome = broadcast(outcome, info)
+    if outcome[0] == "error":
+        if info.is_main:
+            raise UserError(outcome[1])
+        raise SystemExit(2)
+    return outcome[1]

@@ -19,7 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import distributed
-from .distributed import Dist, barrier, broadcast, shard
+from .distributed import Dist, barrier, on_main, shard
 from .errors import UserError, exit_on_user_error, setup_logging
 from .evaluation import evaluate_files
 from .io import case_id, is_volume_file
@@ -132,11 +132,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     info = distributed.init()  # torchrun: cases shared across ranks
     setup_logging()
-    taken = info.is_main and not args.resume and args.out.exists() and any(args.out.iterdir())
-    if broadcast(taken, info):
-        if not info.is_main:
-            raise SystemExit(2)
-        raise UserError(f"{args.out}: output folder exists and is not empty; choose another --out or pass --resume")
+    def check_out() -> None:
+        if not args.resume and args.out.exists() and any(args.out.iterdir()):
+            raise UserError(f"{args.out}: output folder exists and is not empty; choose another --out or pass --resume")
+
+    on_main(check_out, info)
     try:
         summary = evaluate_folder(args.pred, args.ref, args.out, _parse_labels(args.labels), args.mask,
                                   args.workers, info)

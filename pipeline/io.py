@@ -351,9 +351,3 @@ def spacing_from_affine(affine: np.ndarray) -> tuple[float, ...]:
 def _first_line(err: BaseException) -> str:
     text = " ".join(str(err).split())
     return text[:200] if text else type(err).__name__
-
-
-def check_same_grid(a: Sequence[float], b: Sequence[float], what: str, tol: float = 1e-3) -> bool:
-    """True when two spacing/origin vectors agree within ``tol`` (relative)."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    return a.shape == b.shape and bool(np.allclose(a, b, rtol=tol, atol=tol))

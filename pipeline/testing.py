@@ -22,7 +22,7 @@ from tqdm import tqdm
 from .checkpoint import load_checkpoint
 from .config import Config, config_from_dict, config_to_dict, load_config, merge_overrides
 from .datasets import Case, load_dataset
-from .distributed import Dist, barrier, broadcast, shard
+from .distributed import Dist, barrier, on_main, shard
 from .errors import UserError
 from .evaluation import evaluate_case
 from .inference import predict_volume
@@ -207,18 +207,7 @@ def run_test(
         trained = TrainedModel(trained.model, cfg, trained.labels)
     cfg = trained.cfg
     cases = run_cases(run_dir, cfg, data, images, labels)
-    folder: tuple = ("error", "")
-    if info.is_main:
-        try:
-            folder = ("ok", str(new_output_dir(run_dir, out, resume)))
-        except UserError as err:
-            folder = ("error", str(err))
-    folder = broadcast(folder, info)
-    if folder[0] == "error":
-        if info.is_main:
-            raise UserError(folder[1])
-        raise SystemExit(2)
-    out_dir = Path(folder[1])
+    out_dir = on_main(lambda: new_output_dir(run_dir, out, resume), info)
     (out_dir / "predictions").mkdir(exist_ok=True)
     (out_dir / "slices").mkdir(exist_ok=True)
     done = read_case_rows(out_dir) if resume else {}

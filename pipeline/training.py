@@ -48,7 +48,7 @@ from .checkpoint import (
 )
 from .config import Config, config_from_dict, config_to_dict, save_config
 from .datasets import Case, Dataset, check_dataset, load_dataset, split_cases
-from .distributed import Dist, any_rank, barrier, broadcast, gather, shard
+from .distributed import Dist, any_rank, barrier, gather, on_main, shard
 from .errors import UserError
 from .inference import predict_volume
 from .runtime import autocast, resolve_precision, seed_everything, select_device
@@ -467,18 +467,7 @@ def run_training(cfg: Config, resume_dir: str | Path | None = None, info: Dist =
     Under torchrun rank 0 alone checks the data and writes the run folder; the
     other ranks receive the outcome (or stop quietly on its error, which rank 0 reports).
     """
-    outcome: tuple = ("error", "")
-    if info.is_main:
-        try:
-            outcome = ("ok", prepare_run(cfg, resume_dir))
-        except UserError as err:
-            outcome = ("error", str(err))
-    outcome = broadcast(outcome, info)
-    if outcome[0] == "error":
-        if info.is_main:
-            raise UserError(outcome[1])
-        raise SystemExit(2)
-    run, resume = outcome[1]
+    run, resume = on_main(lambda: prepare_run(cfg, resume_dir), info)
     if run is not None and (resume is None or not _finished(cfg, resume)):
         fit(cfg, run, resume, info)
     return Path(run.dir if run is not None else resume_dir)

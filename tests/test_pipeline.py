@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import REPO, run_cli, smoke_args
+from conftest import run_cli, smoke_args
 from pipeline.io import read_volume
 from pipeline.report import read_metrics_csv
 
