@@ -308,6 +308,30 @@ def _complete_log(path: Path, row: dict | None) -> None:
         _append_log(path, row)
 
 
+def _restore_draws(resume: dict, cfg: Config, train_tf: Compose, loader, info: Dist) -> tuple[int, list[float]]:
+    """Put the random draws (crops, flips, case order) where the checkpoint left them.
+
+    Returns how many steps of the current epoch to replay without training and
+    the losses of those steps. Under torchrun rank 0's states do not fit other
+    ranks (or another world size), so ranks are reseeded and an interrupted
+    epoch is redone from its start.
+    """
+    generators = _random_generators(train_tf)
+    if info.enabled:
+        reseed = cfg.train.seed + 1000 * int(resume["epoch"]) + info.rank
+        train_tf.set_random_state(seed=reseed)
+        loader.generator.manual_seed(reseed)
+        return 0, []
+    restore_rng(resume["rng"], generators)
+    loader.generator.set_state(resume["loader_rng"])
+    partial = resume.get("partial")
+    if partial is None:
+        return 0, []
+    restore_transform_rng(partial["transforms_rng"], generators)  # the interrupted epoch from its start
+    loader.generator.set_state(partial["loader_rng"])
+    return int(partial["step"]), [float(v) for v in partial["losses"]]
+
+
 def fit(cfg: Config, run: Run, resume: dict | None = None, info: Dist = Dist()) -> float:
     """Train for ``cfg.train.epochs`` epochs; returns the best validation Dice.
 
@@ -348,19 +372,7 @@ def fit(cfg: Config, run: Run, resume: dict | None = None, info: Dist = Dist()) 
             scheduler.total_iters = cfg.train.epochs  # train.epochs may have been raised for the resumed run
         scaler.load_state_dict(resume["scaler"])
         start_epoch, best = int(resume["epoch"]) + 1, float(resume["best_metric"])
-        partial = resume.get("partial")
-        if info.enabled:  # rank 0's random states do not fit other ranks (or another world size): reseed
-            reseed = cfg.train.seed + 1000 * int(resume["epoch"]) + info.rank
-            train_tf.set_random_state(seed=reseed)
-            loader.generator.manual_seed(reseed)
-            partial = None  # the interrupted epoch is redone from its start
-        else:
-            restore_rng(resume["rng"], generators)
-            loader.generator.set_state(resume["loader_rng"])
-        if partial is not None:  # replay the interrupted epoch's draws from its start
-            restore_transform_rng(partial["transforms_rng"], generators)
-            loader.generator.set_state(partial["loader_rng"])
-            skip, earlier_losses = int(partial["step"]), [float(v) for v in partial["losses"]]
+        skip, earlier_losses = _restore_draws(resume, cfg, train_tf, loader, info)
         if info.is_main:
             _complete_log(run.dir / "log.csv", resume.get("log_row"))
         log.info("resuming %s at epoch %d%s (best val Dice so far %.4f)", run.dir, start_epoch,
