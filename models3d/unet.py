@@ -46,8 +46,9 @@ class UNet(nn.Module):
     max pooling between levels, transposed convolutions up.
     ``strided=True``: the residual 3D UNet of the seed (MONAI ``UNet`` layout);
     every encoder level but the bottom one downsamples by its first (strided)
-    convolution, so no 3x3x3 convolution runs at full resolution: about 8x fewer
-    operations than the classic layout for the same widths.
+    convolution, so no 3x3x3 convolution runs at full resolution: 7x fewer
+    operations than the classic layout at widths 16-256 on a 112x112x80 patch
+    (8.2 vs 57.1 GMAC per forward pass, ``python -m models3d``).
 
     Input (B, in_channels, H, W, D) -> logits (B, out_channels, H, W, D).
     """
