@@ -37,6 +37,7 @@ class DataConfig:
     default_spacing: tuple[float, float, float] | None = None  # mm, for sources without one (HDF5, slices, 2D)
     modality: str = "CT"  # CT: clip to intensity_range (HU), scale to [0, 1]; MR / generic: z-score
     intensity_range: tuple[float, float] = (-200.0, 300.0)
+    contrast: str = "none"  # clahe: adaptive histogram equalisation per slice first (fundus photographs)
     crop_foreground: bool = True  # crop to the body (CT > -500 HU, others > 0) before sampling
     spacing: tuple[float, float, float] | None = None  # resample to this spacing (mm); None keeps the native grid
     val_fraction: float = 0.2  # of the training cases, held out for validation (seeded)
@@ -66,6 +67,11 @@ class TrainConfig:
     samples_per_volume: int = 2
     pos_fraction: float = 0.5  # share of crops centred on foreground (RandCropByPosNegLabeld)
     flip_prob: float = 0.5  # per axis
+    affine_prob: float = 0.0  # chance of a random rotation + scaling of a patch (RandAffined)
+    rotate_degrees: float = 15.0  # up to this much in every plane the patch spans
+    scale_range: float = 0.15  # scale factor in [1 - r, 1 + r] per axis
+    intensity_prob: float = 0.0  # chance of an intensity scale (x[0.9, 1.1]) and, separately, a shift (+-0.1)
+    gamma_prob: float = 0.0  # chance of a gamma in [0.7, 1.5] on the patch's intensity range
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 3e-5
@@ -89,6 +95,8 @@ class InferConfig:
     precision: str = "auto"
     sw_batch_size: int = 1
     probabilities: bool = False  # also write probabilities/<case>.nii.gz (foreground classes, float32)
+    tta: bool = False  # average the logits of every flip of the volume along the patch's axes (2D: 4, 3D: 8)
+    largest_component: bool = False  # keep only the largest connected component of each foreground class
     auc: bool = False  # ROC AUC per class from the probabilities (2D-sized problems: it sorts every voxel)
 
 
@@ -106,6 +114,7 @@ CHOICES = {
     "data.modality": ("CT", "MR", "generic"),
     "data.layout": ("auto", "msd", "paired", "h5", "stack", "list"),
     "data.pair_by": ("auto", "name", "number"),
+    "data.contrast": ("none", "clahe"),
     "model.norm": ("instance", "batch"),
     "train.lr_schedule": ("poly", "step"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),

@@ -4,6 +4,7 @@ the input's own grid."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import torch
@@ -27,7 +28,8 @@ def predict_volume(
     """Logits of a whole volume by blended sliding windows (ROI = the training patch).
 
     image: (B, C, H, W, D) on the model's device; returns (B, K, H, W, D) float32
-    logits on ``stitch_device`` (default: the model's device): argmax them for
+    logits on ``stitch_device`` (default: the model's device), with ``infer.tta``
+    the mean over every flip of the volume (as nnU-Net mirrors): argmax them for
     labels, softmax them only when probabilities are needed, so large volumes
     hold one K-channel buffer. When stitching on a GPU runs out of memory, the
     windows still run on the GPU and are stitched on the CPU (said in the log).
@@ -38,19 +40,34 @@ def predict_volume(
     model.eval()
     try:
         with torch.inference_mode(), autocast(device, amp_dtype):
-            try:
-                logits = _sliding_window(model, image, roi_size, infer, device, stitch_device)
-            except torch.OutOfMemoryError:
-                if stitch_device.type == "cpu":
-                    raise
-                log.warning("out of memory stitching a %s volume on %s: stitching on the CPU instead",
-                            tuple(image.shape[2:]), stitch_device)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                logits = _sliding_window(model, image, roi_size, infer, device, torch.device("cpu"))
-        return logits.float()
+            logits = None
+            for dims in flip_dims(roi_size, tta=infer.tta):
+                flipped = image.flip(dims) if dims else image
+                try:
+                    out = _sliding_window(model, flipped, roi_size, infer, device, stitch_device)
+                except torch.OutOfMemoryError:
+                    if stitch_device.type == "cpu":
+                        raise
+                    log.warning("out of memory stitching a %s volume on %s: stitching on the CPU instead",
+                                tuple(image.shape[2:]), stitch_device)
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                    stitch_device = torch.device("cpu")
+                    out = _sliding_window(model, flipped, roi_size, infer, device, stitch_device)
+                out = out.float().flip(dims) if dims else out.float()
+                logits = out if logits is None else logits.to(out.device).add_(out)
+            return logits.div_(len(flip_dims(roi_size, tta=infer.tta)))
     finally:
         model.train(was_training)
+
+
+def flip_dims(roi_size: tuple[int, int, int], tta: bool) -> list[tuple[int, ...]]:
+    """Tensor dims to flip for each test-time pass: () alone without ``tta``, else every subset
+    of the spatial axes the patch spans (a single-slice axis is never flipped)."""
+    if not tta:
+        return [()]
+    axes = [2 + i for i, size in enumerate(roi_size) if size > 1]
+    return [dims for r in range(len(axes) + 1) for dims in itertools.combinations(axes, r)]
 
 
 def _sliding_window(model, image, roi_size, infer: InferConfig, device, stitch_device) -> torch.Tensor:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Invertd
+from monai.transforms import Invertd, KeepLargestConnectedComponent
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint
@@ -133,7 +133,11 @@ def predict_case(
     trained: TrainedModel, image_path: Path, amp_dtype: torch.dtype | None, probabilities: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Label map (x, y, z) of one image on the source's own grid, the source's affine, and
-    (with ``probabilities``) the softmax probabilities (K, x, y, z) on that grid."""
+    (with ``probabilities``) the softmax probabilities (K, x, y, z) on that grid.
+
+    ``infer.tta`` averages flipped passes; ``infer.largest_component`` keeps the largest
+    connected component (26-connected) of each foreground class of the label map.
+    """
     cfg = trained.cfg
     pre = build_transforms(cfg, train=False, keys=(IMAGE,))
     try:
@@ -144,6 +148,9 @@ def predict_case(
     logits = predict_volume(trained.model, data[IMAGE].as_tensor()[None].to(device), cfg.train.patch_size,
                             cfg.infer, amp_dtype)
     label = logits.argmax(dim=1).to(torch.uint8).cpu()  # (1, H, W, D)
+    if cfg.infer.largest_component:
+        foreground = list(range(1, logits.shape[1]))
+        label = KeepLargestConnectedComponent(applied_labels=foreground, independent=True)(label)
     keys, nearest = ["pred"], [True]
     data["pred"] = MetaTensor(label, meta=data[IMAGE].meta, applied_operations=data[IMAGE].applied_operations)
     if probabilities:
@@ -163,6 +170,12 @@ def _test_case(trained: TrainedModel, case: Case, out_dir: Path, amp_dtype, wind
     read = {"spacing": cfg.data.default_spacing}
     want_prob = cfg.infer.probabilities or (cfg.infer.auc and case.label is not None)
     pred, affine, prob = predict_case(trained, case.image, amp_dtype, probabilities=want_prob)
+    mask = load_image(case.mask, label=True, **read)[0] > 0 if case.mask is not None else None
+    if mask is not None:  # field of view (retina): nothing is predicted outside it
+        pred[~mask] = 0
+        if prob is not None:
+            prob[:, ~mask] = 0.0
+            prob[0][~mask] = 1.0
     write_label_like(pred, case.image, out_dir / "predictions" / f"{case.id}.nii.gz", affine=affine)
     if cfg.infer.probabilities:
         (out_dir / "probabilities").mkdir(exist_ok=True)
@@ -172,7 +185,6 @@ def _test_case(trained: TrainedModel, case: Case, out_dir: Path, amp_dtype, wind
     ref, rows = None, []
     if case.label is not None:
         ref, _ = load_image(case.label, h5_key=cfg.data.h5_label_key, label=True, **read)
-        mask = load_image(case.mask, label=True, **read)[0] > 0 if case.mask is not None else None
         rows = evaluate_case(case.id, pred, ref.astype(np.int64), trained.labels, spacing, mask,
                              prob=prob if cfg.infer.auc else None)
     slice_figure(image, ref, pred, spacing, out_dir / "slices" / f"{case.id}.png", affine=affine,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -181,13 +182,15 @@ def train_one_epoch(
 
 def validate(model: nn.Module, items, cfg: Config, n_classes: int, amp_dtype: torch.dtype | None,
              info: Dist = Dist()) -> float:
-    """Mean foreground Dice over whole validation volumes (sliding window, argmax).
+    """Mean foreground Dice over whole validation volumes (sliding window, argmax; no test-time
+    flips or post-processing, so the score tracks the network alone and costs one pass).
 
     Under torchrun each rank scores its share of ``items`` and the mean is over all of them.
     """
     scores = []
+    infer = dataclasses.replace(cfg.infer, tta=False)
     for item in tqdm(shard(items, info), desc="  validate", leave=False, unit="case", disable=not info.is_main):
-        logits = predict_volume(model, item[IMAGE].as_tensor()[None], cfg.train.patch_size, cfg.infer, amp_dtype)
+        logits = predict_volume(model, item[IMAGE].as_tensor()[None], cfg.train.patch_size, infer, amp_dtype)
         pred = logits.argmax(dim=1)[0].cpu().numpy()
         ref = item[LABEL].as_tensor()[0].cpu().numpy()
         scores.append(float(np.mean([metrics.dice(pred == c, ref == c) for c in range(1, n_classes)])))

@@ -4,8 +4,9 @@ Deterministic: load (any format, through ``PipelineReader``), channel first, RAS
 orientation, optional resampling, crop to the body, intensity normalisation (CT
 window, MR z-score over the body, generic z-score), pad to the patch,
 and, for training, foreground/background voxel indices for the crop sampler.
-Random: ``RandCropByPosNegLabeld`` patches and flips on every axis the patch has.
-All deterministic steps are invertible, so ``Invertd`` puts a prediction back
+Random: ``RandCropByPosNegLabeld`` patches (foreground-oversampled), flips on every
+axis the patch has, and, where the config turns them on, rotation/scaling
+(``RandAffined``), intensity scale and shift, and gamma. All deterministic steps are invertible, so ``Invertd`` puts a prediction back
 on the input's own grid.
 """
 
@@ -18,6 +19,7 @@ from monai import transforms as mt
 
 from .config import Config
 from .readers import PipelineReader
+from .contrast import clahe_tensor
 
 IMAGE, LABEL = "image", "label"
 FG, BG = "label_fg_indices", "label_bg_indices"
@@ -46,6 +48,8 @@ def deterministic_transforms(cfg: Config, keys: Sequence[str] = (IMAGE, LABEL), 
     if cfg.data.spacing is not None:
         steps.append(mt.Spacingd(keys, pixdim=cfg.data.spacing, mode=["bilinear", "nearest"][: len(keys)]))
     ct = d.modality == "CT"
+    if d.contrast == "clahe":
+        steps.append(mt.Lambdad(IMAGE, func=clahe_tensor))
     if d.crop_foreground:
         steps.append(mt.CropForegroundd(keys, source_key=IMAGE, select_fn=body_ct if ct else body_positive,
                                         margin=2, allow_smaller=True))
@@ -74,8 +78,29 @@ def random_transforms(cfg: Config) -> list:
     for axis, size in enumerate(t.patch_size):
         if size > 1 and t.flip_prob > 0:
             steps.append(mt.RandFlipd([IMAGE, LABEL], prob=t.flip_prob, spatial_axis=axis))
+    if t.affine_prob > 0:
+        steps.append(random_affine(t.patch_size, t.affine_prob, t.rotate_degrees, t.scale_range))
+    if t.intensity_prob > 0:
+        steps.append(mt.RandScaleIntensityd(IMAGE, factors=0.1, prob=t.intensity_prob))
+        steps.append(mt.RandShiftIntensityd(IMAGE, offsets=0.1, prob=t.intensity_prob))
+    if t.gamma_prob > 0:
+        steps.append(mt.RandAdjustContrastd(IMAGE, gamma=(0.7, 1.5), prob=t.gamma_prob))
     steps.append(mt.DeleteItemsd([FG, BG]))
     return steps
+
+
+def random_affine(patch_size: Sequence[int], prob: float, degrees: float, scale: float) -> mt.RandAffined:
+    """Rotation by up to ``degrees`` in every plane the patch spans (in-plane only for a single
+    slice) and isotropic-per-axis scaling by up to ``scale``; borders are reflected."""
+    spans = [size > 1 for size in patch_size]
+    angle = np.deg2rad(degrees)
+    # MONAI's rotate_range is (about axis 0, about axis 1, about axis 2): a rotation about an axis
+    # turns the plane of the other two, so it is allowed when both of those axes have extent.
+    rotate = [angle if all(spans[j] for j in range(3) if j != i) else 0.0 for i in range(3)]
+    return mt.RandAffined(
+        [IMAGE, LABEL], prob=prob, rotate_range=rotate, scale_range=[scale if s else 0.0 for s in spans],
+        mode=("bilinear", "nearest"), padding_mode="reflection", cache_grid=True, spatial_size=tuple(patch_size),
+    )
 
 
 def build_transforms(cfg: Config, train: bool, keys: Sequence[str] = (IMAGE, LABEL)) -> mt.Compose:

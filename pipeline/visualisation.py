@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from scipy import ndimage
 
 CLASS_COLOURS = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6"]
@@ -111,4 +112,53 @@ def slice_figure(
                 ax.set_ylabel(plane)
     if title:
         fig.suptitle(title)
+    _save(fig, out)
+
+
+ERROR_COLOURS = {"false negative": "#e6194b", "false positive": "#00a2ff"}
+
+
+def error_figure(
+    cases: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]],
+    out: str | Path,
+) -> None:
+    """One row per case: image, label, prediction, errors (false negatives and false positives
+    in two colours), on the axial slice with the most label voxels (the image itself for 2D).
+
+    cases: (title, image, label, prediction, affine) with (x, y, z) arrays in file voxel order;
+    labels and predictions are binarised (any foreground class).
+    """
+    fig = Figure(figsize=(12, 3.2 * len(cases)), tight_layout=True)
+    error_cmap = ListedColormap(list(ERROR_COLOURS.values()))
+    for row, (title, image, label, pred, affine) in enumerate(cases):
+        if image.ndim == 4:
+            image = image.mean(axis=-1)
+        image, label, pred = (_to_ras(a, affine) for a in (image, label, pred))
+        ref, hit = label > 0, pred > 0
+        z = int(np.argmax(ref.sum(axis=(0, 1))))
+        single = image.shape[2] == 1
+        def view(a: np.ndarray) -> np.ndarray:
+            return a[..., z] if single else np.flipud(a[..., z].T)
+        base = view(image)
+        low, high = np.percentile(base, [0.5, 99.5])
+        errors = np.zeros(ref.shape, dtype=float)
+        errors[ref & ~hit] = 1
+        errors[~ref & hit] = 2
+        panels = [("image", None, None), ("label", view(ref).astype(float), "#3cb44b"),
+                  ("prediction", view(hit).astype(float), "#ffe119"), ("errors", view(errors), None)]
+        for col, (name, overlay, colour) in enumerate(panels):
+            ax = fig.add_subplot(len(cases), 4, row * 4 + col + 1)
+            ax.imshow(base, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
+            if overlay is not None:
+                cmap = ListedColormap([colour]) if colour else error_cmap
+                ax.imshow(np.ma.masked_where(overlay == 0, overlay), cmap=cmap, vmin=1, vmax=2,
+                          alpha=0.6 if colour else 0.9, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{title}: {name}" if col == 0 else name)
+            if name == "errors":
+                counts = {n: int((errors == i + 1).sum()) for i, n in enumerate(ERROR_COLOURS)}
+                ax.set_xlabel(", ".join(f"{n} {c}" for n, c in counts.items()) + " (whole case)", fontsize=8)
+    fig.legend(handles=[Patch(facecolor=colour, label=name) for name, colour in ERROR_COLOURS.items()],
+               loc="upper right", ncols=2)
     _save(fig, out)

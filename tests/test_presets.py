@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -35,6 +36,15 @@ def test_la_heart_preset_reads_hdf5(tmp_path):
     pred, _ = load_image(run / "test" / "predictions" / f"{split['test'][0]}.nii.gz")
     assert pred.shape == image.shape
 
+    # a held-out folder of .h5 files, as the challenge's test cases come
+    held_out = tmp_path / "la_test"
+    held_out.mkdir()
+    shutil.copy(SHARED / "LA_heart_h5" / "train" / f"{split['test'][0]}.h5", held_out / "case_a.h5")
+    result = run_cli("test.py", "--run", str(run), "--data", str(held_out), "--out", str(tmp_path / "held_out"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((tmp_path / "held_out" / "summary.json").read_text(encoding="utf-8"))["classes"]["1"]["metrics"]
+    assert {"dice", "jaccard", "asd", "hd95", "hd"} <= set(metrics) and metrics["dice"]["n"] == 1
+
 
 def test_drive_preset_evaluates_inside_the_field_of_view(tmp_path):
     run, split = _train_and_test("drive", tmp_path, "train.patch_size=[128,128,1]")
@@ -48,8 +58,26 @@ def test_drive_preset_evaluates_inside_the_field_of_view(tmp_path):
     row = next(r for r in read_metrics_csv(run / "test" / "metrics.csv") if r["case"] == case)
     assert row["accuracy"] == pytest.approx(accuracy(pred == 1, label == 1, mask=fov > 0), abs=1e-6)
     assert row["accuracy"] != pytest.approx(accuracy(pred == 1, label == 1), abs=1e-6)  # the FOV matters
+    assert not pred[fov == 0].any()  # nothing is predicted outside the field of view
     summary = json.loads((run / "test" / "summary.json").read_text(encoding="utf-8"))
     assert 0 <= summary["classes"]["1"]["metrics"]["auc"]["mean"] <= 1
+
+    # the DRIVE test folder's names: images/NN_test.tif, 1st_manual/NN_manual1.gif, mask/NN_test_mask.gif
+    test_root = tmp_path / "DRIVE_test"
+    for sub in ("images", "1st_manual", "mask"):
+        (test_root / sub).mkdir(parents=True)
+    for n in (number, "21"):
+        shutil.copy(root / "images" / f"{n}_training.tif", test_root / "images" / f"{n}_test.tif")
+        shutil.copy(root / "1st_manual" / f"{n}_manual1.gif", test_root / "1st_manual" / f"{n}_manual1.gif")
+        shutil.copy(root / "mask" / f"{n}_training_mask.gif", test_root / "mask" / f"{n}_test_mask.gif")
+    result = run_cli("test.py", "--run", str(run), "--data", str(test_root), "--out", str(tmp_path / "drive_test"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {r["case"]: r for r in read_metrics_csv(tmp_path / "drive_test" / "metrics.csv")}
+    assert sorted(rows) == sorted([f"{number}_test", "21_test"])
+    test_pred, _ = load_image(tmp_path / "drive_test" / "predictions" / f"{number}_test.nii.gz")
+    assert rows[f"{number}_test"]["accuracy"] == pytest.approx(accuracy(test_pred == 1, label == 1, mask=fov > 0), abs=1e-6)
+    metrics = json.loads((tmp_path / "drive_test" / "summary.json").read_text(encoding="utf-8"))["classes"]["1"]["metrics"]
+    assert {"dice", "auc", "accuracy", "sensitivity", "specificity"} <= set(metrics) and metrics["auc"]["n"] == 2
 
 
 def test_em_stack_preset_reads_the_slice_folder(tmp_path):

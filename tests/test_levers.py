@@ -1,0 +1,88 @@
+"""The quality levers: test-time flips, CLAHE, random rotation/scaling, the error figure."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage.exposure import equalize_adapthist
+
+from pipeline.config import InferConfig
+from pipeline.contrast import clahe, clahe_tensor
+from pipeline.inference import flip_dims, predict_volume
+from pipeline.transforms import IMAGE, LABEL, random_affine
+from pipeline.visualisation import error_figure
+
+
+def test_flip_dims_cover_every_subset_of_the_patch_axes():
+    assert flip_dims((64, 64, 64), tta=False) == [()]
+    assert sorted(flip_dims((64, 64, 32), tta=True)) == sorted(
+        dims for r in range(4) for dims in itertools.combinations((2, 3, 4), r))
+    assert flip_dims((128, 128, 1), tta=True) == [(), (2,), (3,), (2, 3)]  # the single slice is never flipped
+
+
+def test_tta_is_the_mean_of_the_flipped_predictions():
+    torch.manual_seed(0)
+    model = torch.nn.Conv3d(1, 2, 3, padding=1)  # not flip-invariant: random weights
+    image = torch.randn(1, 1, 8, 8, 4)
+    infer = InferConfig(tta=True, precision="fp32")
+    got = predict_volume(model, image, (8, 8, 4), infer)  # one window: no blending involved
+    with torch.no_grad():
+        expected = sum(model(image.flip(d)).flip(d) if d else model(image) for d in flip_dims((8, 8, 4), True)) / 8
+        plain = model(image)
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(got, plain, atol=1e-3)  # the flips did change the result
+    torch.testing.assert_close(predict_volume(model, image, (8, 8, 4), InferConfig(precision="fp32")), plain)
+
+
+def test_clahe_matches_scikit_image_per_slice():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(2, 64, 48, 3)).astype(np.float32)
+    image[1, ..., 2] = 7.0  # a constant slice
+    out = clahe(image)
+    assert out.shape == image.shape and out.dtype == np.float32
+    plane = image[0, ..., 1]
+    expected = equalize_adapthist((plane - plane.min()) / (plane.max() - plane.min()), clip_limit=0.01)
+    np.testing.assert_allclose(out[0, ..., 1], expected, atol=1e-6)
+    assert np.all(out[1, ..., 2] == 0)
+    assert 0 <= out.min() and out.max() <= 1
+    tensor = clahe_tensor(torch.from_numpy(image))
+    np.testing.assert_allclose(tensor.numpy(), out)
+
+
+@pytest.mark.parametrize("patch, rotated_about, scaled", [
+    ((32, 32, 1), [False, False, True], [True, True, False]),
+    ((32, 32, 16), [True, True, True], [True, True, True]),
+])
+def test_random_affine_stays_in_the_patch_planes(patch, rotated_about, scaled):
+    t = random_affine(patch, prob=1.0, degrees=20, scale=0.2)
+    grid = t.rand_affine.rand_affine_grid
+    assert [r != 0 for r in np.ravel(grid.rotate_range)] == rotated_about
+    assert [s != 0 for s in np.ravel(grid.scale_range)] == scaled
+    t.set_random_state(0)
+    label = torch.zeros(1, *patch)
+    label[:, 8:24, 8:24] = 1
+    data = {IMAGE: torch.arange(label.numel(), dtype=torch.float32).reshape(label.shape), LABEL: label}
+    out = t(data)
+    assert out[IMAGE].shape == label.shape and out[LABEL].shape == label.shape
+    assert set(np.unique(out[LABEL].numpy())) <= {0.0, 1.0}  # nearest for the label
+    assert not torch.equal(out[IMAGE].as_tensor(), data[IMAGE])  # it did transform
+
+
+def test_error_figure_draws_one_row_per_case(tmp_path):
+    label = np.zeros((40, 30, 1), np.uint8)
+    label[10:20, 5:25] = 1
+    pred = np.roll(label, 3, axis=0)
+    image = np.random.default_rng(0).random((40, 30, 1))
+    out = tmp_path / "errors.png"
+    error_figure([("a", image, label, pred, np.eye(4)), ("b", image, label, label, np.eye(4))], out)
+    with Image.open(out) as png:
+        width, height = png.size
+    assert png.format == "PNG" and height > width * 0.4  # two rows of four panels
+    one = tmp_path / "one.png"
+    error_figure([("a", image, label, pred, np.eye(4))], one)
+    with Image.open(one) as png:
+        assert png.size[1] < height * 0.7
