@@ -121,14 +121,16 @@ ERROR_COLOURS = {"false negative": "#e6194b", "false positive": "#00a2ff"}
 def error_figure(
     cases: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]],
     out: str | Path,
+    crop: int | None = None,
 ) -> None:
     """One row per case: image, label, prediction, errors (false negatives and false positives
     in two colours), on the axial slice with the most label voxels (the image itself for 2D).
 
     cases: (title, image, label, prediction, affine) with (x, y, z) arrays in file voxel order;
-    labels and predictions are binarised (any foreground class).
+    labels and predictions are binarised (any foreground class). ``crop``: show only a square
+    of this many voxels around the slice's label centre (thin structures such as retinal vessels).
     """
-    fig = Figure(figsize=(12, 3.2 * len(cases)), tight_layout=True)
+    fig = Figure(figsize=(12, 3.2 * len(cases)), dpi=72, tight_layout=True)
     error_cmap = ListedColormap(list(ERROR_COLOURS.values()))
     for row, (title, image, label, pred, affine) in enumerate(cases):
         if image.ndim == 4:
@@ -139,13 +141,14 @@ def error_figure(
         single = image.shape[2] == 1
         def view(a: np.ndarray) -> np.ndarray:
             return a[..., z] if single else np.flipud(a[..., z].T)
-        base = view(image)
-        low, high = np.percentile(base, [0.5, 99.5])
         errors = np.zeros(ref.shape, dtype=float)
         errors[ref & ~hit] = 1
         errors[~ref & hit] = 2
-        panels = [("image", None, None), ("label", view(ref).astype(float), "#3cb44b"),
-                  ("prediction", view(hit).astype(float), "#ffe119"), ("errors", view(errors), None)]
+        window = _crop_window(view(ref), crop)
+        base = view(image)[window]
+        low, high = np.percentile(base, [0.5, 99.5])
+        panels = [("image", None, None), ("label", view(ref).astype(float)[window], "#3cb44b"),
+                  ("prediction", view(hit).astype(float)[window], "#ffe119"), ("errors", view(errors)[window], None)]
         for col, (name, overlay, colour) in enumerate(panels):
             ax = fig.add_subplot(len(cases), 4, row * 4 + col + 1)
             ax.imshow(base, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
@@ -159,6 +162,17 @@ def error_figure(
             if name == "errors":
                 counts = {n: int((errors == i + 1).sum()) for i, n in enumerate(ERROR_COLOURS)}
                 ax.set_xlabel(", ".join(f"{n} {c}" for n, c in counts.items()) + " (whole case)", fontsize=8)
+    if crop:
+        fig.suptitle(f"{crop}x{crop}-voxel crops around the label's centre", x=0.02, ha="left")
     fig.legend(handles=[Patch(facecolor=colour, label=name) for name, colour in ERROR_COLOURS.items()],
                loc="upper right", ncols=2)
     _save(fig, out)
+
+
+def _crop_window(plane: np.ndarray, crop: int | None) -> tuple[slice, slice]:
+    """Slices of a ``crop``-sized square around the centre of mass of ``plane`` (all of it without crop)."""
+    if not crop or not plane.any():
+        return slice(None), slice(None)
+    centre = np.round(ndimage.center_of_mass(plane)).astype(int)
+    starts = [int(np.clip(c - crop // 2, 0, max(n - crop, 0))) for c, n in zip(centre, plane.shape)]
+    return tuple(slice(s, s + crop) for s in starts)

@@ -86,3 +86,14 @@ def test_error_figure_draws_one_row_per_case(tmp_path):
     error_figure([("a", image, label, pred, np.eye(4))], one)
     with Image.open(one) as png:
         assert png.size[1] < height * 0.7
+
+
+def test_error_figure_crop_window_is_centred_on_the_label():
+    from pipeline.visualisation import _crop_window
+    plane = np.zeros((100, 80))
+    plane[60:70, 10:20] = 1
+    rows, cols = _crop_window(plane, 20)
+    assert (rows.start, rows.stop, cols.start, cols.stop) == (54, 74, 4, 24)  # centre (64.5, 14.5) rounds to even
+    rows, cols = _crop_window(plane, 50)  # clipped at the border, still 50 wide
+    assert (cols.start, cols.stop) == (0, 50) and rows.stop - rows.start == 50
+    assert _crop_window(plane, None) == (slice(None), slice(None))
