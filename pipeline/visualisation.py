@@ -124,7 +124,8 @@ def error_figure(
     crop: int | None = None,
 ) -> None:
     """One row per case: image, label, prediction, errors (false negatives and false positives
-    in two colours), on the axial slice with the most label voxels (the image itself for 2D).
+    in two colours, counted over the whole case), on the axial slice with the most label voxels
+    (the image itself for 2D).
 
     cases: (title, image, label, prediction, affine) with (x, y, z) arrays in file voxel order;
     labels and predictions are binarised (any foreground class). ``crop``: show only a square
@@ -158,10 +159,9 @@ def error_figure(
                           alpha=0.6 if colour else 0.9, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(f"{title}: {name}" if col == 0 else name)
-            if name == "errors":
-                counts = {n: int((errors == i + 1).sum()) for i, n in enumerate(ERROR_COLOURS)}
-                ax.set_xlabel(", ".join(f"{n} {c}" for n, c in counts.items()) + " (whole case)", fontsize=8)
+            if name == "errors":  # counted over the whole case, not just the slice shown
+                name = f"errors: FN {int((errors == 1).sum())}, FP {int((errors == 2).sum())}"
+            ax.set_title(f"{title}: {name}" if col == 0 else name, fontsize=10)
     if crop:
         fig.suptitle(f"{crop}x{crop}-voxel crops around the label's centre", x=0.02, ha="left")
     fig.legend(handles=[Patch(facecolor=colour, label=name) for name, colour in ERROR_COLOURS.items()],
