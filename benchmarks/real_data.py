@@ -13,7 +13,8 @@ on them (no best-checkpoint selection, no tuning inside this run).
 
 Prints one line per metric (mean over the held-out cases) next to the seed's
 published figure and the target, and the training wall time; writes
-``benchmarks/results/<dataset>.md`` and ``docs/figures/<dataset>_errors.png``
+``benchmarks/results/<dataset>.md`` (+ ``<dataset>_cases.csv``, the per-case rows) and
+``docs/figures/<dataset>_errors.png``
 (image, label, prediction, false negatives / false positives per held-out case).
 """
 
@@ -24,6 +25,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -209,12 +211,12 @@ def write_results(dataset, ref, lines, metrics, train_seconds, test_seconds, tra
         *([shown(ablation_cmd)] if ablation_cmd else []),
         "```",
         "",
-        f"Per-case rows: `{run_dir}/test/metrics.csv` (not kept in the repository). "
-        f"Figure: `docs/figures/{dataset}_errors.png`.",
+        f"Per-case rows: `benchmarks/results/{dataset}_cases.csv`. Figure: `docs/figures/{dataset}_errors.png`.",
         "",
     ])
     out = ROOT / "benchmarks" / "results" / f"{dataset}.md"
     out.write_text(text, encoding="utf-8")
+    shutil.copy(run_dir / "test" / "metrics.csv", out.with_name(f"{dataset}_cases.csv"))
     print(f"results: {out.relative_to(ROOT)}")
 
 

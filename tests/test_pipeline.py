@@ -269,3 +269,26 @@ def test_largest_component_and_flips_at_test_time(trained, tiny_dataset, tmp_pat
     assert len(post) == len(plain) == 2
     assert max(max(c) for c in plain) > 1  # the check below can fail
     assert all(n <= 1 for case in post for n in case)
+
+
+def test_inference_only_on_images_without_labels(trained, tiny_dataset, tmp_path):
+    """No labels: predictions (on the input grid), probability maps and slices, no metrics."""
+    run, _ = trained
+    out = tmp_path / "unlabelled"
+    result = run_cli("test.py", "--run", str(run), "--images", str(tiny_dataset / "imagesTs"), "--out", str(out),
+                     "--set", "infer.probabilities=true")
+    assert result.returncode == 0, result.stderr
+    assert "mean foreground Dice" not in result.stdout
+    images = sorted(p.name for p in (tiny_dataset / "imagesTs").glob("*.nii.gz"))
+    assert sorted(p.name for p in (out / "predictions").glob("*.nii.gz")) == images
+    assert sorted(p.name for p in (out / "probabilities").glob("*.nii.gz")) == images
+    assert all(p.read_bytes().startswith(PNG) for p in (out / "slices").glob("*.png"))
+    assert not (out / "metrics.csv").exists() and not (out / "summary.json").exists()
+    pred, _ = read_volume(out / "predictions" / images[0])
+    prob, _ = read_volume(out / "probabilities" / images[0])
+    image, _ = read_volume(tiny_dataset / "imagesTs" / images[0])
+    assert pred.shape == image.shape and prob.shape == (*image.shape, 2)
+    # the label map is the argmax of the probabilities (background = 1 - the rest)
+    background = 1 - prob.sum(axis=-1)
+    expected = np.argmax(np.concatenate([background[..., None], prob], axis=-1), axis=-1)
+    assert np.mean(expected == pred) > 0.999
