@@ -15,7 +15,9 @@ from pipeline.report import read_metrics_csv
 
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/datasets not present (a user's clone)")
 
-QUICK = ["train.epochs=1", "model.channels=[8,16,32]", "train.samples_per_volume=1"]
+# one epoch of a narrow network; test-time flips off (they multiply inference by 4-8 and are tested
+# in test_levers.py and test_pipeline.py), everything else as the preset has it
+QUICK = ["train.epochs=1", "model.channels=[8,16,32]", "train.samples_per_volume=1", "infer.tta=false"]
 
 
 def _train_and_test(preset: str, tmp_path, *extra: str):
