@@ -122,6 +122,9 @@ CHOICES = {
     "infer.blend": ("gaussian", "constant"),
 }
 
+PROBABILITIES = {"train.pos_fraction", "train.flip_prob", "train.affine_prob", "train.intensity_prob",
+                 "train.gamma_prob"}
+
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 
 
@@ -217,6 +220,8 @@ def _build(cls: type, values: dict, prefix: str, source: str) -> Any:
             choices = CHOICES.get(key)
             if choices and kwargs[name] not in choices:
                 raise UserError(f"{source}: {key} must be one of {', '.join(choices)}, got {value!r}")
+            if key in PROBABILITIES and not 0 <= kwargs[name] <= 1:
+                raise UserError(f"{source}: {key} is a probability and must be in [0, 1], got {value!r}")
     return cls(**kwargs)
 
 

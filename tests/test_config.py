@@ -43,6 +43,8 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
         (["train.patch_size=[64,64]"], "train.patch_size: expected 3 values"),
         (["train.precision=fp8"], "train.precision must be one of auto, fp32, bf16, fp16"),
         (["train=5"], "train must be a mapping"),
+        (["train.affine_prob=1.5"], "train.affine_prob is a probability and must be in [0, 1], got 1.5"),
+        (["data.contrast=gamma"], "data.contrast must be one of none, clahe"),
         (["epochs"], "expected section.key=value"),
     ],
 )
