@@ -6,8 +6,8 @@ window, MR z-score over the body, generic z-score), pad to the patch,
 and, for training, foreground/background voxel indices for the crop sampler.
 Random: ``RandCropByPosNegLabeld`` patches (foreground-oversampled), flips on every
 axis the patch has, and, where the config turns them on, rotation/scaling
-(``RandAffined``), intensity scale and shift, and gamma. All deterministic steps are invertible, so ``Invertd`` puts a prediction back
-on the input's own grid.
+(``RandAffined``), intensity scale and shift, and gamma. All deterministic steps
+are invertible, so ``Invertd`` puts a prediction back on the input's own grid.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import numpy as np
 from monai import transforms as mt
 
 from .config import Config
-from .readers import PipelineReader
 from .contrast import clahe_tensor
+from .readers import PipelineReader
 
 IMAGE, LABEL = "image", "label"
 FG, BG = "label_fg_indices", "label_bg_indices"
@@ -48,11 +48,11 @@ def deterministic_transforms(cfg: Config, keys: Sequence[str] = (IMAGE, LABEL), 
     if cfg.data.spacing is not None:
         steps.append(mt.Spacingd(keys, pixdim=cfg.data.spacing, mode=["bilinear", "nearest"][: len(keys)]))
     ct = d.modality == "CT"
-    if d.contrast == "clahe":
-        steps.append(mt.Lambdad(IMAGE, func=clahe_tensor))
     if d.crop_foreground:
         steps.append(mt.CropForegroundd(keys, source_key=IMAGE, select_fn=body_ct if ct else body_positive,
                                         margin=2, allow_smaller=True))
+    if d.contrast == "clahe":  # after the crop: equalisation lifts the black border above zero
+        steps.append(mt.Lambdad(IMAGE, func=clahe_tensor))
     if ct:
         low, high = d.intensity_range
         steps.append(mt.ScaleIntensityRanged(IMAGE, a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True))
