@@ -40,8 +40,8 @@ def predict_volume(
     model.eval()
     try:
         with torch.inference_mode(), autocast(device, amp_dtype):
-            logits = None
-            for dims in flip_dims(roi_size, tta=infer.tta):
+            logits, passes = None, flip_dims(roi_size, tta=infer.tta)
+            for dims in passes:
                 flipped = image.flip(dims) if dims else image
                 try:
                     out = _sliding_window(model, flipped, roi_size, infer, device, stitch_device)
@@ -56,7 +56,7 @@ def predict_volume(
                     out = _sliding_window(model, flipped, roi_size, infer, device, stitch_device)
                 out = out.float().flip(dims) if dims else out.float()
                 logits = out if logits is None else logits.to(out.device).add_(out)
-            return logits.div_(len(flip_dims(roi_size, tta=infer.tta)))
+            return logits.div_(len(passes))
     finally:
         model.train(was_training)
 
