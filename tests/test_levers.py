@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,3 +99,26 @@ def test_error_figure_crop_window_is_centred_on_the_label():
     rows, cols = _crop_window(plane, 50)  # clipped at the border, still 50 wide
     assert (cols.start, cols.stop) == (0, 50) and rows.stop - rows.start == 50
     assert _crop_window(plane, None) == (slice(None), slice(None))
+
+
+def _real_data_script():
+    spec = importlib.util.spec_from_file_location("real_data", Path(__file__).parents[1] / "benchmarks" / "real_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_accuracy_ceiling_matches_counted_predictions():
+    real_data = _real_data_script()
+    ref = np.zeros(1000, bool)
+    ref[:120] = True  # 12 % foreground
+    no_fp = np.zeros(1000, bool)
+    no_fp[:90] = True  # 90 true positives, 30 false negatives, no false positives
+    balanced = np.zeros(1000, bool)
+    balanced[:100] = True
+    balanced[200:220] = True  # 100 TP, 20 FN, 20 FP
+    for pred, which in ((no_fp, 0), (balanced, 1)):
+        tp = np.count_nonzero(pred & ref)
+        dice = 2 * tp / (pred.sum() + ref.sum())
+        accuracy = np.mean(pred == ref)
+        assert real_data.accuracy_ceiling(dice, 0.12)[which] == pytest.approx(accuracy, abs=1e-12)
