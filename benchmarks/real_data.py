@@ -2,7 +2,7 @@
 
     python benchmarks/real_data.py la_heart     # configs/la_heart.yaml on ../shared/datasets/LA_heart_h5/train
     python benchmarks/real_data.py drive        # configs/drive.yaml on ../shared/datasets/DRIVE/training
-    python benchmarks/real_data.py drive --set train.epochs=2   # a quick check of the script itself
+    python benchmarks/real_data.py drive --set train.epochs=2   # an experiment: files stay in its --out folder
 
 The dataset's own test cases are not available, so a seeded quarter-or-so of its
 training cases (4 of 14 LA volumes, 4 of 20 DRIVE images) is held out: the
@@ -108,6 +108,11 @@ def run(cmd: list[str], log: Path) -> float:
     return seconds
 
 
+def shown_path(path: Path) -> str:
+    """``path`` relative to the repository when inside it."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -125,7 +130,8 @@ def main() -> None:
     parser.add_argument("--holdout", type=int, default=4, help="held-out cases (default 4)")
     parser.add_argument("--out", default="/tmp/real_data", help="runs and logs go here (default /tmp/real_data)")
     parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="extra train.py overrides (a quick check; the published numbers use none)")
+                        help="extra train.py overrides (an experiment: its results and figure stay in its --out "
+                             "folder; the published numbers use none)")
     args = parser.parse_args()
 
     ref = REFERENCES[args.dataset]
@@ -188,13 +194,17 @@ def main() -> None:
                    f"{balanced:.4f} with as many false positives as false negatives.")
         print(ceiling)
 
-    write_figure(args.dataset, cfg, root, test_ids, run_dir / "test")
-    write_results(args.dataset, ref, lines, metrics, train_seconds, test_seconds, train_cmd, test_cmd, test_ids,
-                  len(ids) - len(test_ids), run_dir, levers, ablation_cmd, plain, ceiling)
+    # published numbers go into the repository; an experiment with --set keeps its files in its own folder
+    published = not args.overrides
+    results_dir = ROOT / "benchmarks" / "results" if published else out
+    figure = write_figure(args.dataset, cfg, root, test_ids, run_dir / "test",
+                          ROOT / "docs" / "figures" if published else out)
+    write_results(results_dir, figure, args.dataset, ref, lines, metrics, train_seconds, test_seconds, train_cmd,
+                  test_cmd, test_ids, len(ids) - len(test_ids), run_dir, levers, ablation_cmd, plain, ceiling)
 
 
-def write_figure(dataset: str, cfg, root: str, test_ids: list[str], test_dir: Path) -> None:
-    """``docs/figures/<dataset>_errors.png`` for up to four held-out cases."""
+def write_figure(dataset: str, cfg, root: str, test_ids: list[str], test_dir: Path, figures_dir: Path) -> Path:
+    """``<figures_dir>/<dataset>_errors.png`` for up to four held-out cases; returns its path."""
     cases = {c.id: c for c in load_dataset(root, cfg.data).training}
     rows = []
     for case_id in test_ids[:4]:
@@ -206,14 +216,15 @@ def write_figure(dataset: str, cfg, root: str, test_ids: list[str], test_dir: Pa
         if case.mask is not None:  # score and show inside the field of view only
             label = label * (load_image(case.mask, label=True, **read)[0] > 0)
         rows.append((case_id, image, label, pred, affine))
-    out = ROOT / "docs" / "figures" / f"{dataset}_errors.png"
+    out = figures_dir / f"{dataset}_errors.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     error_figure(rows, out, crop=REFERENCES[dataset].get("crop"))
-    print(f"figure: {out.relative_to(ROOT)}")
+    print(f"figure: {shown_path(out)}")
+    return out
 
 
-def write_results(dataset, ref, lines, metrics, train_seconds, test_seconds, train_cmd, test_cmd, test_ids,
-                  n_train, run_dir, levers, ablation_cmd, plain, ceiling) -> None:
+def write_results(results_dir: Path, figure: Path, dataset, ref, lines, metrics, train_seconds, test_seconds,
+                  train_cmd, test_cmd, test_ids, n_train, run_dir, levers, ablation_cmd, plain, ceiling) -> None:
     def shown(cmd: list[str]) -> str:
         return shlex.join(["python", *cmd[1:]])
     without = f"without {' / '.join(levers)}" if levers else "without test-time levers"
@@ -245,13 +256,13 @@ def write_results(dataset, ref, lines, metrics, train_seconds, test_seconds, tra
         *([shown(ablation_cmd)] if ablation_cmd else []),
         "```",
         "",
-        f"Per-case rows: `benchmarks/results/{dataset}_cases.csv`. Figure: `docs/figures/{dataset}_errors.png`.",
+        f"Per-case rows: `{shown_path(results_dir / f'{dataset}_cases.csv')}`. Figure: `{shown_path(figure)}`.",
         "",
     ])
-    out = ROOT / "benchmarks" / "results" / f"{dataset}.md"
+    out = results_dir / f"{dataset}.md"
     out.write_text(text, encoding="utf-8")
     shutil.copy(run_dir / "test" / "metrics.csv", out.with_name(f"{dataset}_cases.csv"))
-    print(f"results: {out.relative_to(ROOT)}")
+    print(f"results: {shown_path(out)}")
 
 
 if __name__ == "__main__":
