@@ -65,6 +65,9 @@ class TrainConfig:
     patch_size: tuple[int, int, int] = (112, 112, 80)
     batch_size: int = 1  # volumes per step; each gives samples_per_volume crops
     samples_per_volume: int = 2
+    # volumes drawn per epoch (distinct within an epoch when <= the training cases); unset: every
+    # training case once. Fixes a run's cost, and so its wall time, whatever the number of cases.
+    volumes_per_epoch: int | None = None
     pos_fraction: float = 0.5  # share of crops centred on foreground (RandCropByPosNegLabeld)
     flip_prob: float = 0.5  # per axis
     affine_prob: float = 0.0  # chance of a random rotation + scaling of a patch (RandAffined)
@@ -124,6 +127,9 @@ CHOICES = {
 
 PROBABILITIES = {"train.pos_fraction", "train.flip_prob", "train.affine_prob", "train.intensity_prob",
                  "train.gamma_prob"}
+
+COUNTS = {"train.epochs", "train.batch_size", "train.samples_per_volume", "train.volumes_per_epoch",
+          "train.val_every"}
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 
@@ -222,6 +228,8 @@ def _build(cls: type, values: dict, prefix: str, source: str) -> Any:
                 raise UserError(f"{source}: {key} must be one of {', '.join(choices)}, got {value!r}")
             if key in PROBABILITIES and not 0 <= kwargs[name] <= 1:
                 raise UserError(f"{source}: {key} is a probability and must be in [0, 1], got {value!r}")
+            if key in COUNTS and kwargs[name] is not None and kwargs[name] < 1:
+                raise UserError(f"{source}: {key} must be at least 1, got {value!r}")
     return cls(**kwargs)
 
 

@@ -33,6 +33,7 @@ from monai.transforms import Compose, Randomizable
 from torch import nn
 from torch.distributed import get_backend as dist_backend
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import RandomSampler
 from tqdm import tqdm
 
 from models3d import build_model
@@ -246,6 +247,18 @@ def _first_random(transform: Compose) -> int:
     return next(i for i, t in enumerate(transform.transforms) if isinstance(t, Randomizable))
 
 
+def epoch_sampler(cases, volumes_per_epoch: int | None, generator: torch.Generator,
+                  world_size: int = 1) -> RandomSampler:
+    """The order in which one epoch draws this rank's training cases (indices into ``cases``).
+
+    Unset: one permutation of the cases (what ``shuffle=True`` draws). Otherwise this rank's
+    share of ``volumes_per_epoch`` draws without replacement: a random subset when fewer than the
+    cases, whole permutations and then a subset when more.
+    """
+    per_rank = None if volumes_per_epoch is None else math.ceil(volumes_per_epoch / world_size)
+    return RandomSampler(cases, num_samples=per_rank, generator=generator)
+
+
 def _loaders(cfg: Config, run: Run, device: torch.device, info: Dist = Dist()):
     """Training loader over this rank's (padded) share of the cases, and the validation items."""
     seed = cfg.train.seed + info.rank  # each rank draws its own crops
@@ -254,11 +267,12 @@ def _loaders(cfg: Config, run: Run, device: torch.device, info: Dist = Dist()):
     items = [{IMAGE: str(c.image), LABEL: str(c.label)} for c in shard(run.train, info, pad=True)]
     train_ds = cached_dataset(items, train_tf, cfg, run.dir / "cache" / f"rank{info.rank}" if info.enabled else run.dir / "cache")
     generator = torch.Generator().manual_seed(seed)
+    sampler = epoch_sampler(train_ds, cfg.train.volumes_per_epoch, generator, info.world_size)
     if device.type == "cuda":
-        loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True, num_workers=cfg.data.workers,
+        loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=cfg.data.workers,
                             pin_memory=True, generator=generator, persistent_workers=cfg.data.workers > 0)
     else:  # threads: worker processes would fight the compute threads for 2 cores
-        loader = ThreadDataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True, num_workers=0,
+        loader = ThreadDataLoader(train_ds, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=0,
                                   buffer_size=1, generator=generator)
     val_items = CacheDataset([{IMAGE: str(c.image), LABEL: str(c.label)} for c in run.val],
                              build_transforms(cfg, train=False), cache_rate=1.0, progress=False) if run.val else []

@@ -45,6 +45,8 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
         (["train=5"], "train must be a mapping"),
         (["train.affine_prob=1.5"], "train.affine_prob is a probability and must be in [0, 1], got 1.5"),
         (["data.contrast=gamma"], "data.contrast must be one of none, clahe"),
+        (["train.volumes_per_epoch=0"], "train.volumes_per_epoch must be at least 1, got 0"),
+        (["train.epochs=-3"], "train.epochs must be at least 1, got -3"),
         (["epochs"], "expected section.key=value"),
     ],
 )

@@ -15,6 +15,7 @@ from skimage.exposure import equalize_adapthist
 from pipeline.config import InferConfig
 from pipeline.contrast import clahe, clahe_tensor
 from pipeline.inference import flip_dims, predict_volume
+from pipeline.training import epoch_sampler
 from pipeline.transforms import IMAGE, LABEL, random_affine
 from pipeline.visualisation import error_figure
 
@@ -72,6 +73,27 @@ def test_random_affine_stays_in_the_patch_planes(patch, rotated_about, scaled):
     assert out[IMAGE].shape == label.shape and out[LABEL].shape == label.shape
     assert set(np.unique(out[LABEL].numpy())) <= {0.0, 1.0}  # nearest for the label
     assert not torch.equal(out[IMAGE].as_tensor(), data[IMAGE])  # it did transform
+
+
+def test_epoch_sampler_draws_distinct_cases_and_fixes_the_epoch_length():
+    cases = list(range(5))
+
+    def order(**kwargs) -> list[int]:
+        return [int(i) for i in torch.utils.data.DataLoader(cases, batch_size=None, **kwargs)]
+
+    shuffled = order(shuffle=True, generator=torch.Generator().manual_seed(3))
+    for per_epoch in (None, len(cases)):  # unset or one per case: the order before the option existed
+        generator = torch.Generator().manual_seed(3)
+        assert order(sampler=epoch_sampler(cases, per_epoch, generator), generator=generator) == shuffled
+
+    generator = torch.Generator().manual_seed(0)
+    fewer = [list(epoch_sampler(cases, 3, generator)) for _ in range(40)]
+    assert all(len(epoch) == 3 and len(set(epoch)) == 3 for epoch in fewer)
+    assert set(itertools.chain(*fewer)) == set(cases)  # every case comes round across epochs
+
+    more = list(epoch_sampler(cases, 7, generator))
+    assert len(more) == 7 and sorted(more[:5]) == cases and len(set(more[5:])) == 2
+    assert len(list(epoch_sampler(cases, 7, generator, world_size=2))) == 4  # this rank's share, rounded up
 
 
 def test_error_figure_draws_one_row_per_case(tmp_path):

@@ -16,8 +16,10 @@ from pipeline.report import read_metrics_csv
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/datasets not present (a user's clone)")
 
 # one epoch of a narrow network; test-time flips off (they multiply inference by 4-8 and are tested
-# in test_levers.py and test_pipeline.py), everything else as the preset has it
-QUICK = ["train.epochs=1", "model.channels=[8,16,32]", "train.samples_per_volume=1", "infer.tta=false"]
+# in test_levers.py and test_pipeline.py); a few validation cases for test.py to score (the LA and
+# DRIVE presets train on every case); everything else as the preset has it
+QUICK = ["train.epochs=1", "model.channels=[8,16,32]", "train.samples_per_volume=1", "infer.tta=false",
+         "data.val_fraction=0.1"]
 
 
 def _train_and_test(preset: str, tmp_path, *extra: str):
