@@ -84,6 +84,9 @@ class TrainConfig:
     dice_weight: float = 0.5
     ce_weight: float = 0.5
     class_weights: tuple[float, ...] | None = None  # cross-entropy weight per class, background first
+    dice_background: bool = True  # the Dice term averages over every class; false: foreground classes only
+    batch_dice: bool = False  # one Dice over all crops of a step, not the mean of per-crop Dice (an empty crop's
+    #                           Dice is ~0 for any foreground it predicts)
     val_every: int = 1  # epochs between validations
     precision: str = "auto"  # fp32, bf16, fp16 or auto (bf16 where the hardware runs it natively)
     deterministic: bool = False  # same weights after kill + resume as uninterrupted (CPU; fp32 recommended)

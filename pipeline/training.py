@@ -82,12 +82,14 @@ def model_from_config(cfg: Config, in_channels: int, n_classes: int) -> nn.Modul
 
 
 def build_loss(cfg: Config, n_classes: int) -> nn.Module:
-    """Weighted Dice + cross-entropy on softmax logits (MONAI DiceCELoss)."""
+    """Weighted Dice + cross-entropy on softmax logits (MONAI DiceCELoss): logits (B, C, H, W, D),
+    labels (B, 1, H, W, D). The Dice term is per crop or over the batch, with or without background."""
     weights = cfg.train.class_weights
     if weights is not None and len(weights) != n_classes:
         raise UserError(f"train.class_weights: expected {n_classes} weights (background first), got {len(weights)}")
     return DiceCELoss(
         to_onehot_y=True, softmax=True, lambda_dice=cfg.train.dice_weight, lambda_ce=cfg.train.ce_weight,
+        include_background=cfg.train.dice_background, batch=cfg.train.batch_dice,
         weight=torch.tensor(weights, dtype=torch.float32) if weights is not None else None,
     )
 
