@@ -397,9 +397,10 @@ def fit(cfg: Config, run: Run, resume: dict | None = None, info: Dist = Dist()) 
         log.info("resuming %s at epoch %d%s (best val Dice so far %.4f)", run.dir, start_epoch,
                  f", step {skip + 1}" if skip else "", best)
 
-    log.info("training %s on %s (%s), %d train / %d val cases, %d epochs",
+    per_epoch = cfg.train.volumes_per_epoch
+    log.info("training %s on %s (%s), %d train / %d val cases, %d epochs%s",
              cfg.model.name, device, "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
-             len(run.train), len(run.val), cfg.train.epochs)
+             len(run.train), len(run.val), cfg.train.epochs, "" if per_epoch is None else f" of {per_epoch} volumes")
     ckpt_dir = run.dir / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
     main = info.is_main
