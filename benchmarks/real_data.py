@@ -3,6 +3,7 @@
     python benchmarks/real_data.py la_heart     # configs/la_heart.yaml on ../shared/datasets/LA_heart_h5/train
     python benchmarks/real_data.py drive        # configs/drive.yaml on ../shared/datasets/DRIVE/training
     python benchmarks/real_data.py drive --set train.epochs=2   # an experiment: files stay in its --out folder
+    python benchmarks/real_data.py la_heart --cases ID1 ID2 ID3 ID4   # another held-out split (its own folder too)
 
 The dataset's own test cases are not available, so a seeded quarter-or-so of its
 training cases (4 of 14 LA volumes, 4 of 20 DRIVE images) is held out: the
@@ -91,8 +92,14 @@ def foreground_share(cfg, root: str, ids: list[str]) -> float | None:
     return foreground / inside
 
 
-def held_out(ids: list[str], n: int, seed: int) -> list[str]:
-    """``n`` case ids drawn by a seeded permutation (the same draw as the pipeline's split)."""
+def held_out(ids: list[str], n: int, seed: int, chosen: list[str] | None = None) -> list[str]:
+    """``chosen`` (checked against ``ids``), else ``n`` case ids drawn by a seeded permutation
+    (the same draw as the pipeline's split)."""
+    if chosen:
+        unknown = sorted(set(chosen) - set(ids))
+        if unknown:
+            raise SystemExit(f"error: --cases: unknown case id(s) {', '.join(unknown)}; known: {', '.join(ids)}")
+        return sorted(set(chosen))
     order = np.random.default_rng(seed).permutation(len(ids))
     return [ids[i] for i in sorted(order[:n])]
 
@@ -128,6 +135,9 @@ def main() -> None:
     parser.add_argument("dataset", choices=sorted(REFERENCES))
     parser.add_argument("--data", help="dataset root (default: the preset's data.root)")
     parser.add_argument("--holdout", type=int, default=4, help="held-out cases (default 4)")
+    parser.add_argument("--cases", nargs="+", metavar="ID",
+                        help="hold out these cases instead of the seeded draw (another split: its results and figure "
+                             "stay in its --out folder)")
     parser.add_argument("--out", default="/tmp/real_data", help="runs and logs go here (default /tmp/real_data)")
     parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
                         help="extra train.py overrides (an experiment: its results and figure stay in its --out "
@@ -138,7 +148,7 @@ def main() -> None:
     cfg = load_config(ROOT / ref["config"])
     root = args.data or str((ROOT / cfg.data.root).resolve())
     ids = [c.id for c in load_dataset(root, cfg.data).training]
-    test_ids = held_out(ids, args.holdout, cfg.train.seed)
+    test_ids = held_out(ids, args.holdout, cfg.train.seed, args.cases)
     out = Path(args.out) / f"{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True)
     listed = "[" + ",".join(test_ids) + "]"
@@ -194,8 +204,8 @@ def main() -> None:
                    f"{balanced:.4f} with as many false positives as false negatives.")
         print(ceiling)
 
-    # published numbers go into the repository; an experiment with --set keeps its files in its own folder
-    published = not args.overrides
+    # published numbers go into the repository; an experiment (--set, --cases) keeps its files in its own folder
+    published = not args.overrides and not args.cases
     results_dir = ROOT / "benchmarks" / "results" if published else out
     figure = write_figure(args.dataset, cfg, root, test_ids, run_dir / "test",
                           ROOT / "docs" / "figures" if published else out)

@@ -150,6 +150,17 @@ def _real_data_script():
     return module
 
 
+def test_benchmark_holds_out_the_seeded_draw_or_the_named_cases():
+    real_data = _real_data_script()
+    ids = [f"case{i}" for i in range(10)]
+    drawn = real_data.held_out(ids, 4, seed=0)
+    order = np.random.default_rng(0).permutation(10)
+    assert drawn == sorted(ids[i] for i in order[:4])  # the pipeline's own seeded draw
+    assert real_data.held_out(ids, 4, 0, ["case7", "case2"]) == ["case2", "case7"]
+    with pytest.raises(SystemExit, match="unknown case id\\(s\\) nope"):
+        real_data.held_out(ids, 4, 0, ["case1", "nope"])
+
+
 def test_accuracy_ceiling_matches_counted_predictions():
     real_data = _real_data_script()
     ref = np.zeros(1000, bool)
