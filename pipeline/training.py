@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -249,7 +249,7 @@ def _first_random(transform: Compose) -> int:
     return next(i for i, t in enumerate(transform.transforms) if isinstance(t, Randomizable))
 
 
-def epoch_sampler(cases, volumes_per_epoch: int | None, generator: torch.Generator,
+def epoch_sampler(cases: Sized, volumes_per_epoch: int | None, generator: torch.Generator,
                   world_size: int = 1) -> RandomSampler:
     """The order in which one epoch draws this rank's training cases (indices into ``cases``).
 
