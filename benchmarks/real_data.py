@@ -98,7 +98,7 @@ def held_out(ids: list[str], n: int, seed: int, chosen: list[str] | None = None)
     if chosen:
         unknown = sorted(set(chosen) - set(ids))
         if unknown:
-            raise SystemExit(f"error: --cases: unknown case id(s) {', '.join(unknown)}; known: {', '.join(ids)}")
+            raise ValueError(f"--cases: unknown case id(s) {', '.join(unknown)}; known: {', '.join(ids)}")
         return sorted(set(chosen))
     order = np.random.default_rng(seed).permutation(len(ids))
     return [ids[i] for i in sorted(order[:n])]
@@ -148,7 +148,11 @@ def main() -> None:
     cfg = load_config(ROOT / ref["config"])
     root = args.data or str((ROOT / cfg.data.root).resolve())
     ids = [c.id for c in load_dataset(root, cfg.data).training]
-    test_ids = held_out(ids, args.holdout, cfg.train.seed, args.cases)
+    try:
+        test_ids = held_out(ids, args.holdout, cfg.train.seed, args.cases)
+    except ValueError as err:  # one line and exit 2, as the pipeline's own user errors
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     out = Path(args.out) / f"{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True)
     listed = "[" + ",".join(test_ids) + "]"

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 from skimage.exposure import equalize_adapthist
 
+from pipeline.config import Config, InferConfig, TrainConfig
 from pipeline.contrast import clahe, clahe_tensor
 from pipeline.inference import flip_dims, predict_volume
-from pipeline.config import Config, InferConfig, TrainConfig
 from pipeline.training import build_loss, epoch_sampler
 from pipeline.transforms import IMAGE, LABEL, random_affine
 from pipeline.visualisation import error_figure
@@ -157,7 +157,7 @@ def test_benchmark_holds_out_the_seeded_draw_or_the_named_cases():
     order = np.random.default_rng(0).permutation(10)
     assert drawn == sorted(ids[i] for i in order[:4])  # the pipeline's own seeded draw
     assert real_data.held_out(ids, 4, 0, ["case7", "case2"]) == ["case2", "case7"]
-    with pytest.raises(SystemExit, match="unknown case id\\(s\\) nope"):
+    with pytest.raises(ValueError, match="unknown case id\\(s\\) nope"):
         real_data.held_out(ids, 4, 0, ["case1", "nope"])
 
 
