@@ -1,8 +1,8 @@
 """Testing a trained run: predict every case on its own grid, evaluate, report.
 
 For each case: deterministic transforms -> ``predict_volume`` -> argmax ->
-``Invertd`` back to the file's voxel grid -> ``predictions/<case>.nii.gz`` in the
-input's geometry, ``slices/<case>.png``, and metric rows when a label exists.
+``Invertd`` back to the file's voxel grid (with ``data.spacing``: the probabilities,
+then argmax) -> ``predictions/<case>.nii.gz`` in the input's geometry, ``slices/<case>.png``, and metric rows when a label exists.
 """
 
 from __future__ import annotations
@@ -136,7 +136,10 @@ def predict_case(
     (with ``probabilities``) the softmax probabilities (K, x, y, z) on that grid.
 
     ``infer.tta`` averages flipped passes; ``infer.largest_component`` keeps the largest
-    connected component (26-connected) of each foreground class of the label map.
+    connected component (26-connected) of each foreground class of the label map. With
+    ``data.spacing`` the network ran on a resampled grid: its probabilities are resampled
+    (linearly) to the source grid and the label map is their argmax there, as nnU-Net
+    does, rather than a nearest-neighbour copy of a label map from the other grid.
     """
     cfg = trained.cfg
     pre = build_transforms(cfg, train=False, keys=(IMAGE,))
@@ -147,21 +150,30 @@ def predict_case(
     device = next(trained.model.parameters()).device
     logits = predict_volume(trained.model, data[IMAGE].as_tensor()[None].to(device), cfg.train.patch_size,
                             cfg.infer, amp_dtype)
-    label = logits.argmax(dim=1).to(torch.uint8).cpu()  # (1, H, W, D)
-    if cfg.infer.largest_component:
-        foreground = list(range(1, logits.shape[1]))
-        label = KeepLargestConnectedComponent(applied_labels=foreground, independent=True)(label)
-    keys, nearest = ["pred"], [True]
-    data["pred"] = MetaTensor(label, meta=data[IMAGE].meta, applied_operations=data[IMAGE].applied_operations)
-    if probabilities:
-        probs = torch.softmax(logits, dim=1)[0].cpu()
-        data["prob"] = MetaTensor(probs, meta=data[IMAGE].meta, applied_operations=data[IMAGE].applied_operations)
+    n_classes, resampled = logits.shape[1], cfg.data.spacing is not None
+    keys, nearest = [], []
+    if not resampled:
+        data["pred"] = _like(logits.argmax(dim=1).to(torch.uint8).cpu(), data[IMAGE])  # (1, H, W, D)
+        keys, nearest = ["pred"], [True]
+    if probabilities or resampled:
+        data["prob"] = _like(torch.softmax(logits, dim=1)[0].cpu(), data[IMAGE])  # (K, H, W, D)
         keys, nearest = keys + ["prob"], nearest + [False]
     del logits
     affine = np.asarray(data[IMAGE].meta["original_affine"], dtype=np.float64)
     inverted = Invertd(keys, transform=pre, orig_keys=IMAGE, nearest_interp=nearest)(data)
-    prob = np.asarray(inverted["prob"].as_tensor(), dtype=np.float32) if probabilities else None
-    return np.asarray(inverted["pred"].as_tensor()[0].round().to(torch.uint8)), affine, prob
+    prob = inverted["prob"].as_tensor().float() if "prob" in inverted else None
+    label = prob.argmax(dim=0, keepdim=True) if resampled else inverted["pred"].as_tensor().round()
+    label = label.to(torch.uint8)  # (1, x, y, z)
+    if cfg.infer.largest_component:
+        foreground = list(range(1, n_classes))
+        label = KeepLargestConnectedComponent(applied_labels=foreground, independent=True)(label)
+    return (np.asarray(label[0]), affine,
+            np.asarray(prob, dtype=np.float32) if probabilities else None)
+
+
+def _like(values: torch.Tensor, image: MetaTensor) -> MetaTensor:
+    """``values`` with the image's metadata and transform history, so ``Invertd`` can undo them."""
+    return MetaTensor(values, meta=image.meta, applied_operations=image.applied_operations)
 
 
 def _test_case(trained: TrainedModel, case: Case, out_dir: Path, amp_dtype, window) -> list[dict]:

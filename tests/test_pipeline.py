@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import run_cli, smoke_args
+from conftest import REPO, run_cli, smoke_args
 from pipeline.io import read_volume
 from pipeline.report import read_metrics_csv
 
@@ -292,3 +292,25 @@ def test_inference_only_on_images_without_labels(trained, tiny_dataset, tmp_path
     background = 1 - prob.sum(axis=-1)
     expected = np.argmax(np.concatenate([background[..., None], prob], axis=-1), axis=-1)
     assert np.mean(expected == pred) > 0.999
+
+
+def test_a_resampled_run_takes_the_argmax_on_the_source_grid(tiny_dataset):
+    """With data.spacing the network runs on a coarser grid (2x in-plane here); the label map is the
+    argmax of its probabilities resampled linearly to the input's grid, not a nearest-neighbour
+    copy of the coarse label map (which differs from that argmax along every boundary)."""
+    from pipeline.config import load_config
+    from pipeline.io import load_image
+    from pipeline.testing import TrainedModel, predict_case
+    cfg = load_config(REPO / "configs" / "smoke.yaml", [f"data.root={tiny_dataset}", "data.spacing=[1.6,1.6,2.0]"])
+    model = torch.nn.Conv3d(1, 3, kernel_size=1)  # logits: background 0, class 1 = 20 (x - 0.5), class 2 never
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([0.0, 20.0, 0.0]).view(3, 1, 1, 1, 1))
+        model.bias.copy_(torch.tensor([0.0, -10.0, -100.0]))
+    trained = TrainedModel(model.eval(), cfg, {0: "background", 1: "a", 2: "b"})
+    path = tiny_dataset / "imagesTs" / "case_004.nii.gz"
+    pred, affine, prob = predict_case(trained, path, None, probabilities=True)
+    image, image_affine = load_image(path)
+    assert pred.shape == image.shape and prob.shape == (3, *image.shape)
+    assert np.allclose(affine, image_affine)
+    assert 100 < (pred == 1).sum() < pred.size - 100  # boundaries to compare along
+    assert np.array_equal(pred, prob.argmax(axis=0))
