@@ -151,24 +151,46 @@ def predict_case(
     logits = predict_volume(trained.model, data[IMAGE].as_tensor()[None].to(device), cfg.train.patch_size,
                             cfg.infer, amp_dtype)
     n_classes, resampled = logits.shape[1], cfg.data.spacing is not None
-    keys, nearest = [], []
-    if not resampled:
-        data["pred"] = _like(logits.argmax(dim=1).to(torch.uint8).cpu(), data[IMAGE])  # (1, H, W, D)
-        keys, nearest = ["pred"], [True]
-    if probabilities or resampled:
-        data["prob"] = _like(torch.softmax(logits, dim=1)[0].cpu(), data[IMAGE])  # (K, H, W, D)
-        keys, nearest = keys + ["prob"], nearest + [False]
-    del logits
     affine = np.asarray(data[IMAGE].meta["original_affine"], dtype=np.float64)
-    inverted = Invertd(keys, transform=pre, orig_keys=IMAGE, nearest_interp=nearest)(data)
-    prob = inverted["prob"].as_tensor().float() if "prob" in inverted else None
-    label = prob.argmax(dim=0, keepdim=True) if resampled else inverted["pred"].as_tensor().round()
-    label = label.to(torch.uint8)  # (1, x, y, z)
+    if resampled:
+        softmax = torch.softmax(logits, dim=1)[0].cpu()  # (K, H, W, D)
+        del logits
+        label, prob = _argmax_on_source_grid(softmax, data, pre, probabilities)
+    else:
+        keys, nearest = ["pred"], [True]
+        data["pred"] = _like(logits.argmax(dim=1).to(torch.uint8).cpu(), data[IMAGE])  # (1, H, W, D)
+        if probabilities:
+            data["prob"] = _like(torch.softmax(logits, dim=1)[0].cpu(), data[IMAGE])  # (K, H, W, D)
+            keys, nearest = keys + ["prob"], nearest + [False]
+        del logits
+        inverted = Invertd(keys, transform=pre, orig_keys=IMAGE, nearest_interp=nearest)(data)
+        label = inverted["pred"].as_tensor().round().to(torch.uint8)
+        prob = inverted["prob"].as_tensor().float() if probabilities else None
     if cfg.infer.largest_component:
         foreground = list(range(1, n_classes))
         label = KeepLargestConnectedComponent(applied_labels=foreground, independent=True)(label)
-    return (np.asarray(label[0]), affine,
-            np.asarray(prob, dtype=np.float32) if probabilities else None)
+    return np.asarray(label[0]), affine, np.asarray(prob, dtype=np.float32) if prob is not None else None
+
+
+def _argmax_on_source_grid(
+    probs: torch.Tensor, data: dict, pre, keep: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Label map (1, x, y, z) on the source grid: the argmax of the probabilities ``probs``
+    (K, H, W, D, network grid) resampled there linearly one class at a time, so memory holds
+    two source-grid volumes rather than K; with ``keep`` also the (K, x, y, z) probabilities."""
+    best, label, kept = None, None, []
+    for k in range(probs.shape[0]):
+        data["prob"] = _like(probs[k : k + 1], data[IMAGE])
+        inverted = Invertd("prob", transform=pre, orig_keys=IMAGE, nearest_interp=False)(data)
+        channel = inverted["prob"].as_tensor().float()  # (1, x, y, z)
+        if best is None:
+            best, label = channel.clone(), torch.zeros(channel.shape, dtype=torch.uint8)
+        else:
+            label[channel > best] = k
+            torch.maximum(best, channel, out=best)
+        if keep:
+            kept.append(channel)
+    return label, torch.cat(kept) if keep else None
 
 
 def _like(values: torch.Tensor, image: MetaTensor) -> MetaTensor:

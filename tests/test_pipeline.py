@@ -302,15 +302,17 @@ def test_a_resampled_run_takes_the_argmax_on_the_source_grid(tiny_dataset):
     from pipeline.io import load_image
     from pipeline.testing import TrainedModel, predict_case
     cfg = load_config(REPO / "configs" / "smoke.yaml", [f"data.root={tiny_dataset}", "data.spacing=[1.6,1.6,2.0]"])
-    model = torch.nn.Conv3d(1, 3, kernel_size=1)  # logits: background 0, class 1 = 20 (x - 0.5), class 2 never
+    model = torch.nn.Conv3d(1, 3, kernel_size=1)  # logits: 0, 20 x - 10, 60 x - 45 (class 2 where x > 0.875)
     with torch.no_grad():
-        model.weight.copy_(torch.tensor([0.0, 20.0, 0.0]).view(3, 1, 1, 1, 1))
-        model.bias.copy_(torch.tensor([0.0, -10.0, -100.0]))
+        model.weight.copy_(torch.tensor([0.0, 20.0, 60.0]).view(3, 1, 1, 1, 1))
+        model.bias.copy_(torch.tensor([0.0, -10.0, -45.0]))
     trained = TrainedModel(model.eval(), cfg, {0: "background", 1: "a", 2: "b"})
     path = tiny_dataset / "imagesTs" / "case_004.nii.gz"
     pred, affine, prob = predict_case(trained, path, None, probabilities=True)
     image, image_affine = load_image(path)
     assert pred.shape == image.shape and prob.shape == (3, *image.shape)
     assert np.allclose(affine, image_affine)
-    assert 100 < (pred == 1).sum() < pred.size - 100  # boundaries to compare along
+    assert min((pred == 1).sum(), (pred == 2).sum()) > 100  # boundaries to compare along
     assert np.array_equal(pred, prob.argmax(axis=0))
+    alone, _, _ = predict_case(trained, path, None)  # the class-at-a-time path without probabilities
+    assert np.array_equal(alone, pred)
