@@ -2,7 +2,8 @@
 
 For each case: deterministic transforms -> ``predict_volume`` -> argmax ->
 ``Invertd`` back to the file's voxel grid (with ``data.spacing``: the probabilities,
-then argmax) -> ``predictions/<case>.nii.gz`` in the input's geometry, ``slices/<case>.png``, and metric rows when a label exists.
+then argmax) -> ``predictions/<case>.nii.gz`` in the input's geometry,
+``slices/<case>.png``, and metric rows when a label exists.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Invertd, KeepLargestConnectedComponent
+from monai.transforms import Compose, Invertd, KeepLargestConnectedComponent
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint
@@ -173,15 +174,15 @@ def predict_case(
 
 
 def _argmax_on_source_grid(
-    probs: torch.Tensor, data: dict, pre, keep: bool
+    probs: torch.Tensor, data: dict, pre: Compose, keep: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Label map (1, x, y, z) on the source grid: the argmax of the probabilities ``probs``
     (K, H, W, D, network grid) resampled there linearly one class at a time, so memory holds
     two source-grid volumes rather than K; with ``keep`` also the (K, x, y, z) probabilities."""
     best, label, kept = None, None, []
     for k in range(probs.shape[0]):
-        data["prob"] = _like(probs[k : k + 1], data[IMAGE])
-        inverted = Invertd("prob", transform=pre, orig_keys=IMAGE, nearest_interp=False)(data)
+        item = {**data, "prob": _like(probs[k : k + 1], data[IMAGE])}
+        inverted = Invertd("prob", transform=pre, orig_keys=IMAGE, nearest_interp=False)(item)
         channel = inverted["prob"].as_tensor().float()  # (1, x, y, z)
         if best is None:
             best, label = channel.clone(), torch.zeros(channel.shape, dtype=torch.uint8)

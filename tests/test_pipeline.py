@@ -14,8 +14,10 @@ import SimpleITK as sitk
 import torch
 
 from conftest import REPO, run_cli, smoke_args
-from pipeline.io import read_volume
+from pipeline.config import load_config
+from pipeline.io import load_image, read_volume
 from pipeline.report import read_metrics_csv
+from pipeline.testing import TrainedModel, predict_case
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -298,9 +300,6 @@ def test_a_resampled_run_takes_the_argmax_on_the_source_grid(tiny_dataset):
     """With data.spacing the network runs on a coarser grid (2x in-plane here); the label map is the
     argmax of its probabilities resampled linearly to the input's grid, not a nearest-neighbour
     copy of the coarse label map (which differs from that argmax along every boundary)."""
-    from pipeline.config import load_config
-    from pipeline.io import load_image
-    from pipeline.testing import TrainedModel, predict_case
     cfg = load_config(REPO / "configs" / "smoke.yaml", [f"data.root={tiny_dataset}", "data.spacing=[1.6,1.6,2.0]"])
     model = torch.nn.Conv3d(1, 3, kernel_size=1)  # logits: 0, 20 x - 10, 60 x - 45 (class 2 where x > 0.875)
     with torch.no_grad():
