@@ -15,7 +15,7 @@ import logging
 
 from pipeline import distributed
 from pipeline.errors import exit_on_user_error, setup_logging
-from pipeline.testing import run_test
+from pipeline.predict.run import run_test
 
 
 @exit_on_user_error

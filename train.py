@@ -17,7 +17,8 @@ from pathlib import Path
 from pipeline import distributed
 from pipeline.config import load_config
 from pipeline.errors import UserError, exit_on_user_error, setup_logging
-from pipeline.training import TrainingInterrupted, run_training
+from pipeline.train.run import run_training
+from pipeline.train.signals import TrainingInterrupted
 
 DEFAULT_CONFIG = "configs/demo.yaml"
 

@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 
 from pipeline.config import load_config
-from pipeline.datasets import load_dataset, split_cases
-from pipeline.synthetic import PhantomSpec, generate_dataset
+from pipeline.data.layouts import load_dataset
+from pipeline.data.splits import split_cases
+from pipeline.data.synthetic import PhantomSpec, generate_dataset
 
 
 def run(nproc: int, config: str, data: Path, out: Path, epochs: int) -> float:

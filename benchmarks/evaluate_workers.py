@@ -21,9 +21,9 @@ import numpy as np
 from scipy import ndimage
 
 from pipeline.evaluate import evaluate_folder
-from pipeline.io import save_nifti
-from pipeline.report import read_metrics_csv
-from pipeline.synthetic import PhantomSpec, make_phantom
+from pipeline.data.writers import save_nifti
+from pipeline.evaluate.report import read_metrics_csv
+from pipeline.data.synthetic import PhantomSpec, make_phantom
 
 
 def write_cases(root: Path, n: int) -> None:

@@ -33,7 +33,7 @@ def prepare(run: str, shape: tuple[int, int, int], out: str) -> None:
     """A demo test case through the run's deterministic transforms, mirrored out to ``shape``."""
     import json as _json
 
-    from pipeline.datasets import load_dataset
+    from pipeline.data.layouts import load_dataset
     from pipeline.testing import load_trained
     from pipeline.transforms import IMAGE, build_transforms
 
@@ -49,7 +49,7 @@ def measure(which: str, run: str, volume_file: str, out: str | None) -> dict:
     from monai.inferers import sliding_window_inference
 
     from pipeline.config import InferConfig
-    from pipeline.inference import predict_volume
+    from pipeline.predict.sliding import predict_volume
     from pipeline.runtime import resolve_precision
     from pipeline.testing import load_trained
 

@@ -38,9 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline.datasets import load_dataset  # noqa: E402
-from pipeline.io import load_image  # noqa: E402
-from pipeline.visualisation import error_figure  # noqa: E402
+from pipeline.data.layouts import load_dataset  # noqa: E402
+from pipeline.data.io import load_image  # noqa: E402
+from pipeline.evaluate.figures import error_figure  # noqa: E402
 
 # metric, how it is summarised, the seed's figure, the target (None: no target), better when higher
 REFERENCES = {

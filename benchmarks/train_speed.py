@@ -23,7 +23,8 @@ import torch
 
 from models3d.__main__ import count_macs
 from pipeline.config import load_config
-from pipeline.datasets import load_dataset, split_cases
+from pipeline.data.layouts import load_dataset
+from pipeline.data.splits import split_cases
 from pipeline.runtime import resolve_precision
 from pipeline.training import Run, _loaders, build_loss, build_optimizer, model_from_config, train_one_epoch
 

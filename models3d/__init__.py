@@ -48,4 +48,17 @@ def build_model(
     return _REGISTRY[name](in_channels=in_channels, out_channels=out_channels, channels=tuple(channels), **kw)
 
 
-__all__ = ["MODEL_NAMES", "SegNet", "UNet", "build_model"]
+def build_from_config(model, in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
+    """The network a configuration's ``model`` section describes (``name``, ``channels``, ``norm``,
+    ``dropout``), its operators and pooling planned for ``patch_size`` (H, W, D).
+
+    Raises ValueError naming the configuration keys when they do not describe a valid network.
+    """
+    try:
+        return build_model(model.name, in_channels, out_channels, channels=model.channels, norm=model.norm,
+                           dropout=model.dropout, patch_size=tuple(patch_size))
+    except ValueError as err:
+        raise ValueError(f"model.name / model.channels / train.patch_size: {err}") from None
+
+
+__all__ = ["MODEL_NAMES", "SegNet", "UNet", "build_from_config", "build_model"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.synthetic import PhantomSpec, generate_dataset
+from pipeline.data.synthetic import PhantomSpec, generate_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"

@@ -14,9 +14,12 @@ import SimpleITK as sitk
 from PIL import Image
 
 from pipeline.config import DataConfig
-from pipeline.datasets import check_dataset, load_dataset, split_cases
+from pipeline.data.check import check_dataset
+from pipeline.data.layouts import load_dataset
+from pipeline.data.splits import split_cases
 from pipeline.errors import UserError
-from pipeline.io import load_image, natural_key, write_label_like
+from pipeline.data.io import load_image, natural_key
+from pipeline.data.writers import write_label_like
 
 RNG = np.random.default_rng(0)
 

@@ -8,7 +8,8 @@ import pytest
 import SimpleITK as sitk
 
 from pipeline.errors import UserError
-from pipeline.io import case_id, read_geometry, read_volume, write_label_like
+from pipeline.data.io import case_id, read_geometry, read_volume
+from pipeline.data.writers import write_label_like
 
 
 def _oblique_affine():

@@ -13,11 +13,12 @@ from PIL import Image
 from skimage.exposure import equalize_adapthist
 
 from pipeline.config import Config, InferConfig, TrainConfig
-from pipeline.contrast import clahe, clahe_tensor
-from pipeline.inference import flip_dims, predict_volume
-from pipeline.training import build_loss, epoch_sampler
-from pipeline.transforms import IMAGE, LABEL, random_affine
-from pipeline.visualisation import error_figure
+from pipeline.data.transforms import clahe, clahe_tensor
+from pipeline.predict.sliding import flip_dims, predict_volume
+from pipeline.train.loaders import epoch_sampler
+from pipeline.train.losses import build_loss
+from pipeline.data.transforms import IMAGE, LABEL, random_affine
+from pipeline.evaluate.figures import error_figure
 
 
 def test_flip_dims_cover_every_subset_of_the_patch_axes():
@@ -133,7 +134,7 @@ def test_error_figure_draws_one_row_per_case(tmp_path):
 
 
 def test_error_figure_crop_window_is_centred_on_the_label():
-    from pipeline.visualisation import _crop_window
+    from pipeline.evaluate.figures import _crop_window
     plane = np.zeros((100, 80))
     plane[60:70, 10:20] = 1
     rows, cols = _crop_window(plane, 20)

@@ -15,9 +15,9 @@ import torch
 
 from conftest import REPO, run_cli, smoke_args
 from pipeline.config import load_config
-from pipeline.io import load_image, read_volume
-from pipeline.report import read_metrics_csv
-from pipeline.testing import TrainedModel, predict_case
+from pipeline.data.io import load_image, read_volume
+from pipeline.evaluate.report import read_metrics_csv
+from pipeline.predict import Predictor
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -305,13 +305,14 @@ def test_a_resampled_run_takes_the_argmax_on_the_source_grid(tiny_dataset):
     with torch.no_grad():
         model.weight.copy_(torch.tensor([0.0, 20.0, 60.0]).view(3, 1, 1, 1, 1))
         model.bias.copy_(torch.tensor([0.0, -10.0, -45.0]))
-    trained = TrainedModel(model.eval(), cfg, {0: "background", 1: "a", 2: "b"})
+    predictor = Predictor(model.eval(), cfg, {0: "background", 1: "a", 2: "b"})
     path = tiny_dataset / "imagesTs" / "case_004.nii.gz"
-    pred, affine, prob = predict_case(trained, path, None, probabilities=True)
+    result = predictor.predict(path, probabilities=True)
+    pred, affine, prob = result.label, result.affine, result.probabilities
     image, image_affine = load_image(path)
     assert pred.shape == image.shape and prob.shape == (3, *image.shape)
     assert np.allclose(affine, image_affine)
     assert min((pred == 1).sum(), (pred == 2).sum()) > 100  # boundaries to compare along
     assert np.array_equal(pred, prob.argmax(axis=0))
-    alone, _, _ = predict_case(trained, path, None)  # the class-at-a-time path without probabilities
+    alone = predictor.predict(path).label  # the class-at-a-time path without probabilities
     assert np.array_equal(alone, pred)

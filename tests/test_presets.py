@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, SHARED, run_cli
-from pipeline.io import load_image
+from pipeline.data.io import load_image
 from pipeline.metrics import accuracy
-from pipeline.report import read_metrics_csv
+from pipeline.evaluate.report import read_metrics_csv
 
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/datasets not present (a user's clone)")
 

@@ -23,8 +23,8 @@ from PIL import Image
 from conftest import REPO, run_cli, smoke_args
 from pipeline.config import InferConfig, read_yaml
 from pipeline.errors import UserError
-from pipeline.inference import predict_volume
-from pipeline.io import load_image
+from pipeline.predict.sliding import predict_volume
+from pipeline.data.io import load_image
 
 # 5 volumes per epoch from 3 training cases: each epoch is a permutation and 2 more draws, which a resumed
 # epoch must replay exactly
@@ -221,7 +221,7 @@ def test_out_of_memory_while_stitching_retries_on_the_cpu(monkeypatch, caplog):
             raise torch.OutOfMemoryError("CUDA out of memory (mocked)")
         return torch.zeros(1, 2, *image.shape[2:])
 
-    monkeypatch.setattr("pipeline.inference.sliding_window_inference", fake)
+    monkeypatch.setattr("pipeline.predict.sliding.sliding_window_inference", fake)
     model = torch.nn.Conv3d(1, 2, 1)
     logits = predict_volume(model, torch.zeros(1, 1, 8, 8, 8), (8, 8, 8), InferConfig(), stitch_device=torch.device("cuda"))
     assert logits.shape == (1, 2, 8, 8, 8) and logits.device.type == "cpu"
@@ -241,12 +241,12 @@ def test_resume_with_another_architecture_is_a_clear_error(tiny_dataset, tmp_pat
 def test_too_little_disk_room_is_refused_before_training(monkeypatch, tmp_path):
     import shutil as shutil_module
 
-    from pipeline import training
+    from pipeline.train.loop import check_room
 
     monkeypatch.setattr(shutil_module, "disk_usage", lambda path: shutil_module._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     model = torch.nn.Conv3d(1, 8, 3)
     with pytest.raises(UserError, match="MB free, training needs about"):
-        training._check_room(tmp_path, model)
+        check_room(tmp_path, model)
 
 
 def test_stopped_test_and_evaluation_redo_only_missing_cases(tiny_dataset, tmp_path):

@@ -1,6 +1,7 @@
-"""The one inference path: ``predict_volume`` (sliding window), used by validation,
-``test.py`` and batch jobs, and ``predict_case`` which puts the prediction back on
-the input's own grid."""
+"""Blended sliding-window logits of a whole volume, with test-time flips (MONAI ``sliding_window_inference``).
+
+``Predictor`` (``predictor.py``) is the one caller: validation, ``test.py`` and the
+benchmarks all predict through it."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from .config import InferConfig
-from .runtime import autocast
+from ..config import InferConfig
+from ..runtime import autocast
 
 log = logging.getLogger(__name__)
 

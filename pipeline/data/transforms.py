@@ -15,11 +15,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from monai import transforms as mt
 
-from .config import Config
-from .contrast import clahe_tensor
-from .readers import PipelineReader
+from skimage.exposure import equalize_adapthist
+
+from ..config import Config
+from .io import reader_options
+from .monai_reader import PipelineReader
 
 IMAGE, LABEL = "image", "label"
 FG, BG = "label_fg_indices", "label_bg_indices"
@@ -35,16 +38,40 @@ def body_positive(x: np.ndarray) -> np.ndarray:
     return x > 0
 
 
-def deterministic_transforms(cfg: Config, keys: Sequence[str] = (IMAGE, LABEL), sampler_indices: bool = False) -> list:
-    """Load and preprocess; ``sampler_indices`` adds the crop sampler's foreground/background indices."""
+def clahe(image: np.ndarray, clip_limit: float = 0.01) -> np.ndarray:
+    """CLAHE of each channel and slice of a (C, H, W, D) image, to float32 in [0, 1].
+
+    Each (H, W) slice is first rescaled to [0, 1] by its own range (a constant slice becomes 0).
+    """
+    out = np.zeros(image.shape, dtype=np.float32)
+    for c in range(image.shape[0]):
+        for z in range(image.shape[-1]):
+            plane = image[c, ..., z].astype(np.float64)
+            low, high = plane.min(), plane.max()
+            if high > low:
+                out[c, ..., z] = equalize_adapthist((plane - low) / (high - low), clip_limit=clip_limit)
+    return out
+
+
+def clahe_tensor(image: torch.Tensor) -> torch.Tensor:
+    """``clahe`` of a (C, H, W, D) tensor; a MetaTensor keeps its metadata."""
+    out = image.detach().clone().float()
+    out.copy_(torch.from_numpy(clahe(image.detach().cpu().numpy())))
+    return out
+
+
+def load_steps(cfg: Config, keys: Sequence[str] = (IMAGE, LABEL)) -> list:
+    """Read each key's file into a channel-first MetaTensor (any supported format)."""
+    readers = {IMAGE: PipelineReader(**reader_options(cfg.data)), LABEL: PipelineReader(**reader_options(cfg.data, label=True))}
+    return [mt.LoadImaged(key, reader=readers[key], image_only=True, ensure_channel_first=True) for key in keys]
+
+
+def preprocess_steps(cfg: Config, keys: Sequence[str] = (IMAGE, LABEL), sampler_indices: bool = False) -> list:
+    """Reorient, resample, crop, normalise and pad loaded volumes; ``sampler_indices`` adds the
+    crop sampler's foreground/background voxel indices. Every step is invertible."""
     keys = list(keys)
     d = cfg.data
-    readers = {
-        IMAGE: PipelineReader(h5_key=d.h5_image_key, channel=d.channel, spacing=d.default_spacing),
-        LABEL: PipelineReader(h5_key=d.h5_label_key, spacing=d.default_spacing, label=True),
-    }
-    steps: list = [mt.LoadImaged(key, reader=readers[key], image_only=True, ensure_channel_first=True) for key in keys]
-    steps.append(mt.Orientationd(keys, axcodes="RAS", labels=None))
+    steps: list = [mt.Orientationd(keys, axcodes="RAS", labels=None)]
     if cfg.data.spacing is not None:
         steps.append(mt.Spacingd(keys, pixdim=cfg.data.spacing, mode=["bilinear", "nearest"][: len(keys)]))
     ct = d.modality == "CT"
@@ -104,8 +131,13 @@ def random_affine(patch_size: Sequence[int], prob: float, degrees: float, scale:
 
 
 def build_transforms(cfg: Config, train: bool, keys: Sequence[str] = (IMAGE, LABEL)) -> mt.Compose:
-    """The full chain: deterministic only (validation, inference) or with the random part (training)."""
-    steps = deterministic_transforms(cfg, keys, sampler_indices=train)
+    """The full chain from files: deterministic only (validation) or with the random part (training)."""
+    steps = load_steps(cfg, keys) + preprocess_steps(cfg, keys, sampler_indices=train)
     if train:
         steps += random_transforms(cfg)
     return mt.Compose(steps)
+
+
+def preprocess_transforms(cfg: Config, keys: Sequence[str] = (IMAGE,)) -> mt.Compose:
+    """The deterministic chain for volumes already loaded (``monai_reader.to_meta_tensor``): inference."""
+    return mt.Compose(preprocess_steps(cfg, keys))

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.io import read_volume
+from ..errors import UserError
 from . import metrics
-from .errors import UserError
-from .io import read_volume
 
 METRIC_NAMES = ("dice", "jaccard", "asd", "assd", "hd95", "hd", "precision", "sensitivity", "specificity", "accuracy")
 

@@ -6,19 +6,12 @@ import csv
 import io
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .evaluation import summarize
+from ..files import write_text
 
 CSV_FIRST = ("case", "class", "name")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _fmt(value) -> str:
@@ -35,7 +28,7 @@ def write_metrics_csv(rows: Sequence[dict], path: Path) -> None:
     writer.writerow(columns)
     for row in sorted(rows, key=lambda r: (str(r["case"]), int(r["class"]))):
         writer.writerow([_fmt(row.get(c, "")) for c in columns])
-    _atomic_write_text(path, buffer.getvalue())
+    write_text(path, buffer.getvalue())
 
 
 def read_metrics_csv(path: Path) -> list[dict]:
@@ -81,7 +74,7 @@ def render_markdown(summary: dict, rows: Sequence[dict], images: Mapping[str, st
 def write_case_rows(out_dir: Path, case: str, rows: Sequence[dict]) -> None:
     """``cases/<case>.json``, written last for a case: its presence marks the case complete."""
     (out_dir / "cases").mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(out_dir / "cases" / f"{case}.json", json.dumps(list(rows)))
+    write_text(out_dir / "cases" / f"{case}.json", json.dumps(list(rows)))
 
 
 def read_case_rows(out_dir: Path) -> dict[str, list[dict]]:
@@ -98,11 +91,10 @@ def read_case_rows(out_dir: Path) -> dict[str, list[dict]]:
     return done
 
 
-def write_reports(rows: Sequence[dict], out_dir: Path, images: Mapping[str, str] | None = None, title: str = "Evaluation") -> dict:
-    """Write ``metrics.csv``, ``summary.json`` and ``report.md`` into ``out_dir``; returns the summary."""
+def write_reports(rows: Sequence[dict], summary: dict, out_dir: Path, images: Mapping[str, str] | None = None,
+                  title: str = "Evaluation") -> None:
+    """Write ``metrics.csv``, ``summary.json`` and ``report.md`` (rows and their ``summarize``) into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarize(rows)
     write_metrics_csv(rows, out_dir / "metrics.csv")
-    _atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    _atomic_write_text(out_dir / "report.md", render_markdown(summary, rows, images, title))
-    return summary
+    write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text(out_dir / "report.md", render_markdown(summary, rows, images, title))

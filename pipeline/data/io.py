@@ -1,30 +1,25 @@
-"""Reading images with their geometry and writing label maps in a reference's geometry.
+"""Reading images with their geometry (writing them back: ``pipeline.data.writers``).
 
 ``load_image`` reads every supported source and returns the voxel array and a
 4x4 voxel-to-RAS affine (mm):
 
 - NIfTI ``.nii``/``.nii.gz`` (nibabel), MHA/MHD/NRRD (SimpleITK);
 - a DICOM series folder (SimpleITK; a missing slice or uneven spacing is an error);
-- HDF5 ``.h5``/``.hdf5`` with one dataset per key (``image``, ``label``), spacing
-  from a ``spacing`` attribute when present;
+- HDF5 ``.h5``/``.hdf5``, one dataset per key, spacing from a ``spacing`` attribute;
 - a folder of 2D ``.tif``/``.png`` slices forming one volume, in natural order;
 - a 2D ``.png``/``.jpg``/``.tif``/``.gif`` image as a single-slice volume.
 
 Arrays are in the file's voxel order (x, y, z) as nibabel gives them (SimpleITK
 arrays are transposed to match; for 2D images x is the row); channels, when
-there are several, come last. Writes are atomic: a temporary file in the target
-folder is renamed into place, so an interrupted run never leaves a half-written
-output.
+there are several, come last.
 """
 
 from __future__ import annotations
 
-import os
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-
-import zlib
 
 import h5py
 import nibabel as nib
@@ -32,7 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image
 
-from .errors import UserError
+from ..errors import UserError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
@@ -70,6 +65,19 @@ def is_volume_file(path: str | Path) -> bool:
 def natural_key(path: str | Path) -> list:
     """Sort key that puts ``2.png`` before ``10.png``."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", Path(path).name)]
+
+
+def list_images(folder: Path, suffixes: tuple[str, ...] = ALL_SUFFIXES) -> list[Path]:
+    """Files of ``folder`` whose names end with one of ``suffixes``, in natural order."""
+    return sorted((p for p in folder.iterdir() if p.name.lower().endswith(suffixes)), key=natural_key)
+
+
+def reader_options(data, label: bool = False) -> dict:
+    """``load_image`` keywords for an image (or, with ``label``, a label) of a dataset
+    configured by ``data`` (a ``DataConfig``): HDF5 key, colour channel, default spacing."""
+    if label:
+        return {"h5_key": data.h5_label_key, "spacing": data.default_spacing, "label": True}
+    return {"h5_key": data.h5_image_key, "channel": data.channel, "spacing": data.default_spacing}
 
 
 def kind_of(path: str | Path) -> str:
@@ -131,21 +139,8 @@ def load_image(
         raise UserError(f"{path}: file not found")
     if path.is_file() and path.stat().st_size == 0:
         raise UserError(f"{path}: file is empty (0 bytes)")
-    kind = kind_of(path)
-    default = _spacing_or_default(spacing)
     try:
-        if kind == "nifti":
-            array, affine = _read_nifti(path)
-        elif kind == "itk":
-            array, affine = _read_itk(path)
-        elif kind == "dicom":
-            array, affine = _read_dicom(path)
-        elif kind == "h5":
-            array, affine = _read_h5(path, h5_key, default)
-        elif kind == "stack":
-            array, affine = _read_stack(path), np.diag([*default, 1.0])
-        else:
-            array, affine = _read_2d(path), np.diag([*default, 1.0])
+        array, affine = _read_source(path, kind_of(path), h5_key, _spacing_or_default(spacing))
     except UserError:
         raise
     except (OSError, EOFError, ValueError, RuntimeError, KeyError, zlib.error, Image.DecompressionBombError,
@@ -160,11 +155,23 @@ def load_image(
             raise UserError(f"{path}: data.channel {channel} does not exist (the image has {array.shape[3]} channels)")
         array = array[..., channel]
     if label:
-        if array.ndim == 4:
-            array = array[..., 0]
+        array = array[..., 0] if array.ndim == 4 else array
         if array.dtype == np.uint8 and array.max(initial=0) == 255 and np.isin(array, (0, 255)).all():
             array = (array > 0).astype(np.uint8)  # 0/255 masks (GIF, PNG) are binary labels
     return array, np.asarray(affine, dtype=np.float64)
+
+
+def _read_source(path: Path, kind: str, h5_key: str, default_spacing) -> tuple[np.ndarray, np.ndarray]:
+    if kind == "nifti":
+        return _read_nifti(path)
+    if kind == "itk":
+        return _read_itk(path)
+    if kind == "dicom":
+        return _read_dicom(path)
+    if kind == "h5":
+        return _read_h5(path, h5_key, default_spacing)
+    array = _read_stack(path) if kind == "stack" else _read_2d(path)
+    return array, np.diag([*default_spacing, 1.0])
 
 
 def _spacing_or_default(spacing) -> tuple[float, float, float]:
@@ -268,7 +275,7 @@ def _read_2d(path: Path) -> np.ndarray:
 
 def _read_stack(folder: Path) -> np.ndarray:
     """2D slices of a folder stacked in natural order along the last axis: (rows, cols, slices)."""
-    files = sorted((p for p in folder.iterdir() if p.name.lower().endswith(IMAGE_2D_SUFFIXES)), key=natural_key)
+    files = list_images(folder, IMAGE_2D_SUFFIXES)
     slices = []
     for file in files:
         try:
@@ -280,66 +287,6 @@ def _read_stack(folder: Path) -> np.ndarray:
             raise UserError(f"{file}: slice shape {data.shape} differs from {files[0].name} {slices[0].shape}")
         slices.append(data)
     return np.stack(slices, axis=-1)
-
-
-def write_label_like(label: np.ndarray, reference: str | Path, out: str | Path, affine: np.ndarray | None = None) -> Path:
-    """Save ``label`` (x, y, z) as ``out`` (.nii.gz) in the exact geometry of ``reference``.
-
-    A NIfTI reference keeps its affine, qform and sform through nibabel; MHA/NRRD
-    references give spacing, origin and direction through SimpleITK; sources
-    without a header of their own (HDF5, slices, 2D images, DICOM folders) use
-    ``affine`` (voxel -> RAS mm, as ``load_image`` returned it).
-    """
-    reference, out = Path(reference), Path(out)
-    label = np.asarray(label)
-    if label.dtype.kind not in "biu":
-        raise ValueError(f"label map must be integer, got {label.dtype}")
-    label = label.astype(np.uint8 if label.max(initial=0) < 256 else np.uint16)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
-    try:
-        kind = kind_of(reference)
-        if kind == "nifti":
-            ref = nib.load(str(reference))
-            if tuple(ref.shape[:3]) != label.shape:
-                raise ValueError(f"label shape {label.shape} differs from {reference} shape {ref.shape[:3]}")
-            header = ref.header.copy()
-            header.set_data_dtype(label.dtype)
-            image = nib.Nifti1Image(label, ref.affine, header)
-            image.set_qform(ref.header.get_qform(), code=int(ref.header["qform_code"]))
-            image.set_sform(ref.header.get_sform(), code=int(ref.header["sform_code"]))
-            image.header.set_slope_inter(1.0, 0.0)
-            nib.save(image, str(tmp))
-        elif kind == "itk":
-            geometry = read_geometry(reference)
-            if geometry.shape != label.shape:
-                raise ValueError(f"label shape {label.shape} differs from {reference} shape {geometry.shape}")
-            write_label_with_geometry(label, geometry, tmp)
-        else:
-            if affine is None:
-                raise ValueError(f"{reference} has no header to copy: pass the affine it was loaded with")
-            save_nifti(label, np.asarray(affine, dtype=np.float64), tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
-
-
-def write_label_with_geometry(label: np.ndarray, geometry: Geometry, out: str | Path) -> None:
-    """Save ``label`` (x, y, z) with an explicit geometry through SimpleITK (format from the suffix)."""
-    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(label).transpose()))
-    image.SetSpacing(geometry.spacing)
-    image.SetOrigin(geometry.origin)
-    image.SetDirection(geometry.direction)
-    sitk.WriteImage(image, str(out), useCompression=True)
-
-
-def save_nifti(array: np.ndarray, affine: np.ndarray, out: str | Path) -> None:
-    """Write an array with an affine (RAS, mm) as NIfTI, qform and sform both set."""
-    image = nib.Nifti1Image(array, affine)
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    nib.save(image, str(out))
 
 
 def spacing_from_affine(affine: np.ndarray) -> tuple[float, ...]:

@@ -17,14 +17,13 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from scipy import ndimage
 
+from ..files import atomic_write
+
 CLASS_COLOURS = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6"]
 
 
 def _save(fig: Figure, out: str | Path) -> None:
-    out = Path(out)
-    tmp = out.with_name(f".tmp-{out.name}")
-    FigureCanvasAgg(fig).print_png(str(tmp))
-    tmp.replace(out)
+    atomic_write(out, lambda tmp: FigureCanvasAgg(fig).print_png(str(tmp)))
 
 
 def plot_training_log(log_csv: str | Path, out: str | Path) -> None:

@@ -8,9 +8,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from monai.data import ImageReader
+from monai.data import ImageReader, MetaTensor
+from monai.transforms import LoadImage
 
-from .errors import UserError
+from ..errors import UserError
 from .io import kind_of, load_image
 
 
@@ -42,6 +43,26 @@ class PipelineReader(ImageReader):
             "space": "RAS",
         }
         return array, meta
+
+
+class _Preloaded(PipelineReader):
+    """A reader that hands over an array already read with ``load_image``."""
+
+    def __init__(self, array: np.ndarray, affine: np.ndarray):
+        super().__init__()
+        self.loaded = (array, affine)
+
+    def verify_suffix(self, filename) -> bool:
+        return True
+
+    def read(self, data, **kwargs):
+        return self.loaded
+
+
+def to_meta_tensor(array: np.ndarray, affine: np.ndarray, path) -> MetaTensor:
+    """The (C, H, W, D) float32 MetaTensor that ``LoadImaged(reader=PipelineReader(...))`` makes of the
+    file at ``path``, from its array and affine already read: the file is read once, not twice."""
+    return LoadImage(reader=_Preloaded(array, affine), image_only=True, ensure_channel_first=True)(str(path))
 
 
 def _single(filename):

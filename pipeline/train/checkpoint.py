@@ -1,8 +1,8 @@
 """Checkpoints: atomic writes, untrusted-input loading, RNG states as plain tensors.
 
 A checkpoint holds model, optimizer, scheduler and scaler state, the epoch, the
-best validation score, the random states (Python, NumPy, torch, and each random
-transform's own generator) and the resolved config. It is loaded with
+best validation score, the global random states (Python, NumPy, torch) and the
+resolved config (``state.TrainState.checkpoint``). It is loaded with
 ``torch.load(weights_only=True)``, so every value is a tensor, number, string or
 container of those: NumPy states are stored as tensors for that reason.
 """
@@ -10,7 +10,6 @@ container of those: NumPy states are stored as tensors for that reason.
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import random
 import zipfile
@@ -20,7 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import UserError
+from ..errors import UserError
+from ..files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -35,33 +35,22 @@ def _numpy_tuple(state: dict) -> tuple:
     return (state["name"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"], state["cached"])
 
 
-def capture_rng(transform_states: list[np.random.RandomState] = ()) -> dict:
-    """Random states of Python, NumPy, torch and the given transform generators."""
+def capture_rng() -> dict:
+    """The global random states of Python, NumPy and torch, as tensors and numbers."""
     version, internal, gauss = random.getstate()
     return {
         "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
         "numpy": _numpy_state(np.random.get_state()),
         "torch": torch.get_rng_state(),
-        "transforms": [_numpy_state(r.get_state()) for r in transform_states],
     }
 
 
-def restore_rng(state: dict, transform_states: list[np.random.RandomState] = ()) -> None:
+def restore_rng(state: dict) -> None:
     """Inverse of ``capture_rng``."""
     py = state["python"]
     random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
     np.random.set_state(_numpy_tuple(state["numpy"]))
     torch.set_rng_state(state["torch"])
-    restore_transform_rng(state.get("transforms", []), transform_states)
-
-
-def capture_transform_rng(transform_states: list[np.random.RandomState]) -> list[dict]:
-    return [_numpy_state(r.get_state()) for r in transform_states]
-
-
-def restore_transform_rng(saved: list[dict], transform_states: list[np.random.RandomState]) -> None:
-    for generator, state in zip(transform_states, saved):
-        generator.set_state(_numpy_tuple(state))
 
 
 def previous_path(path: Path) -> Path:
@@ -70,28 +59,14 @@ def previous_path(path: Path) -> Path:
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool = False) -> None:
-    """Write ``state`` to ``path`` atomically: temporary file, fsync, rename.
+    """Write ``state`` to ``path`` atomically and durably (temporary file, fsync, rename).
 
     ``keep_previous`` first moves the existing file to ``<name>.prev.pt``, so that
     a complete checkpoint exists at every instant, whatever kills the process.
     """
     path = Path(path)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        if keep_previous and path.exists():
-            os.replace(path, previous_path(path))
-        os.replace(tmp, path)
-        folder = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)  # make the renames themselves durable
-        finally:
-            os.close(folder)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: torch.save(state, tmp), durable=True,
+                 previous=previous_path(path) if keep_previous else None)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -1,0 +1,206 @@
+"""Check a dataset before training: every problem with its file and a hint.
+
+    python -m pipeline.check --data PATH
+    python -m pipeline.check --config configs/drive.yaml   # with the config's layout options
+
+Each case is read once: image, label and field-of-view mask must share one grid;
+images must be finite and not constant; label values must be in the label map.
+Exits 1 when any problem is an error. ``train.py`` runs the same check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..config import DataConfig, load_config
+from ..errors import UserError, exit_on_user_error
+from .io import load_image, reader_options, spacing_from_affine
+from .cases import Case, Dataset
+from .layouts import load_dataset
+
+
+@dataclass(frozen=True)
+class Problem:
+    severity: str  # "error" or "warning"
+    file: str
+    message: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.file}: {self.message}" + (f" ({self.hint})" if self.hint else "")
+
+
+@dataclass
+class CaseStats:
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...]
+    channels: int
+    intensity: tuple[float, float]
+    label_counts: dict[int, int]
+
+
+@dataclass
+class CheckReport:
+    dataset: Dataset
+    problems: list[Problem] = field(default_factory=list)
+    stats: dict[str, CaseStats] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+
+def _read(path, options: dict, hint: str) -> tuple[np.ndarray | None, np.ndarray | None, list[Problem]]:
+    """(array, affine, []) or (None, None, [the problem naming the file])."""
+    try:
+        array, affine = load_image(path, **options)
+    except UserError as err:
+        return None, None, [Problem("error", str(path), str(err).split(": ", 1)[-1], hint)]
+    return array, affine, []
+
+
+def _image_problems(case: Case, image: np.ndarray) -> tuple[list[Problem], tuple[float, float]]:
+    """Non-numeric, non-finite or constant voxels; and the (low, high) intensity range."""
+    if not np.issubdtype(image.dtype, np.number):
+        return [Problem("error", str(case.image), f"voxel type {image.dtype} is not numeric")], (0.0, 0.0)
+    problems = []
+    finite = np.isfinite(image)
+    if not finite.all():
+        problems.append(Problem("error", str(case.image), f"{int((~finite).sum())} NaN or Inf voxels",
+                                "replace them before training"))
+    low, high = (float(np.nanmin(image[finite])), float(np.nanmax(image[finite]))) if finite.any() else (0.0, 0.0)
+    if low == high:
+        problems.append(Problem("error", str(case.image), f"image is constant ({low})", "an empty export?"))
+    return problems, (low, high)
+
+
+def _grid_problems(case: Case, path, shape, affine, other_shape, other_affine) -> list[Problem]:
+    """A label or mask (``path``) must lie on the image's grid: same shape and spacing."""
+    if tuple(shape[:3]) != tuple(other_shape[:3]):
+        return [Problem("error", str(path), f"shape {tuple(shape[:3])} differs from image shape {tuple(other_shape[:3])}",
+                        f"it must be on the grid of {case.image.name}")]
+    spacing, image_spacing = spacing_from_affine(affine), spacing_from_affine(other_affine)
+    if not np.allclose(spacing, image_spacing, rtol=1e-3, atol=1e-4):
+        return [Problem("error", str(path), f"spacing {spacing} differs from image spacing {image_spacing}",
+                        f"resample it onto the grid of {case.image.name}")]
+    if not np.allclose(affine, other_affine, atol=1e-2):
+        return [Problem("warning", str(path), "origin or direction differs from the image's")]
+    return []
+
+
+def _label_problems(case: Case, label: np.ndarray, dataset: Dataset) -> tuple[list[Problem], dict[int, int]]:
+    """Values outside the label map, an all-background label; and the voxel count per value."""
+    values, n = np.unique(label, return_counts=True)
+    counts = {int(v): int(c) for v, c in zip(values, n)}
+    unknown = [int(v) for v in values if v not in dataset.labels]
+    if unknown:
+        return [Problem("error", str(case.label), f"label values {unknown[:5]} not in the label map "
+                        f"{sorted(dataset.labels)}", "fix the labels or data.labels")], counts
+    if set(counts) == {0}:
+        return [Problem("warning", str(case.label), "label is all background",
+                        "the case is sampled with background crops only")], counts
+    return [], counts
+
+
+def check_case(case: Case, dataset: Dataset, data: DataConfig, need_label: bool) -> tuple[list[Problem], CaseStats | None]:
+    """Every problem of one case, and its statistics (None when the image cannot be read)."""
+    image, affine, problems = _read(case.image, reader_options(data), "re-export or remove the case")
+    if image is None:
+        return problems, None
+    found, intensity = _image_problems(case, image)
+    problems += found
+    counts: dict[int, int] = {}
+    if case.label is None and need_label:
+        problems.append(Problem("error", str(case.image), "image has no label file",
+                                "add the label next to the others or list the pair explicitly"))
+    elif case.label is not None:
+        label, label_affine, found = _read(case.label, reader_options(data, label=True), "add the label or remove the case")
+        problems += found
+        if label is not None:
+            grid = _grid_problems(case, case.label, label.shape, label_affine, image.shape, affine)
+            problems += grid
+            if not any(p.severity == "error" for p in grid):
+                found, counts = _label_problems(case, label, dataset)
+                problems += found
+    if case.mask is not None:
+        mask, mask_affine, found = _read(case.mask, reader_options(data, label=True), "add the mask or remove the case")
+        problems += found
+        if mask is not None:
+            problems += _grid_problems(case, case.mask, mask.shape, mask_affine, image.shape, affine)
+    channels = image.shape[3] if image.ndim == 4 else 1
+    return problems, CaseStats(tuple(image.shape[:3]), spacing_from_affine(affine), channels, intensity, counts)
+
+
+def check_dataset(dataset: Dataset, data: DataConfig | None = None, workers: int = 2) -> CheckReport:
+    """Read every case once (threads) and report each problem with its file and a hint."""
+    data = data or DataConfig()
+    report = CheckReport(dataset)
+    cases = [(c, True) for c in dataset.training] + [(c, False) for c in dataset.test]
+    seen: dict[str, object] = {}
+    for case, _ in cases:
+        if case.id in seen:
+            report.problems.append(Problem("error", str(case.image), f"case id {case.id!r} also used by {seen[case.id]}",
+                                           "give every case a unique file name"))
+        seen[case.id] = case.image
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(lambda item: check_case(item[0], dataset, data, item[1]), cases)
+        for (case, _), (problems, stats) in zip(cases, results):
+            report.problems.extend(problems)
+            if stats is not None:
+                report.stats[case.id] = stats
+    return report
+
+
+def format_report(report: CheckReport) -> str:
+    """Summary table of the cases, then every problem."""
+    ds = report.dataset
+    lines = [f"dataset: {ds.root}", f"layout: {ds.layout}", f"labels: {ds.labels}",
+             f"cases: {len(ds.training)} training, {len(ds.test)} test"]
+    stats = list(report.stats.values())
+    if stats:
+        def row(name: str, values: np.ndarray, fmt) -> str:
+            columns = (values.min(0), np.median(values, 0), values.max(0))
+            return f"| {name} | " + " | ".join(" x ".join(fmt(v) for v in np.atleast_1d(c)) for c in columns) + " |"
+
+        counts: dict[int, int] = {}
+        for s in stats:
+            for label, n in s.label_counts.items():
+                counts[label] = counts.get(label, 0) + n
+        lines += ["| | min | median | max |", "| --- | --- | --- | --- |",
+                  row("shape (voxels)", np.array([s.shape for s in stats]), lambda v: f"{v:.0f}"),
+                  row("spacing (mm)", np.array([s.spacing for s in stats]), lambda v: f"{v:.3g}"),
+                  row("intensity low", np.array([[s.intensity[0]] for s in stats]), lambda v: f"{v:.4g}"),
+                  row("intensity high", np.array([[s.intensity[1]] for s in stats]), lambda v: f"{v:.4g}")]
+        total = sum(counts.values()) or 1
+        lines.append("label voxels: " + ", ".join(f"{ds.labels.get(k, k)} {v:,} ({100 * v / total:.2f} %)"
+                                                  for k, v in sorted(counts.items())))
+    errors = len(report.errors)
+    lines.append(f"problems: {errors} error(s), {len(report.problems) - errors} warning(s)")
+    lines += [f"  {p}" for p in report.problems]
+    return "\n".join(lines)
+
+
+@exit_on_user_error
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="dataset root (default: the config's data.root)")
+    parser.add_argument("--config", help="a config whose data options (layout, keys, spacing) to use")
+    args = parser.parse_args(argv)
+    if args.data is None and args.config is None:
+        parser.error("give --data PATH or --config PATH")
+    data = load_config(args.config).data if args.config else DataConfig()
+    root = args.data if args.data is not None else data.root
+    report = check_dataset(load_dataset(root, data), data)
+    print(format_report(report))
+    if report.errors:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""Cases of a dataset root: its layout, its cases and its class names.
+
+Layouts (``data.layout``, detected when ``auto``):
+
+- ``msd``: ``dataset.json`` with imagesTr/labelsTr/imagesTs (and optionally
+  labelsTs); or the same folders without it, paired by file name (nnU-Net's
+  ``_0000`` channel suffix accepted);
+- ``paired``: ``images/`` + ``labels/`` (or ``1st_manual/``, ``masks/``, ...)
+  and optionally ``mask/`` field-of-view masks, paired by name or by leading
+  number (DRIVE: ``21_training.tif`` <-> ``21_manual1.gif`` <-> ``21_training_mask.gif``);
+- ``h5``: a folder of ``.h5`` files, each holding image and label;
+- ``stack``: slice-stack volumes, ``<case>/images/*.tif`` + ``<case>/labels/*.tif``
+  (the kidney layout), or ``images/`` + ``labels/`` slice folders forming one volume;
+- ``list``: a YAML or CSV list of ``image,label[,mask]`` paths (``data.list``).
+
+Every path must stay inside the root: ``../``, absolute paths and links that
+leave it are refused.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..config import DataConfig, read_yaml
+from ..errors import UserError
+from .cases import Case, Dataset, inside_root
+from .io import H5_SUFFIXES, IMAGE_2D_SUFFIXES, case_id, list_images, load_image, natural_key, reader_options
+
+log = logging.getLogger(__name__)
+
+LABEL_DIRS = ("labels", "label", "1st_manual", "manual", "masks", "gt", "groundtruth", "ground_truth")
+FOV_DIRS = ("mask", "fov", "roi")
+
+
+# --- MSD -------------------------------------------------------------------------------------
+
+def _msd_labels(meta: dict, source: Path) -> dict[int, str]:
+    raw = meta.get("labels")
+    if not isinstance(raw, dict) or not raw:
+        raise UserError(f"{source}: 'labels' must map label ids to names, e.g. {{\"0\": \"background\", \"1\": \"organ\"}}")
+    try:
+        labels = {int(k): str(v) for k, v in raw.items()}
+    except ValueError:
+        raise UserError(f"{source}: label ids in 'labels' must be integers, got {list(raw)}") from None
+    if 0 not in labels or sorted(labels) != list(range(len(labels))):
+        raise UserError(f"{source}: label ids must be 0..N-1 with 0 the background, got {sorted(labels)}")
+    return labels
+
+
+def _load_msd(root: Path) -> tuple[list[Case], list[Case], dict[int, str] | None, tuple[str, ...]]:
+    source = root / "dataset.json"
+    try:
+        meta = json.loads(source.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{source}: cannot parse ({err})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("training"), list):
+        raise UserError(f"{source}: expected a 'training' list of {{\"image\": ..., \"label\": ...}} entries")
+    training = []
+    for entry in meta["training"]:
+        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+            raise UserError(f"{source}: training entry {entry!r} needs 'image' and 'label'")
+        image = inside_root(root, entry["image"], source)
+        training.append(Case(case_id(image), image, inside_root(root, entry["label"], source)))
+    test = []
+    for entry in meta.get("test", []):
+        rel = entry.get("image") if isinstance(entry, dict) else entry
+        if not isinstance(rel, str):
+            raise UserError(f"{source}: test entry {entry!r} must be a path or have an 'image'")
+        image = inside_root(root, rel, source)
+        if isinstance(entry, dict) and "label" in entry:
+            label = inside_root(root, entry["label"], source)
+        else:
+            guess = root / "labelsTs" / image.name
+            label = guess if guess.is_file() else None
+        test.append(Case(case_id(image), image, label))
+    modality = meta.get("modality") or meta.get("channel_names") or {"0": "CT"}
+    return training, test, _msd_labels(meta, source), tuple(str(v) for _, v in sorted(modality.items()))
+
+
+def _strip_channel(cid: str) -> str:
+    return cid[:-5] if len(cid) > 5 and cid[-5] == "_" and cid[-4:].isdigit() else cid
+
+
+def _msd_folder_cases(root: Path, images: str, labels: str) -> list[Case]:
+    if not (root / images).is_dir():
+        return []
+    label_files = {case_id(p): p for p in list_images(root / labels)} if (root / labels).is_dir() else {}
+    return [Case(_strip_channel(case_id(p)), p, label_files.get(_strip_channel(case_id(p)))) for p in list_images(root / images)]
+
+
+# --- paired folders ----------------------------------------------------------------------------
+
+_NUMBER = re.compile(r"^(\d+)")
+
+
+def _pair_key(path: Path, by: str) -> str | None:
+    if by == "name":
+        return case_id(path)
+    match = _NUMBER.match(path.name)
+    return match.group(1) if match else None
+
+
+def _find_dir(root: Path, configured: str | None, candidates: Sequence[str], what: str) -> Path | None:
+    if configured is not None:
+        folder = inside_root(root, configured, root)
+        if not folder.is_dir():
+            raise UserError(f"{folder}: {what} folder not found")
+        return folder
+    return next((root / c for c in candidates if (root / c).is_dir()), None)
+
+
+def _paired_cases(root: Path, data: DataConfig) -> list[Case]:
+    images = _find_dir(root, data.images_dir, ("images", "image", "imgs"), "image")
+    if images is None:
+        raise UserError(f"{root}: no images/ folder; set data.images_dir")
+    labels = _find_dir(root, data.labels_dir, LABEL_DIRS, "label")
+    fov = _find_dir(root, data.fov_dir, FOV_DIRS, "field-of-view")
+    image_files = list_images(images)
+    by = data.pair_by
+    if by == "auto":
+        names = {case_id(p) for p in image_files}
+        label_names = {case_id(p) for p in list_images(labels)} if labels else names
+        by = "name" if names & label_names else "number"
+    def index(folder: Path | None) -> dict[str, Path]:
+        if folder is None:
+            return {}
+        found: dict[str, Path] = {}
+        for p in list_images(folder):
+            key = _pair_key(p, by)
+            if key is not None:
+                if key in found:
+                    raise UserError(f"{folder}: {found[key].name} and {p.name} both pair with case {key!r}; "
+                                    "set data.pair_by=name")
+                found[key] = p
+        return found
+    label_index, fov_index = index(labels), index(fov)
+    cases = []
+    for p in image_files:
+        key = _pair_key(p, by)
+        if key is None:
+            raise UserError(f"{p}: file name has no leading number to pair by; set data.pair_by=name")
+        cases.append(Case(case_id(p), p, label_index.get(key), fov_index.get(key)))
+    if fov is not None:
+        missing = [c.image.name for c in cases if c.mask is None]
+        if missing:
+            raise UserError(f"{fov}: no field-of-view mask for {', '.join(missing[:5])}")
+    return cases
+
+
+# --- HDF5, stacks, lists -------------------------------------------------------------------------
+
+def _h5_cases(root: Path) -> list[Case]:
+    return [Case(case_id(p), p, p) for p in sorted(root.iterdir(), key=natural_key) if p.name.lower().endswith(H5_SUFFIXES)]
+
+
+def _has_slices(folder: Path) -> bool:
+    return folder.is_dir() and any(p.name.lower().endswith(IMAGE_2D_SUFFIXES) for p in folder.iterdir())
+
+
+def _stack_cases(root: Path) -> list[Case]:
+    if _has_slices(root / "images"):  # one volume: root/images + root/labels
+        label = next((root / d for d in LABEL_DIRS if _has_slices(root / d)), None)
+        return [Case(root.name, root / "images", label)]
+    cases = []
+    for folder in sorted((p for p in root.iterdir() if p.is_dir()), key=natural_key):
+        if _has_slices(folder / "images"):
+            label = next((folder / d for d in LABEL_DIRS if _has_slices(folder / d)), None)
+            cases.append(Case(folder.name, folder / "images", label))
+    return cases
+
+
+def _list_cases(root: Path, listing: str) -> list[Case]:
+    source = inside_root(root, listing, root)
+    if source.suffix.lower() == ".csv":
+        try:
+            with open(source, newline="", encoding="utf-8") as f:
+                entries = list(csv.DictReader(f))
+        except (OSError, csv.Error, UnicodeDecodeError) as err:
+            raise UserError(f"{source}: cannot read CSV ({err})") from None
+    else:
+        entries = read_yaml(source)
+        entries = entries.get("cases") if isinstance(entries, dict) else entries
+    if not isinstance(entries, list) or not entries:
+        raise UserError(f"{source}: expected a list of cases with 'image' and 'label' (and optionally 'mask')")
+    cases = []
+    for entry in entries:
+        if not isinstance(entry, dict) or not entry.get("image"):
+            raise UserError(f"{source}: entry {entry!r} needs an 'image'")
+        image = inside_root(root, entry["image"], source)
+        label = inside_root(root, entry["label"], source) if entry.get("label") else None
+        mask = inside_root(root, entry["mask"], source) if entry.get("mask") else None
+        cid = str(entry.get("id") or case_id(image))
+        if "/" in cid or "\\" in cid or cid in ("", ".", ".."):
+            raise UserError(f"{source}: case id {cid!r} is not a plain name; outputs are named after case ids")
+        cases.append(Case(cid, image, label, mask))
+    return cases
+
+
+def _detect_layout(root: Path) -> str:
+    if (root / "dataset.json").is_file() or (root / "imagesTr").is_dir():
+        return "msd"
+    if any(p.name.lower().endswith(H5_SUFFIXES) for p in root.iterdir()):
+        return "h5"
+    if any(_has_slices(p / "images") for p in root.iterdir() if p.is_dir()):
+        return "stack"
+    if any((root / d).is_dir() for d in ("images", "image", "imgs")):
+        return "paired"
+    raise UserError(f"{root}: cannot tell the layout (no dataset.json, imagesTr/, .h5 files, <case>/images/ or images/); "
+                    "set data.layout")
+
+
+def _labels_from_data(cases: Sequence[Case], data: DataConfig) -> dict[int, str]:
+    """Class ids 0..max found in the readable label files (names 'label i'); the dataset
+    check names the unreadable ones."""
+    top = 1
+    for case in cases:
+        if case.label is not None and case.label.exists():
+            try:
+                label, _ = load_image(case.label, **reader_options(data, label=True))
+            except UserError:
+                continue
+            top = max(top, int(label.max(initial=0)))
+    return {0: "background", **{i: f"label {i}" for i in range(1, top + 1)}}
+
+
+def _channels(cases: Sequence[Case], data: DataConfig) -> tuple[str, ...]:
+    """Channel names from the first readable image: ``channel i`` for colour images, else ``image``."""
+    for case in cases:
+        try:
+            first, _ = load_image(case.image, **{**reader_options(data), "channel": None})
+        except UserError:
+            continue  # the dataset check names it
+        return tuple(f"channel {i}" for i in range(first.shape[3])) if first.ndim == 4 else ("image",)
+    return ("image",)
+
+
+def _layout_cases(root: Path, layout: str, data: DataConfig) -> tuple[list[Case], list[Case], dict | None, tuple]:
+    """(training, test, labels or None, modalities) of ``root`` read as ``layout``."""
+    if layout == "msd":
+        if (root / "dataset.json").is_file():
+            return _load_msd(root)
+        return (_msd_folder_cases(root, "imagesTr", "labelsTr"), _msd_folder_cases(root, "imagesTs", "labelsTs"),
+                None, ("image",))
+    if layout == "paired":
+        return _paired_cases(root, data), [], None, ("image",)
+    if layout == "h5":
+        return _h5_cases(root), [], None, ("image",)
+    if layout == "stack":
+        return _stack_cases(root), [], None, ("image",)
+    if not data.list:
+        raise UserError("data.layout is 'list' but data.list is not set; name a YAML or CSV file inside the root")
+    return _list_cases(root, data.list), [], None, ("image",)
+
+
+def load_dataset(root: str | Path, data: DataConfig | None = None) -> Dataset:
+    """Detect or apply the layout of ``root`` and list its cases; UserError when nothing usable is there."""
+    data = data or DataConfig()
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: data folder not found; run `python -m pipeline.synthetic --out {root}` "
+                        "for demo data or set data.root to your dataset")
+    layout = data.layout if data.layout != "auto" else ("list" if data.list else _detect_layout(root))
+    training, test, labels, modalities = _layout_cases(root, layout, data)
+    if not training and not test:
+        raise UserError(f"{root}: no cases found for layout {layout!r}")
+    if data.labels is not None:
+        labels = {i: name for i, name in enumerate(data.labels)}
+    if labels is None:
+        labels = _labels_from_data(training, data)
+    if data.channel is not None:
+        modalities = (modalities[0],)
+    elif layout != "msd" and training:
+        modalities = _channels(training, data)
+    dataset = Dataset(root, layout, labels, tuple(training), tuple(test), modalities)
+    log.info("dataset %s: layout %s, %d training and %d test cases, classes %s", root, layout,
+             len(dataset.training), len(dataset.test), labels)
+    return dataset

@@ -1,0 +1,164 @@
+"""Testing a trained run (``test.py``): predict every case on its own grid, evaluate, report.
+
+For each case, read once through the ``Predictor``: ``predictions/<case>.nii.gz``
+in the input's geometry (and ``probabilities/`` on request), ``slices/<case>.png``,
+and metric rows when a label exists; ``cases/<case>.json`` marks the case done,
+so ``--resume`` and torchrun ranks work case by case.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..config import Config, load_config
+from ..data.cases import Case
+from ..data.io import ALL_SUFFIXES, case_id, list_images, load_image, reader_options
+from ..data.layouts import load_dataset
+from ..data.writers import save_nifti, write_label_like
+from ..distributed import Dist, barrier, on_main, shard
+from ..errors import UserError
+from ..evaluate.figures import slice_figure
+from ..evaluate.report import read_case_rows, write_case_rows, write_reports
+from ..evaluate.rows import evaluate_case, summarize
+from .predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+
+def resolve_run(run: str | Path) -> Path:
+    run_dir = Path(run)
+    if not run_dir.exists():
+        raise UserError(f"{run_dir}: run folder not found; train first (python train.py) or pass --run RUN_DIR")
+    run_dir = run_dir.resolve()
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir}: not a run folder (no config.yaml)")
+    return run_dir
+
+
+def cases_from_images(images: Path, labels: Path | None) -> list[Case]:
+    """Image files of a folder, each paired with the same-named file in ``labels`` when given."""
+    if not images.is_dir():
+        raise UserError(f"{images}: image folder not found")
+    label_files = {}
+    if labels is not None:
+        if not labels.is_dir():
+            raise UserError(f"{labels}: label folder not found")
+        label_files = {case_id(p): p for p in list_images(labels)}
+    cases = [Case(case_id(p), p, label_files.get(case_id(p))) for p in list_images(images)]
+    if not cases:
+        raise UserError(f"{images}: no image files ({', '.join(ALL_SUFFIXES)})")
+    if labels is not None:
+        missing = [c.image.name for c in cases if c.label is None]
+        if missing:
+            raise UserError(f"{labels}: no label for {', '.join(missing[:5])}; labels must share the image's file name")
+    return cases
+
+
+def run_cases(run_dir: Path, cfg: Config, data: str | None, images: str | None, labels: str | None) -> list[Case]:
+    """The cases to test: the run's test split by default, or a dataset root laid out like the
+    training data (read with the run's data options), or an image folder."""
+    if images is not None:
+        return cases_from_images(Path(images), Path(labels) if labels else None)
+    if data is not None:
+        dataset = load_dataset(data, cfg.data)
+        return list(dataset.training + dataset.test)
+    split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
+    dataset = load_dataset(split["root"], cfg.data)
+    return [dataset.case(i) for i in split["test"]]
+
+
+def new_output_dir(run_dir: Path, out: str | None, resume: bool = False) -> Path:
+    """``--out`` (must be new or empty) or the first free ``RUN/test``, ``RUN/test-2``, ...
+
+    With ``resume``: the existing ``--out`` (default ``RUN/test``) of a run that was stopped.
+    """
+    if resume:
+        path = Path(out) if out is not None else run_dir / "test"
+        if not path.is_dir():
+            raise UserError(f"{path}: nothing to resume (no such folder); drop --resume")
+        return path
+    if out is not None:
+        path = Path(out)
+        if path.exists() and any(path.iterdir()):
+            raise UserError(f"{path}: output folder exists and is not empty; choose another --out")
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    for n in range(1, 1000):
+        path = run_dir / ("test" if n == 1 else f"test-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise UserError(f"{run_dir}: too many test folders; pass --out")
+
+
+def _test_case(predictor: Predictor, case: Case, out_dir: Path) -> list[dict]:
+    """Prediction, slice image and metric rows (none without a label) of one case."""
+    cfg = predictor.cfg
+    want_prob = cfg.infer.probabilities or (cfg.infer.auc and case.label is not None)
+    result = predictor.predict(case, probabilities=want_prob)
+    write_label_like(result.label, case.image, out_dir / "predictions" / f"{case.id}.nii.gz", affine=result.affine)
+    if cfg.infer.probabilities:
+        (out_dir / "probabilities").mkdir(exist_ok=True)
+        save_nifti(np.moveaxis(result.probabilities[1:], 0, -1), result.affine,
+                   out_dir / "probabilities" / f"{case.id}.nii.gz")
+    ref, rows = None, []
+    if case.label is not None:
+        ref, _ = load_image(case.label, **reader_options(cfg.data, label=True))
+        rows = evaluate_case(case.id, result.label, ref.astype(np.int64), predictor.labels, result.spacing,
+                             result.mask, prob=result.probabilities if cfg.infer.auc else None)
+    window = cfg.data.intensity_range if cfg.data.modality == "CT" else None
+    slice_figure(result.image, ref, result.label, result.spacing, out_dir / "slices" / f"{case.id}.png",
+                 affine=result.affine, title=case.id, window=window)
+    return rows
+
+
+def run_test(
+    run: str | Path,
+    checkpoint: str = "best",
+    data: str | None = None,
+    images: str | None = None,
+    labels: str | None = None,
+    out: str | None = None,
+    overrides: Sequence[str] = (),
+    resume: bool = False,
+    info: Dist = Dist(),
+) -> tuple[Path, dict | None]:
+    """Predict, draw and evaluate; returns the output folder and the summary (None without labels,
+    and on ranks other than 0 under torchrun, where each rank tests its share of the cases).
+
+    ``overrides`` (``infer.overlap=0.5`` ...) change inference settings of the run's config.
+    """
+    run_dir = resolve_run(run)
+    load_config(run_dir / "config.yaml")  # fail early on a damaged run folder
+    predictor = Predictor.from_run(run_dir, checkpoint, overrides, info.device() if info.enabled else None)
+    cases = run_cases(run_dir, predictor.cfg, data, images, labels)
+    out_dir = on_main(lambda: new_output_dir(run_dir, out, resume), info)
+    (out_dir / "predictions").mkdir(exist_ok=True)
+    (out_dir / "slices").mkdir(exist_ok=True)
+    done = read_case_rows(out_dir) if resume else {}
+    if done:
+        log.info("resuming %s: %d of %d cases already done", out_dir, len(done), len(cases))
+    with tqdm(shard(cases, info), desc="test", unit="case", disable=not info.is_main) as bar:
+        for case in bar:  # the bar is closed (newline) on errors too
+            if case.id not in done:
+                done[case.id] = _test_case(predictor, case, out_dir)
+                write_case_rows(out_dir, case.id, done[case.id])
+    barrier(info)
+    if not info.is_main:
+        return out_dir, None
+    done = read_case_rows(out_dir)  # every rank's cases
+    rows = [row for case in cases for row in done[case.id]]
+    if not rows:
+        log.info("no labels: wrote predictions and slices only")
+        return out_dir, None
+    summary = summarize(rows)
+    write_reports(rows, summary, out_dir, {c.id: f"slices/{c.id}.png" for c in cases}, title=f"Test of {run_dir.name}")
+    return out_dir, summary

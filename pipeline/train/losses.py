@@ -1,0 +1,32 @@
+"""The training loss: weighted Dice + cross-entropy on softmax logits (MONAI ``DiceCELoss``)."""
+
+from __future__ import annotations
+
+import torch
+from monai.losses import DiceCELoss
+from torch import nn
+
+from ..config import Config
+from ..errors import UserError
+
+
+def build_loss(cfg: Config, n_classes: int) -> nn.Module:
+    """``train.dice_weight`` x Dice loss + ``train.ce_weight`` x cross-entropy, on logits (B, K, H, W, D)
+    and labels (B, 1, H, W, D).
+
+    The Dice term is 1 - Dice per crop and class (``train.batch_dice``: one Dice per class over
+    the step's crops), averaged over crops and classes (``train.dice_background=false``: foreground
+    classes only). ``train.class_weights`` w (one per class, background first) weight **both** terms:
+    the Dice term becomes mean over crops and classes of w_c (1 - Dice_c), and the cross-entropy the
+    w-weighted mean sum_i w_{y_i} (-log p_i,y_i) / sum_i w_{y_i} over voxels i (PyTorch's weighted
+    ``CrossEntropyLoss``). Tested against a hand computation in ``tests/test_train.py``.
+    """
+    t = cfg.train
+    weights = t.class_weights
+    if weights is not None and len(weights) != n_classes:
+        raise UserError(f"train.class_weights: expected {n_classes} weights (background first), got {len(weights)}")
+    return DiceCELoss(
+        to_onehot_y=True, softmax=True, lambda_dice=t.dice_weight, lambda_ce=t.ce_weight,
+        include_background=t.dice_background, batch=t.batch_dice,
+        weight=torch.tensor(weights, dtype=torch.float32) if weights is not None else None,
+    )

@@ -1,0 +1,123 @@
+"""A training run's folder: check the data, make (or reopen) ``<output_dir>/<name>-<timestamp>/``
+with ``config.yaml`` and ``split.json``, then fit.
+
+``<output_dir>/latest`` points at the newest run; ``--resume`` continues a run in its own folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import datetime
+from pathlib import Path
+
+from ..config import Config, config_from_dict, save_config
+from ..data.cases import Case, Dataset
+from ..data.check import check_dataset
+from ..data.layouts import load_dataset
+from ..data.splits import split_cases
+from ..distributed import Dist, on_main
+from ..errors import UserError
+from .checkpoint import load_resume_checkpoint
+from .loop import Run, fit
+
+log = logging.getLogger(__name__)
+
+
+def new_run_dir(cfg: Config) -> Path:
+    """A fresh ``<output_dir>/<name>-<timestamp>`` folder (never an existing one), ``latest`` pointed at it."""
+    out = Path(cfg.output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"output_dir {out}: cannot create ({err.strerror})") from None
+    if not os.access(out, os.W_OK):
+        raise UserError(f"output_dir {out}: not writable; set output_dir to a folder you can write")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        run_dir = out / (f"{cfg.name}-{stamp}" + (f"-{n}" if n else ""))
+        try:
+            run_dir.mkdir()
+            break
+        except FileExistsError:
+            continue
+    link = out / "latest"
+    tmp = out / f".latest-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run_dir.name)
+    os.replace(tmp, link)
+    return run_dir
+
+
+def run_training(cfg: Config, resume_dir: str | Path | None = None, info: Dist = Dist()) -> Path:
+    """Check the data, make (or reopen) the run folder, and fit. Returns the run folder.
+
+    Under torchrun rank 0 alone checks the data and writes the run folder; the
+    other ranks receive the outcome (or stop quietly on its error, which rank 0 reports).
+    """
+    run, resume = on_main(lambda: prepare_run(cfg, resume_dir), info)
+    if run is not None and (resume is None or not _finished(cfg, resume)):
+        fit(cfg, run, resume, info)
+    return Path(run.dir if run is not None else resume_dir)
+
+
+def _finished(cfg: Config, resume: dict) -> bool:
+    return int(resume["epoch"]) >= cfg.train.epochs and resume.get("partial") is None
+
+
+def checked_dataset(cfg: Config) -> Dataset:
+    """The dataset of ``data.root`` after the dataset check: warnings logged, the first error raised."""
+    dataset = load_dataset(cfg.data.root, cfg.data)
+    report = check_dataset(dataset, cfg.data)
+    for problem in report.problems:
+        if problem.severity == "warning":
+            log.warning("%s", problem)
+    if report.errors:
+        first, more = report.errors[0], len(report.errors) - 1
+        raise UserError(f"{first.file}: {first.message}" + (f" ({first.hint})" if first.hint else "")
+                        + (f"; {more} more problem(s): see `python -m pipeline.check --data {cfg.data.root}`" if more else ""))
+    if not dataset.training:
+        raise UserError(f"{cfg.data.root}: no training cases")
+    return dataset
+
+
+def _reopen(cfg: Config, run_dir: Path) -> dict:
+    """The checkpoint to resume ``run_dir`` from, after checking that ``cfg`` may continue it."""
+    resume = load_resume_checkpoint(run_dir / "checkpoints" / "last.pt")
+    saved = config_from_dict(resume["config"], f"{run_dir}/checkpoints/last.pt")
+    if (saved.model, saved.train.patch_size, saved.data.root) != (cfg.model, cfg.train.patch_size, cfg.data.root):
+        raise UserError(f"{run_dir}: checkpoint was made with model {saved.model}, patch "
+                        f"{saved.train.patch_size} and data {saved.data.root}; a resumed run keeps those")
+    return resume
+
+
+def _new_run(cfg: Config, dataset: Dataset) -> Run:
+    """A new run folder with ``config.yaml`` and ``split.json`` (train / val / test case ids)."""
+    train, val, held_out = split_cases(list(dataset.training), cfg.data, cfg.train.seed)
+    test = [c for c in dataset.test if c.label is not None] or held_out or val
+    if not test:
+        log.warning("no held-out cases: test.py will evaluate the training cases; use --data for real test data")
+        test = train
+    run_dir = new_run_dir(cfg)
+    save_config(cfg, run_dir / "config.yaml")
+    split = {"root": str(dataset.root), "train": [c.id for c in train], "val": [c.id for c in val],
+             "test": [c.id for c in test]}
+    (run_dir / "split.json").write_text(json.dumps(split, indent=2), encoding="utf-8")
+    log.info("run folder %s", run_dir)
+    return Run(run_dir, dataset, train, val)
+
+
+def prepare_run(cfg: Config, resume_dir: str | Path | None) -> tuple[Run | None, dict | None]:
+    """Checked data and a new (or reopened) run folder; (None, checkpoint) when the resumed run is done."""
+    if resume_dir is None:
+        return _new_run(cfg, checked_dataset(cfg)), None
+    run_dir = Path(resume_dir)
+    resume = _reopen(cfg, run_dir)
+    if _finished(cfg, resume):
+        log.info("%s already finished %d epochs; raise train.epochs to train longer", run_dir, cfg.train.epochs)
+        return None, resume
+    save_config(cfg, run_dir / "config.yaml")
+    dataset = checked_dataset(cfg)
+    split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
+    return Run(run_dir, dataset, [dataset.case(i) for i in split["train"]], [dataset.case(i) for i in split["val"]]), resume

@@ -1,0 +1,75 @@
+"""The state of a training run, and its checkpoint form.
+
+``TrainState`` holds what changes while training (weights, optimiser, schedule,
+gradient scaler, epochs done, best validation Dice) and what a checkpoint must
+carry to be used without the run folder (resolved config, class names, input
+channels). ``checkpoint`` and ``restore`` are each other's inverse.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models3d import build_from_config
+
+from ..config import Config, config_to_dict
+from ..errors import UserError
+from .checkpoint import capture_rng, restore_rng
+from .optim import build_optimizer
+
+
+@dataclass
+class TrainState:
+    model: nn.Module  # the network itself (not the DistributedDataParallel wrapper)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    meta: dict  # resolved config, class names and input channels, stored in every checkpoint
+    epoch: int = 0  # epochs completed
+    best: float = -math.inf  # best validation Dice so far
+
+    @classmethod
+    def create(cls, cfg: Config, labels: dict[int, str], in_channels: int, device: torch.device,
+               amp_dtype: torch.dtype | None, sync_batchnorm: bool = False) -> TrainState:
+        """A fresh network (channels-last on the CPU) with its optimiser, schedule and scaler."""
+        try:
+            model = build_from_config(cfg.model, in_channels, max(labels) + 1, cfg.train.patch_size)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        if sync_batchnorm:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = model.to(device)
+        if device.type == "cpu":
+            model = model.to(memory_format=torch.channels_last_3d)
+        optimizer, scheduler = build_optimizer(model, cfg)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        meta = {"config": config_to_dict(cfg), "labels": {str(k): v for k, v in labels.items()},
+                "in_channels": in_channels}
+        return cls(model, optimizer, scheduler, scaler, meta)
+
+    def checkpoint(self, partial: dict | None = None, log_row: dict | None = None) -> dict:
+        """Everything to resume from (``partial``: the interrupted epoch's step and losses) or to
+        predict with; ``log_row`` is the epoch's ``log.csv`` row, written again if the log lost it."""
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch, "best_metric": self.best, "rng": capture_rng(), "partial": partial,
+            "log_row": log_row, **self.meta,
+        }
+
+    def restore(self, checkpoint: dict, epochs: int, global_rng: bool = True) -> None:
+        """Load a checkpoint's state; ``epochs`` (``train.epochs``, perhaps raised for the resumed run)
+        stretches a poly schedule; ``global_rng`` restores Python / NumPy / torch random states."""
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.PolynomialLR):
+            self.scheduler.total_iters = epochs
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.epoch, self.best = int(checkpoint["epoch"]), float(checkpoint["best_metric"])
+        if global_rng:
+            restore_rng(checkpoint["rng"])
