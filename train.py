@@ -17,8 +17,7 @@ from pathlib import Path
 from pipeline import distributed
 from pipeline.config import load_config
 from pipeline.errors import UserError, exit_on_user_error, setup_logging
-from pipeline.train.run import run_training
-from pipeline.train.signals import TrainingInterrupted
+from pipeline.train.run import TrainingInterrupted, run_training
 
 DEFAULT_CONFIG = "configs/demo.yaml"
 

@@ -14,10 +14,14 @@ from pathlib import Path
 
 
 def python_files(root: Path) -> list[Path]:
-    """Every .py file under ``root`` except benchmarks/, .venv and other hidden folders."""
+    """Every .py file under ``root`` except in benchmarks/, outputs/, data/ and hidden folders (.venv)."""
     skip = {"benchmarks", "outputs", "data"}
-    return sorted(p for p in root.rglob("*.py")
-                  if not any(part.startswith(".") or part in skip for part in p.relative_to(root).parts[:-1]))
+    found = []
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root).parts
+        if parts[0] not in skip and not any(part.startswith(".") for part in parts[:-1]):
+            found.append(path)
+    return sorted(found)
 
 
 def function_lengths(path: Path) -> list[tuple[str, int]]:

@@ -22,12 +22,13 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> int:
     def hook(module: nn.Module, inputs, output) -> None:
         nonlocal total
         kernel = module.weight.shape[2:].numel()
-        if isinstance(module, nn.ConvTranspose3d):  # every input voxel scatters a kernel
+        if isinstance(module, (nn.ConvTranspose2d, nn.ConvTranspose3d)):  # every input voxel scatters a kernel
             total += inputs[0].numel() * module.out_channels * kernel // module.groups
         else:
             total += output.numel() * module.in_channels * kernel // module.groups
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d))]
+    convolutions = (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, convolutions)]
     with torch.no_grad():
         model(x)
     for h in handles:

@@ -7,8 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .blocks import (Conv3d, ConvTranspose3d, LevelPlan, check_input, make_block, make_encoder, max_pool,
-                     plan_levels)
+from .blocks import CONV, CONV_TRANSPOSE, MAX_POOL, PlannedNetwork, make_block, make_encoder
 
 
 class UpLevel(nn.Module):
@@ -16,7 +15,7 @@ class UpLevel(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, pool, kernel, residual: bool, norm: str, dropout: float):
         super().__init__()
-        self.up = ConvTranspose3d(in_ch, out_ch, kernel_size=pool, stride=pool)
+        self.up = CONV_TRANSPOSE[len(pool)](in_ch, out_ch, kernel_size=pool, stride=pool)
         self.block = make_block(residual, 2 * out_ch, out_ch, kernel, norm, dropout)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -29,18 +28,19 @@ class StridedUpLevel(nn.Module):
     def __init__(self, in_ch: int, skip_ch: int, out_ch: int, pool, kernel, residual: bool, norm: str, dropout: float):
         super().__init__()
         self.block = make_block(residual, in_ch + skip_ch, skip_ch, kernel, norm, dropout)
-        self.up = ConvTranspose3d(skip_ch, out_ch, kernel_size=pool, stride=pool)
+        self.up = CONV_TRANSPOSE[len(pool)](skip_ch, out_ch, kernel_size=pool, stride=pool)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.up(self.block(torch.cat([x, skip], dim=1)))
 
 
-class UNet(nn.Module):
+class UNet(PlannedNetwork):
     """U-Net with concatenation skips at every level.
 
     ``channels`` gives the width of each level, top to bottom; ``residual`` swaps the
     double convolution for residual blocks. Downsampling factors per axis are
-    planned from ``patch_size`` (see ``plan_levels``).
+    planned from ``patch_size`` (see ``plan_levels``); a patch with one axis of size 1
+    builds a 2D network.
 
     ``strided=False``: the classic layout; the top level runs at full resolution,
     max pooling between levels, transposed convolutions up.
@@ -50,6 +50,8 @@ class UNet(nn.Module):
     operations than the classic layout at widths 16-256 on a 112x112x80 patch
     (8.2 vs 57.1 GMAC per forward pass, ``python -m models3d``).
 
+    Stages: ``encoder.level1 .. levelD`` (top to bottom), ``decoder.level<D-1> .. level1``
+    (bottom to top), ``head`` (1x1 convolution to class logits).
     Input (B, in_channels, H, W, D) -> logits (B, out_channels, H, W, D).
     """
 
@@ -63,43 +65,43 @@ class UNet(nn.Module):
         norm: str = "instance",
         dropout: float = 0.0,
         patch_size: Sequence[int] = (112, 112, 80),
+        spatial_dims: int | None = None,
     ):
-        super().__init__()
+        super().__init__(patch_size, len(channels), spatial_dims)
         self.strided = strided
-        self.plan: LevelPlan = plan_levels(tuple(patch_size), len(channels))
-        kernels, pools = self.plan.kernels, self.plan.pools
-        depth = len(channels)
-        strides = [*pools, (1, 1, 1)] if strided else None
+        kernels, pools, depth = self.kernels, self.pools, len(channels)
+        strides = [*pools, None] if strided else None
         self.encoder = make_encoder(residual, in_channels, channels, kernels, norm, dropout, strides)
         if strided:
-            self.decoder = nn.ModuleDict(
-                {
-                    f"level{i + 1}": StridedUpLevel(
-                        channels[-1] if i == depth - 2 else channels[i], channels[i], channels[max(i - 1, 0)],
-                        pools[i], kernels[i], residual, norm, dropout,
-                    )
-                    for i in reversed(range(depth - 1))
-                }
-            )
+            self.decoder = nn.ModuleDict({
+                f"level{i + 1}": StridedUpLevel(channels[-1] if i == depth - 2 else channels[i], channels[i],
+                                                channels[max(i - 1, 0)], pools[i], kernels[i], residual, norm, dropout)
+                for i in reversed(range(depth - 1))
+            })
         else:
-            self.decoder = nn.ModuleDict(
-                {
-                    f"level{i + 1}": UpLevel(channels[i + 1], channels[i], pools[i], kernels[i], residual, norm, dropout)
-                    for i in reversed(range(depth - 1))
-                }
-            )
-        self.head = Conv3d(channels[0], out_channels, kernel_size=1)
+            self.decoder = nn.ModuleDict({
+                f"level{i + 1}": UpLevel(channels[i + 1], channels[i], pools[i], kernels[i], residual, norm, dropout)
+                for i in reversed(range(depth - 1))
+            })
+        self.head = CONV[self.flat.dims](channels[0], out_channels, kernel_size=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.plan)
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The bottom level's features and the skip of every level above it (top first)."""
+        *levels, bottom = self.encoder.values()
         skips = []
-        levels = list(self.encoder.values())
-        for level, pool in zip(levels[:-1], self.plan.pools):
+        for level, pool in zip(levels, self.pools):
             x = level(x)
             skips.append(x)
             if not self.strided:
-                x = max_pool(x, pool)
-        x = levels[-1](x)
-        for up, skip in zip(self.decoder.values(), reversed(skips)):
-            x = up(x, skip)
-        return self.head(x)
+                x = MAX_POOL[self.flat.dims](x, kernel_size=pool, stride=pool)
+        return bottom(x), skips
+
+    def decode(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        """Up the decoder levels, bottom to top, each joined with its skip."""
+        for level, skip in zip(self.decoder.values(), reversed(skips)):
+            x = level(x, skip)
+        return x
+
+    def segment(self, x: torch.Tensor) -> torch.Tensor:
+        bottom, skips = self.encode(x)
+        return self.head(self.decode(bottom, skips))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import time
+from pathlib import Path
 
 import h5py
 import nibabel as nib
@@ -15,6 +16,7 @@ from PIL import Image
 
 from pipeline.config import DataConfig
 from pipeline.data.check import check_dataset
+from pipeline.data.check import main as check_main
 from pipeline.data.layouts import load_dataset
 from pipeline.data.splits import split_cases
 from pipeline.errors import UserError
@@ -218,6 +220,39 @@ def test_drive_like_paired_folders_pair_by_number_with_fov(tmp_path):
         ("21_training", "21_manual1.gif", "21_training_mask.gif"),
         ("22_training", "22_manual1.gif", "22_training_mask.gif"),
     ]
+
+
+def _drive_like(root: Path, shape=(6, 5)) -> Path:
+    for folder in ("images", "1st_manual", "mask"):
+        (root / folder).mkdir(parents=True)
+    for n in (21, 22):
+        Image.fromarray(RNG.integers(0, 255, (*shape, 3), dtype=np.uint8)).save(root / "images" / f"{n}_training.tif")
+        Image.fromarray(np.zeros(shape, np.uint8)).save(root / "1st_manual" / f"{n}_manual1.gif")
+        Image.fromarray(np.full(shape, 255, np.uint8)).save(root / "mask" / f"{n}_training_mask.gif")
+    return root
+
+
+def _check_cli(root: Path, capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as stop:
+        check_main(["--data", str(root)])
+    return stop.value.code, capsys.readouterr().out
+
+
+def test_field_of_view_mask_of_another_size_is_a_check_error(tmp_path, capsys):
+    root = _drive_like(tmp_path / "drive")
+    Image.fromarray(np.full((7, 5), 255, np.uint8)).save(root / "mask" / "22_training_mask.gif")
+    code, out = _check_cli(root, capsys)
+    assert code == 1
+    assert f"error: {root / 'mask' / '22_training_mask.gif'}: shape (7, 5, 1) differs from image shape (6, 5, 1)" in out
+
+
+def test_zero_byte_image_is_listed_by_the_check_with_exit_1(tmp_path, capsys):
+    root = _drive_like(tmp_path / "drive")
+    (root / "images" / "21_training.tif").write_bytes(b"")
+    code, out = _check_cli(root, capsys)
+    assert code == 1
+    assert f"error: {root / 'images' / '21_training.tif'}: file is empty (0 bytes)" in out
+    assert "cases: 2 training" in out  # the other case was still read and counted
 
 
 def test_h5_folder_and_stack_layouts_are_detected(tmp_path):

@@ -12,13 +12,10 @@ import torch
 from PIL import Image
 from skimage.exposure import equalize_adapthist
 
-from pipeline.config import Config, InferConfig, TrainConfig
-from pipeline.data.transforms import clahe, clahe_tensor
-from pipeline.predict.sliding import flip_dims, predict_volume
-from pipeline.train.loaders import epoch_sampler
-from pipeline.train.losses import build_loss
-from pipeline.data.transforms import IMAGE, LABEL, random_affine
+from pipeline.config import InferConfig
+from pipeline.data.transforms import IMAGE, LABEL, clahe, clahe_tensor, random_affine
 from pipeline.evaluate.figures import error_figure
+from pipeline.predict.sliding import flip_dims, predict_volume
 
 
 def test_flip_dims_cover_every_subset_of_the_patch_axes():
@@ -74,47 +71,6 @@ def test_random_affine_stays_in_the_patch_planes(patch, rotated_about, scaled):
     assert out[IMAGE].shape == label.shape and out[LABEL].shape == label.shape
     assert set(np.unique(out[LABEL].numpy())) <= {0.0, 1.0}  # nearest for the label
     assert not torch.equal(out[IMAGE].as_tensor(), data[IMAGE])  # it did transform
-
-
-def test_epoch_sampler_draws_distinct_cases_and_fixes_the_epoch_length():
-    cases = list(range(5))
-
-    def order(**kwargs) -> list[int]:
-        return [int(i) for i in torch.utils.data.DataLoader(cases, batch_size=None, **kwargs)]
-
-    shuffled = order(shuffle=True, generator=torch.Generator().manual_seed(3))
-    for per_epoch in (None, len(cases)):  # unset or one per case: the order before the option existed
-        generator = torch.Generator().manual_seed(3)
-        assert order(sampler=epoch_sampler(cases, per_epoch, generator), generator=generator) == shuffled
-
-    generator = torch.Generator().manual_seed(0)
-    fewer = [list(epoch_sampler(cases, 3, generator)) for _ in range(40)]
-    assert all(len(epoch) == 3 and len(set(epoch)) == 3 for epoch in fewer)
-    assert set(itertools.chain(*fewer)) == set(cases)  # every case comes round across epochs
-
-    more = list(epoch_sampler(cases, 7, generator))
-    assert len(more) == 7 and sorted(more[:5]) == cases and len(set(more[5:])) == 2
-    assert len(list(epoch_sampler(cases, 7, generator, world_size=2))) == 4  # this rank's share, rounded up
-
-
-@pytest.mark.parametrize("background", [True, False])
-@pytest.mark.parametrize("batch", [False, True])
-def test_dice_ce_loss_matches_a_hand_computation(background, batch):
-    # two crops of 4 voxels, 2 classes; the second crop has no foreground
-    logits = torch.tensor([[[2.0, -1.0, 0.5, 0.0], [0.0, 1.0, 1.5, -2.0]],
-                           [[1.0, 0.0, 3.0, -0.5], [0.5, 0.2, -1.0, 0.0]]]).reshape(2, 2, 4, 1, 1)
-    label = torch.tensor([[0, 1, 1, 0], [0, 0, 0, 0]]).reshape(2, 1, 4, 1, 1)
-    cfg = Config(train=TrainConfig(dice_background=background, batch_dice=batch))
-
-    prob = np.exp(logits.numpy()[..., 0, 0])
-    prob /= prob.sum(axis=1, keepdims=True)  # (crop, class, voxel)
-    onehot = np.stack([label.numpy()[:, 0, :, 0, 0] == c for c in (0, 1)], axis=1).astype(float)
-    ce = -np.log((prob * onehot).sum(axis=1)).mean()
-    axes = (0, 2) if batch else 2  # batch Dice sums over the crops too
-    overlap, total = (prob * onehot).sum(axis=axes), (prob + onehot).sum(axis=axes)
-    dice = 1 - (2 * overlap + 1e-5) / (total + 1e-5)  # (class,) or (crop, class)
-    dice = dice[..., 0 if background else 1:].mean()
-    assert float(build_loss(cfg, 2)(logits, label)) == pytest.approx(0.5 * dice + 0.5 * ce, rel=1e-5)
 
 
 def test_error_figure_draws_one_row_per_case(tmp_path):

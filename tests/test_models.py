@@ -62,9 +62,9 @@ def test_state_dict_keys_read_like_the_diagram(name):
 def test_single_slice_never_convolves_or_pools_across_the_slice_axis():
     model = build_model("unet", channels=(8, 16, 32, 64), patch_size=(64, 64, 1))
     assert all(p[2] == 1 for p in model.plan.pools)
+    assert all(len(k) == 2 for k in model.kernels) and all(len(p) == 2 for p in model.pools)
     for module in model.modules():
-        if isinstance(module, torch.nn.Conv3d):
-            assert module.kernel_size[2] == 1
+        assert not isinstance(module, (nn.Conv3d, nn.ConvTranspose3d))
 
 
 def test_anisotropic_patch_pools_each_axis_only_while_wide():
@@ -152,35 +152,30 @@ def test_registry_lists_exactly_the_seven_names():
     assert models3d.MODEL_NAMES == ("unet", "resunet", "segnet", "usegnet1", "usegnet2", "usegnet3", "resusegnet")
 
 
-def test_single_slice_fast_path_equals_3d_operations():
-    """The 2D fast path for (B, C, H, W, 1) input gives the 3D operations' values and gradients."""
-    from models3d.blocks import Conv3d, ConvTranspose3d, max_pool, max_unpool
-
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("patch", [(16, 16, 1), (16, 1, 16)], ids=["flat-depth", "flat-width"])
+def test_single_slice_network_is_2d_and_equals_the_3d_operations(name, patch):
+    """A single-slice patch builds Conv2d/pool2d operators (whichever axis is flat) that compute
+    what 3D operators with kernels of size 1 along that axis compute: same values and gradients,
+    and the 3D-shaped weights of earlier checkpoints load into it."""
     torch.manual_seed(0)
-    x = torch.randn(2, 3, 8, 6, 1, requires_grad=True)
-    conv = Conv3d(3, 4, (3, 3, 1), padding=(1, 1, 0))
-    reference = nn.Conv3d(3, 4, (3, 3, 1), padding=(1, 1, 0))
-    reference.load_state_dict(conv.state_dict())
-    fast, slow = conv(x), reference(x)
-    torch.testing.assert_close(fast, slow)
-    fast.square().sum().backward()
-    grad_fast, x.grad = x.grad.clone(), None
-    slow.square().sum().backward()
-    torch.testing.assert_close(grad_fast, x.grad)
-    torch.testing.assert_close(conv.weight.grad, reference.weight.grad)
+    flat = build_model(name, 2, 3, channels=(4, 8, 16, 16), patch_size=patch)
+    assert not any(isinstance(m, (nn.Conv3d, nn.ConvTranspose3d, nn.InstanceNorm3d)) for m in flat.modules())
+    assert any(isinstance(m, nn.Conv2d) for m in flat.modules())
+    full = build_model(name, 2, 3, channels=(4, 8, 16, 16), patch_size=patch, spatial_dims=3)
+    assert any(isinstance(m, nn.Conv3d) for m in full.modules())
+    flat.load_state_dict(full.state_dict())  # (O, I, 3, 3, 1) kernels squeezed on load
+    x = torch.randn(2, 2, *patch, requires_grad=True)
+    out_flat, out_full = flat(x), full(x)
+    assert out_flat.shape == (2, 3, *patch)
+    torch.testing.assert_close(out_flat, out_full, rtol=1e-4, atol=1e-5)
+    out_flat.square().sum().backward()
+    grad_flat, x.grad = x.grad.clone(), None
+    out_full.square().sum().backward()
+    torch.testing.assert_close(grad_flat, x.grad, rtol=1e-4, atol=1e-5)
 
-    up = ConvTranspose3d(3, 2, (2, 2, 1), stride=(2, 2, 1))
-    up_reference = nn.ConvTranspose3d(3, 2, (2, 2, 1), stride=(2, 2, 1))
-    up_reference.load_state_dict(up.state_dict())
-    torch.testing.assert_close(up(x), up_reference(x))
-    assert up(x).shape == (2, 2, 16, 12, 1)
 
-    pooled, idx = max_pool(x, (2, 2, 1), return_indices=True)
-    pooled3d, idx3d = F.max_pool3d(x, (2, 2, 1), (2, 2, 1), return_indices=True)
-    torch.testing.assert_close(pooled, pooled3d)
-    assert torch.equal(idx, idx3d)
-    torch.testing.assert_close(max_unpool(pooled, idx, (2, 2, 1), (8, 6, 1)),
-                               F.max_unpool3d(pooled3d, idx3d, (2, 2, 1), (2, 2, 1), output_size=(8, 6, 1)))
-    # a real 3D input keeps the 3D operation
-    volume = torch.randn(1, 3, 4, 4, 4)
-    torch.testing.assert_close(conv(volume), reference(volume))
+def test_single_slice_network_refuses_a_volume():
+    model = build_model("resunet", channels=(4, 8), patch_size=(16, 16, 1))
+    with pytest.raises(ValueError, match="single-slice"):
+        model(torch.randn(1, 1, 16, 16, 4))

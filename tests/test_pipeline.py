@@ -17,7 +17,6 @@ from conftest import REPO, run_cli, smoke_args
 from pipeline.config import load_config
 from pipeline.data.io import load_image, read_volume
 from pipeline.evaluate.report import read_metrics_csv
-from pipeline.predict import Predictor
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -294,25 +293,3 @@ def test_inference_only_on_images_without_labels(trained, tiny_dataset, tmp_path
     background = 1 - prob.sum(axis=-1)
     expected = np.argmax(np.concatenate([background[..., None], prob], axis=-1), axis=-1)
     assert np.mean(expected == pred) > 0.999
-
-
-def test_a_resampled_run_takes_the_argmax_on_the_source_grid(tiny_dataset):
-    """With data.spacing the network runs on a coarser grid (2x in-plane here); the label map is the
-    argmax of its probabilities resampled linearly to the input's grid, not a nearest-neighbour
-    copy of the coarse label map (which differs from that argmax along every boundary)."""
-    cfg = load_config(REPO / "configs" / "smoke.yaml", [f"data.root={tiny_dataset}", "data.spacing=[1.6,1.6,2.0]"])
-    model = torch.nn.Conv3d(1, 3, kernel_size=1)  # logits: 0, 20 x - 10, 60 x - 45 (class 2 where x > 0.875)
-    with torch.no_grad():
-        model.weight.copy_(torch.tensor([0.0, 20.0, 60.0]).view(3, 1, 1, 1, 1))
-        model.bias.copy_(torch.tensor([0.0, -10.0, -45.0]))
-    predictor = Predictor(model.eval(), cfg, {0: "background", 1: "a", 2: "b"})
-    path = tiny_dataset / "imagesTs" / "case_004.nii.gz"
-    result = predictor.predict(path, probabilities=True)
-    pred, affine, prob = result.label, result.affine, result.probabilities
-    image, image_affine = load_image(path)
-    assert pred.shape == image.shape and prob.shape == (3, *image.shape)
-    assert np.allclose(affine, image_affine)
-    assert min((pred == 1).sum(), (pred == 2).sum()) > 100  # boundaries to compare along
-    assert np.array_equal(pred, prob.argmax(axis=0))
-    alone = predictor.predict(path).label  # the class-at-a-time path without probabilities
-    assert np.array_equal(alone, pred)

@@ -40,6 +40,28 @@ class PhantomSpec:
     noise_hu: float = 20.0
 
 
+def _vessels(spec: PhantomSpec, rng: np.random.Generator, centre: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """Two or three smooth tubes of radius 3-5 mm through the organ (centre, radii in mm), mostly
+    cranio-caudal as portal and hepatic veins run: a boolean mask of ``spec.shape``."""
+    spacing = np.asarray(spec.spacing)
+    centreline = np.zeros(spec.shape, dtype=bool)
+    radius_at = np.zeros(spec.shape, dtype=np.float32)
+    t = np.linspace(-1.3, 1.3, 600)
+    for _ in range(rng.integers(2, 4)):
+        direction = rng.normal(size=3)
+        direction[2] *= 2.5
+        direction /= np.linalg.norm(direction)
+        bend = rng.normal(scale=0.25, size=(2, 3)) * radii
+        freq = rng.uniform(1.0, 2.5)
+        points = centre + t[:, None] * direction * radii + np.sin(freq * np.pi * t)[:, None] * bend[0] + (t**2)[:, None] * bend[1]
+        idx = np.round(points / spacing + (np.asarray(spec.shape) - 1) / 2).astype(int)
+        idx = idx[np.all((idx >= 0) & (idx < spec.shape), axis=1)]
+        centreline[tuple(idx.T)] = True
+        radius_at[tuple(idx.T)] = rng.uniform(3.0, 5.0)
+    distance, nearest = ndimage.distance_transform_edt(~centreline, sampling=spacing, return_indices=True)
+    return distance <= radius_at[tuple(nearest)]
+
+
 def make_phantom(spec: PhantomSpec, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One case: (image float32 HU, label uint8, affine 4x4), arrays of shape ``spec.shape``."""
     rng = np.random.default_rng([spec.seed, index])
@@ -73,23 +95,7 @@ def make_phantom(spec: PhantomSpec, index: int) -> tuple[np.ndarray, np.ndarray,
     lobes = 0.12 * np.sin(k[0] * x + phase[0]) * np.sin(k[1] * y + phase[1]) * np.cos(k[2] * z + phase[2])
     organ = (q < 1 + lobes) & inner & ~spine
 
-    # vessels: smooth tubes crossing the organ, radius 3-5 mm
-    centreline = np.zeros(spec.shape, dtype=bool)
-    radius_at = np.zeros(spec.shape, dtype=np.float32)
-    t = np.linspace(-1.3, 1.3, 600)
-    for _ in range(rng.integers(2, 4)):
-        direction = rng.normal(size=3)
-        direction[2] *= 2.5  # mostly cranio-caudal, as portal and hepatic veins run
-        direction /= np.linalg.norm(direction)
-        bend = rng.normal(scale=0.25, size=(2, 3)) * radii
-        freq = rng.uniform(1.0, 2.5)
-        points = centre + t[:, None] * direction * radii + np.sin(freq * np.pi * t)[:, None] * bend[0] + (t**2)[:, None] * bend[1]
-        idx = np.round(points / spacing + (np.asarray(spec.shape) - 1) / 2).astype(int)
-        idx = idx[np.all((idx >= 0) & (idx < spec.shape), axis=1)]
-        centreline[tuple(idx.T)] = True
-        radius_at[tuple(idx.T)] = rng.uniform(3.0, 5.0)
-    distance, nearest = ndimage.distance_transform_edt(~centreline, sampling=spacing, return_indices=True)
-    vessel = (distance <= radius_at[tuple(nearest)]) & inner & ~spine
+    vessel = _vessels(spec, rng, centre, radii) & inner & ~spine
 
     label = np.zeros(spec.shape, dtype=np.uint8)
     label[organ] = 1

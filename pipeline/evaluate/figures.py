@@ -52,6 +52,24 @@ def _to_ras(array: np.ndarray | None, affine: np.ndarray | None) -> np.ndarray |
     return nib.orientations.apply_orientation(array, ornt)
 
 
+def _focus(image: np.ndarray, label: np.ndarray | None, pred: np.ndarray | None) -> np.ndarray:
+    """Voxel to cut through: the label's centre of mass, else the prediction's, else the centre."""
+    focus = label if label is not None and label.any() else pred if pred is not None and pred.any() else None
+    return np.round(ndimage.center_of_mass(focus > 0)).astype(int) if focus is not None else np.asarray(image.shape) // 2
+
+
+def _planes(centre, spacing, single: bool) -> list[tuple[str, tuple, tuple[float, float]]]:
+    """(name, index, (row spacing, column spacing)) of the planes through ``centre`` (RAS voxel order),
+    rows running up; one plane, as stored (rows down), for a single-slice volume."""
+    if single:
+        return [("image", (slice(None), slice(None), 0), (spacing[0], spacing[1]))]
+    return [
+        ("sagittal", (centre[0], slice(None), slice(None)), (spacing[2], spacing[1])),
+        ("coronal", (slice(None), centre[1], slice(None)), (spacing[2], spacing[0])),
+        ("axial", (slice(None), slice(None), centre[2]), (spacing[1], spacing[0])),
+    ]
+
+
 def slice_figure(
     image: np.ndarray,
     label: np.ndarray | None,
@@ -72,21 +90,12 @@ def slice_figure(
     image, label, pred = (_to_ras(a, affine) for a in (image, label, pred))
     if affine is not None:
         spacing = tuple(np.asarray(spacing)[np.argsort(nib.orientations.io_orientation(affine)[:, 0])])
-    focus = label if label is not None and label.any() else pred if pred is not None and pred.any() else None
-    centre = (np.round(ndimage.center_of_mass(focus > 0)).astype(int) if focus is not None
-              else np.asarray(image.shape) // 2)
     low, high = window or tuple(np.percentile(image, [0.5, 99.5]))
     n_classes = int(max(label.max() if label is not None else 0, pred.max() if pred is not None else 0, 1))
     cmap = ListedColormap(CLASS_COLOURS[: max(n_classes, 1)])
 
-    planes = [  # name, slicer, (row spacing, column spacing) after transposing to (rows=up axis)
-        ("sagittal", (centre[0], slice(None), slice(None)), (spacing[2], spacing[1])),
-        ("coronal", (slice(None), centre[1], slice(None)), (spacing[2], spacing[0])),
-        ("axial", (slice(None), slice(None), centre[2]), (spacing[1], spacing[0])),
-    ]
     single = image.shape[2] == 1
-    if single:  # single-slice volume (a 2D image): one plane, shown as stored (rows down, columns across)
-        planes = [("image", (slice(None), slice(None), 0), (spacing[0], spacing[1]))]
+    planes = _planes(_focus(image, label, pred), spacing, single)
     columns = [("image", None), ("label", label), ("prediction", pred)]
     fig = Figure(figsize=(9, 3 * len(planes)), tight_layout=True)
     for row, (plane, index, (dr, dc)) in enumerate(planes):
@@ -103,12 +112,7 @@ def slice_figure(
                           vmax=max(n_classes, 1) + 1e-6, alpha=0.55, aspect=dr / dc, interpolation="nearest")
             elif name != "image":
                 ax.text(0.5, 0.5, "none", transform=ax.transAxes, ha="center", color="white")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(name)
-            if col == 0:
-                ax.set_ylabel(plane)
+            ax.set(xticks=[], yticks=[], title=name if row == 0 else "", ylabel=plane if col == 0 else "")
     if title:
         fig.suptitle(title)
     _save(fig, out)

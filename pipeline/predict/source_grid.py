@@ -30,7 +30,14 @@ def to_source_grid(logits: torch.Tensor, data: dict, pre: Compose, resampled: bo
         keys, nearest = keys + ["prob"], nearest + [False]
     inverted = Invertd(keys, transform=pre, orig_keys=IMAGE, nearest_interp=nearest)(item)
     label = inverted["pred"].as_tensor().round().to(torch.uint8)
-    return label, inverted["prob"].as_tensor().float() if probabilities else None
+    return label, _background_outside(inverted["prob"].as_tensor().float()) if probabilities else None
+
+
+def _background_outside(prob: torch.Tensor) -> torch.Tensor:
+    """Voxels the network never saw (outside the foreground crop, padded with zeros by the
+    inversion) are background with probability 1, so every voxel's probabilities sum to 1."""
+    prob[0][prob.sum(dim=0) == 0] = 1.0
+    return prob
 
 
 def _argmax_of_resampled(probs: torch.Tensor, data: dict, pre: Compose,
@@ -49,7 +56,7 @@ def _argmax_of_resampled(probs: torch.Tensor, data: dict, pre: Compose,
             torch.maximum(best, channel, out=best)
         if keep:
             kept.append(channel)
-    return label, torch.cat(kept) if keep else None
+    return label, _background_outside(torch.cat(kept)) if keep else None
 
 
 def _like(values: torch.Tensor, image: MetaTensor) -> MetaTensor:

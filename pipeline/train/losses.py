@@ -17,9 +17,11 @@ def build_loss(cfg: Config, n_classes: int) -> nn.Module:
     The Dice term is 1 - Dice per crop and class (``train.batch_dice``: one Dice per class over
     the step's crops), averaged over crops and classes (``train.dice_background=false``: foreground
     classes only). ``train.class_weights`` w (one per class, background first) weight **both** terms:
-    the Dice term becomes mean over crops and classes of w_c (1 - Dice_c), and the cross-entropy the
-    w-weighted mean sum_i w_{y_i} (-log p_i,y_i) / sum_i w_{y_i} over voxels i (PyTorch's weighted
-    ``CrossEntropyLoss``). Tested against a hand computation in ``tests/test_train.py``.
+    the cross-entropy becomes the w-weighted mean sum_i w_{y_i} (-log p_i,y_i) / sum_i w_{y_i} over
+    voxels i (PyTorch's weighted ``CrossEntropyLoss``), and the Dice term the mean over crops and
+    classes of w_c (1 - Dice_c), except when it covers a single class (two classes without the
+    background), where MONAI leaves it unweighted. Tested against a hand computation in
+    ``tests/test_train.py``.
     """
     t = cfg.train
     weights = t.class_weights

@@ -21,8 +21,11 @@ from ..distributed import Dist, on_main
 from ..errors import UserError
 from .checkpoint import load_resume_checkpoint
 from .loop import Run, fit
+from .signals import TrainingInterrupted
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Run", "TrainingInterrupted", "new_run_dir", "prepare_run", "run_training"]
 
 
 def new_run_dir(cfg: Config) -> Path:
