@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from pipeline.evaluate import evaluate_folder
-from pipeline.data.writers import save_nifti
-from pipeline.evaluate.report import read_metrics_csv
 from pipeline.data.synthetic import PhantomSpec, make_phantom
+from pipeline.data.writers import save_nifti
+from pipeline.evaluate import evaluate_folder
+from pipeline.evaluate.report import read_metrics_csv
 
 
 def write_cases(root: Path, n: int) -> None:

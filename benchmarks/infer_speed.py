@@ -1,18 +1,23 @@
-"""Sliding-window inference: MONAI's defaults vs our ``predict_volume`` defaults.
+"""Sliding-window inference: MONAI's ``sliding_window_inference`` vs our ``Predictor``, same network.
 
-    python benchmarks/infer_speed.py [--run outputs/latest]
+    python benchmarks/infer_speed.py [--run outputs/latest] [--shape 256 256 160]
 
-Uses the trained demo model of ``--run`` (run ``make demo`` first) on a demo test
+Uses the trained network of ``--run`` (run ``make demo`` first) on a demo test
 case preprocessed by the pipeline's own transforms and mirrored out to
-256 x 256 x 160 (padding with air instead would put windows of nothing but air,
-which a model trained on body-cropped volumes never saw, in front of both methods): MONAI ``sliding_window_inference`` with its defaults
-(overlap 0.25, constant blending, fp32) against ``pipeline.inference.predict_volume``
-with the config defaults (bf16 autocast where native, channels-last). Each
-measurement runs in its own process so peak RSS is its own. Prints voxels per
-second, peak RSS, the ratio and the Dice between the two label maps; then peak
-RSS of ours on the same case padded to 512 x 512 x 300 (3 classes). Volumes
-are prepared in the parent process, so a child's peak RSS is inference alone
-(plus Python, torch and the input volume).
+``--shape`` (padding with air instead would put windows of nothing but air,
+which a model trained on body-cropped volumes never saw, in front of every method).
+Three runs, each in its own process so its peak RSS is its own, each timed the
+same way (the logits of the whole volume, wall clock):
+
+- MONAI ``sliding_window_inference`` at its defaults: fp32, contiguous memory,
+  overlap 0.25, constant blending;
+- MONAI ``sliding_window_inference`` with our precision and layout: bf16 autocast
+  (where the CPU runs it natively) and channels-last, same overlap and blending;
+- ours: ``Predictor.logits`` with the run's ``infer`` settings (the same overlap
+  and blending at the demo's defaults).
+
+Prints Mvoxel/s, peak RSS, both ratios and the Dice between label maps; then our
+peak RSS on the same case mirrored to 512 x 512 x 300.
 """
 
 from __future__ import annotations
@@ -22,61 +27,66 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.data.layouts import load_dataset  # noqa: E402
+from pipeline.data.transforms import IMAGE, build_transforms  # noqa: E402
+from pipeline.metrics import dice  # noqa: E402
+from pipeline.predict import Predictor  # noqa: E402
+from pipeline.runtime import autocast  # noqa: E402
+
+METHODS = {
+    "monai-defaults": "MONAI sliding_window_inference defaults (fp32, contiguous)",
+    "monai-bf16-cl": "MONAI sliding_window_inference, bf16 autocast + channels-last",
+    "ours": "ours: Predictor.logits (bf16 autocast + channels-last)",
+}
+
 
 def prepare(run: str, shape: tuple[int, int, int], out: str) -> None:
     """A demo test case through the run's deterministic transforms, mirrored out to ``shape``."""
-    import json as _json
-
-    from pipeline.data.layouts import load_dataset
-    from pipeline.testing import load_trained
-    from pipeline.transforms import IMAGE, build_transforms
-
-    cfg = load_trained(Path(run), "best").cfg
-    split = _json.loads((Path(run) / "split.json").read_text(encoding="utf-8"))
+    cfg = Predictor.from_run(run, device=torch.device("cpu")).cfg
+    split = json.loads((Path(run) / "split.json").read_text(encoding="utf-8"))
     case = load_dataset(split["root"], cfg.data).case(split["test"][0])
     image = build_transforms(cfg, train=False, keys=(IMAGE,))({IMAGE: str(case.image)})[IMAGE].as_tensor()
     pad = [(0, 0)] + [(0, max(t - s, 0)) for t, s in zip(shape, image.shape[1:])]
-    np.save(out, np.pad(image.numpy(), pad, mode="symmetric")[(slice(None), *[slice(0, t) for t in shape])].astype(np.float32))
+    mirrored = np.pad(image.numpy(), pad, mode="symmetric")[(slice(None), *[slice(0, t) for t in shape])]
+    np.save(out, mirrored.astype(np.float32))
 
 
-def measure(which: str, run: str, volume_file: str, out: str | None) -> dict:
+def measure(method: str, run: str, volume_file: str, out: str | None) -> dict:
+    """Seconds, Mvoxel/s and peak RSS of one method on one volume (run in a child process)."""
     from monai.inferers import sliding_window_inference
 
-    from pipeline.config import InferConfig
-    from pipeline.predict.sliding import predict_volume
-    from pipeline.runtime import resolve_precision
-    from pipeline.testing import load_trained
-
-    trained = load_trained(Path(run), "best")
+    predictor = Predictor.from_run(run, device=torch.device("cpu"))
     x = torch.from_numpy(np.load(volume_file))[None]
-    shape = x.shape[2:]
-    roi = trained.cfg.train.patch_size
+    infer, roi = predictor.cfg.infer, predictor.cfg.train.patch_size
     start = time.perf_counter()
-    if which == "monai":
-        with torch.no_grad():
-            logits = sliding_window_inference(x, roi, 1, trained.model)
+    if method == "ours":
+        logits = predictor.logits(x)
     else:
-        model = trained.model.to(memory_format=torch.channels_last_3d)
-        logits = predict_volume(model, x, roi, InferConfig(), resolve_precision(InferConfig().precision, torch.device("cpu")))
+        if method == "monai-defaults":  # fp32 and PyTorch's default (contiguous) layout
+            model, amp = predictor.model.to(memory_format=torch.contiguous_format), None
+        else:  # the Predictor's model is channels-last already; the input follows it
+            model, amp, x = predictor.model, predictor.amp_dtype, x.to(memory_format=torch.channels_last_3d)
+        with torch.inference_mode(), autocast(x.device, amp):
+            logits = sliding_window_inference(x, roi, infer.sw_batch_size, model, overlap=infer.overlap, mode=infer.blend)
     seconds = time.perf_counter() - start
-    labels = logits.argmax(1)[0].to(torch.uint8).numpy()
     if out:
-        np.save(out, labels)
+        np.save(out, logits.argmax(1)[0].to(torch.uint8).numpy())
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return {"seconds": seconds, "mvox_s": float(np.prod(shape)) / seconds / 1e6, "rss_gb": rss_gb}
+    return {"seconds": seconds, "mvox_s": float(np.prod(x.shape[2:])) / seconds / 1e6, "rss_gb": rss_gb}
 
 
-def run_child(which: str, args, volume_file: str, out=None) -> dict:
-    cmd = [sys.executable, __file__, "--child", which, "--run", args.run, "--volume", volume_file]
-    if out:
-        cmd += ["--out", out]
-    result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+def run_child(method: str, run: str, volume_file: str, out: str | None = None) -> dict:
+    cmd = [sys.executable, __file__, "--child", method, "--run", run, "--volume", volume_file]
+    result = subprocess.run(cmd + (["--out", out] if out else []), capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -91,28 +101,23 @@ def main() -> None:
     if args.child:
         print(json.dumps(measure(args.child, args.run, args.volume, args.out)))
         return
-
-    import tempfile
-
-    from pipeline.metrics import dice
-
     with tempfile.TemporaryDirectory() as tmp:
         prepare(args.run, tuple(args.shape), f"{tmp}/volume.npy")
         prepare(args.run, (512, 512, 300), f"{tmp}/big.npy")
-        monai = run_child("monai", args, f"{tmp}/volume.npy", f"{tmp}/monai.npy")
-        ours = run_child("ours", args, f"{tmp}/volume.npy", f"{tmp}/ours.npy")
-        big = run_child("ours", args, f"{tmp}/big.npy")
-        a, b = np.load(f"{tmp}/monai.npy"), np.load(f"{tmp}/ours.npy")
-    classes = [c for c in np.union1d(np.unique(a), np.unique(b)) if c > 0]
-    agreement = float(np.mean([dice(a == c, b == c) for c in classes]))
-    print(f"volume {tuple(args.shape)}, model of {Path(args.run).resolve().name}, {torch.get_num_threads()} threads")
-    print("| inference | seconds | Mvoxel/s | peak RSS (GB) |\n| --- | ---: | ---: | ---: |")
-    print(f"| MONAI sliding_window_inference defaults (overlap 0.25, constant, fp32) | {monai['seconds']:.1f} | "
-          f"{monai['mvox_s']:.2f} | {monai['rss_gb']:.2f} |")
-    print(f"| ours: predict_volume defaults (overlap 0.25, constant, bf16 where native, channels-last) | "
-          f"{ours['seconds']:.1f} | {ours['mvox_s']:.2f} | {ours['rss_gb']:.2f} |")
-    print(f"ours is {ours['mvox_s'] / monai['mvox_s']:.2f}x MONAI's voxels per second; "
-          f"mean foreground Dice between the two label maps {agreement:.4f}")
+        results = {m: run_child(m, args.run, f"{tmp}/volume.npy", f"{tmp}/{m}.npy") for m in METHODS}
+        big = run_child("ours", args.run, f"{tmp}/big.npy")
+        labels = {m: np.load(f"{tmp}/{m}.npy") for m in METHODS}
+    infer = Predictor.from_run(args.run, device=torch.device("cpu")).cfg.infer
+    print(f"volume {tuple(args.shape)}, network of {Path(args.run).resolve().name}, overlap {infer.overlap}, "
+          f"{infer.blend} blending, {torch.get_num_threads()} threads; one process per row")
+    print("| inference | seconds | Mvoxel/s | peak RSS (GB) | Dice vs ours |\n| --- | ---: | ---: | ---: | ---: |")
+    for method, title in METHODS.items():
+        r, a, b = results[method], labels[method], labels["ours"]
+        agreement = np.mean([dice(a == c, b == c) for c in np.union1d(np.unique(a), np.unique(b)) if c > 0])
+        print(f"| {title} | {r['seconds']:.1f} | {r['mvox_s']:.2f} | {r['rss_gb']:.2f} | {agreement:.4f} |")
+    ours = results["ours"]["mvox_s"]
+    print(f"ours / MONAI defaults: {ours / results['monai-defaults']['mvox_s']:.2f}x; "
+          f"ours / MONAI with the same precision and layout: {ours / results['monai-bf16-cl']['mvox_s']:.2f}x")
     print(f"ours on 512 x 512 x 300: {big['seconds']:.1f} s, {big['mvox_s']:.2f} Mvoxel/s, peak RSS {big['rss_gb']:.2f} GB")
 
 

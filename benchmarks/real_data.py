@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.data.layouts import load_dataset  # noqa: E402
-from pipeline.data.io import load_image  # noqa: E402
+from pipeline.data.io import load_image, reader_options  # noqa: E402
 from pipeline.evaluate.figures import error_figure  # noqa: E402
 
 # metric, how it is summarised, the seed's figure, the target (None: no target), better when higher
@@ -223,12 +223,11 @@ def write_figure(dataset: str, cfg, root: str, test_ids: list[str], test_dir: Pa
     rows = []
     for case_id in test_ids[:4]:
         case = cases[case_id]
-        read = dict(spacing=cfg.data.default_spacing)
-        image, affine = load_image(case.image, h5_key=cfg.data.h5_image_key, channel=cfg.data.channel, **read)
-        label, _ = load_image(case.label, h5_key=cfg.data.h5_label_key, label=True, **read)
+        image, affine = load_image(case.image, **reader_options(cfg.data))
+        label, _ = load_image(case.label, **reader_options(cfg.data, label=True))
         pred, _ = load_image(test_dir / "predictions" / f"{case_id}.nii.gz", label=True)
         if case.mask is not None:  # score and show inside the field of view only
-            label = label * (load_image(case.mask, label=True, **read)[0] > 0)
+            label = label * (load_image(case.mask, **reader_options(cfg.data, label=True))[0] > 0)
         rows.append((case_id, image, label, pred, affine))
     out = figures_dir / f"{dataset}_errors.png"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,14 +1,19 @@
-"""Training step speed: a plain fp32 PyTorch loop vs our loop at default settings.
+"""Training step speed: plain PyTorch loops vs our loop, same model, loss, optimiser and crops.
 
-    python benchmarks/train_speed.py [--data data/demo] [--steps 20]
+    python benchmarks/train_speed.py [--data data/demo] [--steps 10] [--epochs 3]
 
-Same model (the demo's residual UNet), loss (Dice + CE), optimizer and crop size
-(batch 2 of 112 x 112 x 80). (a) iterates over crops pre-loaded as tensors, fp32,
-default memory format; (b) runs ``pipeline.training.train_one_epoch`` over the
-cached dataset and loader that ``train.py`` uses, with the config's precision
-(bf16 autocast where the CPU runs it natively) and channels-last. Prints seconds
-per step (median over epochs of ``--steps`` steps), the ratio, the share of each
-step spent waiting for data, and achieved GFLOP/s against a measured matmul peak.
+The demo's residual UNet, Dice + CE, SGD, batch 2 of 112 x 112 x 80. Three loops, each
+timed the same way (seconds per step, median over ``--epochs`` epochs of ``--steps``
+steps after one warm-up epoch):
+
+- plain PyTorch, fp32, default (contiguous) memory layout, over crops pre-loaded as tensors;
+- plain PyTorch with our precision and layout: bf16 autocast (where the CPU runs it
+  natively) and channels-last, over the same pre-loaded crops;
+- ours: ``pipeline.train.loop.train_one_epoch`` over the cached dataset and thread loader
+  that ``train.py`` uses (so its time includes waiting for data, which is reported).
+
+Prints both ratios, the share of our step spent waiting for data, and GFLOP/s against a
+measured matmul peak.
 """
 
 from __future__ import annotations
@@ -25,8 +30,11 @@ from models3d.__main__ import count_macs
 from pipeline.config import load_config
 from pipeline.data.layouts import load_dataset
 from pipeline.data.splits import split_cases
-from pipeline.runtime import resolve_precision
-from pipeline.training import Run, _loaders, build_loss, build_optimizer, model_from_config, train_one_epoch
+from pipeline.runtime import autocast, channels_last, resolve_precision
+from pipeline.train.loaders import training_loader
+from pipeline.train.loop import train_one_epoch
+from pipeline.train.losses import build_loss
+from pipeline.train.state import TrainState
 
 
 def peak_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
@@ -37,6 +45,31 @@ def peak_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
         a @ b
         times.append(time.perf_counter() - start)
     return 2 * n**3 / min(times) / 1e9
+
+
+def new_state(cfg, dataset, amp) -> TrainState:
+    """A fresh network (seed 0, channels-last as training makes it) with its optimiser."""
+    torch.manual_seed(0)
+    return TrainState.create(cfg, dataset.labels, 1, torch.device("cpu"), amp)
+
+
+def plain_loop(cfg, dataset, crops, amp, layout, epochs: int) -> list[float]:
+    """Seconds per step of a plain PyTorch loop over pre-loaded crops, per timed epoch."""
+    state = new_state(cfg, dataset, amp)
+    model = state.model.to(memory_format=layout) if layout == torch.contiguous_format else channels_last(state.model)
+    loss_fn, times = build_loss(cfg, dataset.n_classes), []
+    for epoch in range(epochs + 1):
+        start = time.perf_counter()
+        for image, label in crops:
+            with autocast(torch.device("cpu"), amp):
+                logits = model(image.to(memory_format=layout))
+            loss = loss_fn(logits.float(), label)
+            state.optimizer.zero_grad()
+            loss.backward()
+            state.optimizer.step()
+        if epoch:
+            times.append((time.perf_counter() - start) / len(crops))
+    return times
 
 
 def main() -> None:
@@ -53,52 +86,39 @@ def main() -> None:
     n_classes, batch = dataset.n_classes, cfg.train.batch_size * cfg.train.samples_per_volume
 
     with tempfile.TemporaryDirectory() as tmp:
-        loader, _, _ = _loaders(cfg, Run(Path(tmp), dataset, train[: args.steps], []), device)
+        loader, transform = training_loader(cfg, train[: args.steps], Path(tmp), device)
+        transform.set_random_state(seed=0)
         crops = [(b["image"].as_tensor().clone(), b["label"].as_tensor().clone()) for b in loader]
-
-        # (a) plain PyTorch: fp32, contiguous, tensors already in memory
-        torch.manual_seed(0)
-        model = model_from_config(cfg, 1, n_classes)
-        loss_fn = build_loss(cfg, n_classes)
-        optimizer, _ = build_optimizer(model, cfg)
-        plain = []
-        for epoch in range(args.epochs + 1):
-            start = time.perf_counter()
-            for image, label in crops:
-                loss = loss_fn(model(image), label)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-            if epoch:
-                plain.append((time.perf_counter() - start) / len(crops))
-
-        # (b) ours: the loader and train_one_epoch of train.py at the config's defaults
-        torch.manual_seed(0)
-        model = model_from_config(cfg, 1, n_classes).to(memory_format=torch.channels_last_3d)
-        optimizer, _ = build_optimizer(model, cfg)
         amp = resolve_precision(cfg.train.precision, device)
-        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        plain = plain_loop(cfg, dataset, crops, None, torch.contiguous_format, args.epochs)
+        plain_ours = plain_loop(cfg, dataset, crops, amp, torch.channels_last_3d, args.epochs)
+        state = new_state(cfg, dataset, amp)
         ours, waits = [], []
         for epoch in range(args.epochs + 1):
-            stats = train_one_epoch(model, loader, build_loss(cfg, n_classes), optimizer, scaler, amp)
+            stats = train_one_epoch(state.model, loader, build_loss(cfg, n_classes), state.optimizer, state.scaler, amp,
+                                    progress=False)
             if epoch:
                 ours.append(stats.seconds / stats.steps)
                 waits.append(stats.data_fraction)
 
-    flop = 3 * 2 * count_macs(model_from_config(cfg, 1, n_classes), crops[0][0][:1]) * batch  # fwd + bwd ~ 3x fwd
-    t_plain, t_ours = statistics.median(plain), statistics.median(ours)
+    flop = 3 * 2 * count_macs(new_state(cfg, dataset, None).model, crops[0][0][:1]) * batch  # fwd + bwd ~ 3x fwd
+    t_plain, t_plain_ours, t_ours = statistics.median(plain), statistics.median(plain_ours), statistics.median(ours)
     peak32, peak16 = peak_gflops(torch.float32), peak_gflops(torch.bfloat16)
     peak = peak16 if amp == torch.bfloat16 else peak32
+    precision = "bf16" if amp == torch.bfloat16 else "fp32"
     print(f"model {cfg.model.name} {cfg.model.channels}, batch {batch} x {tuple(cfg.train.patch_size)}, "
           f"{flop / 1e9:.0f} GFLOP per step, {torch.get_num_threads()} threads")
     print("| loop | s/step (median) | data wait | GFLOP/s | of matmul peak |")
     print("| --- | ---: | ---: | ---: | ---: |")
     print(f"| plain PyTorch fp32, pre-loaded tensors | {t_plain:.3f} | 0 % (pre-loaded) | {flop / t_plain / 1e9:.0f} | "
           f"{flop / t_plain / 1e9 / peak32:.0%} of {peak32:.0f} fp32 |")
-    print(f"| ours ({'bf16' if amp == torch.bfloat16 else 'fp32'}, channels-last, cached data) | {t_ours:.3f} | "
+    print(f"| plain PyTorch {precision}, channels-last, pre-loaded tensors | {t_plain_ours:.3f} | 0 % (pre-loaded) | "
+          f"{flop / t_plain_ours / 1e9:.0f} | {flop / t_plain_ours / 1e9 / peak:.0%} of {peak:.0f} {precision} |")
+    print(f"| ours ({precision}, channels-last, cached data, thread loader) | {t_ours:.3f} | "
           f"{100 * statistics.median(waits):.1f} % | {flop / t_ours / 1e9:.0f} | {flop / t_ours / 1e9 / peak:.0%} of {peak:.0f} "
-          f"{'bf16' if amp == torch.bfloat16 else 'fp32'} |")
-    print(f"ours is {t_plain / t_ours:.2f}x faster per step")
+          f"{precision} |")
+    print(f"ours / plain fp32: {t_plain / t_ours:.2f}x; ours / plain with the same precision and layout: "
+          f"{t_plain_ours / t_ours:.2f}x (steps per second)")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Device, precision and seeding: the few facts about the machine the loop needs."""
+"""Device, precision, memory layout and seeding: the few facts about the machine the loops need."""
 
 from __future__ import annotations
 
@@ -45,6 +45,14 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """The model's convolution weights in channels-last layout (``channels_last_3d`` for a 3D
+    network, ``channels_last`` for a 2D one), which the CPU's oneDNN kernels run fastest."""
+    rank = max((p.dim() for p in model.parameters()), default=0)
+    layout = {5: torch.channels_last_3d, 4: torch.channels_last}.get(rank)
+    return model.to(memory_format=layout) if layout is not None else model
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

@@ -155,7 +155,7 @@ def _paired_cases(root: Path, data: DataConfig) -> list[Case]:
 # --- HDF5, stacks, lists -------------------------------------------------------------------------
 
 def _h5_cases(root: Path) -> list[Case]:
-    return [Case(case_id(p), p, p) for p in sorted(root.iterdir(), key=natural_key) if p.name.lower().endswith(H5_SUFFIXES)]
+    return [Case(case_id(p), p, p) for p in list_images(root, H5_SUFFIXES)]
 
 
 def _has_slices(folder: Path) -> bool:

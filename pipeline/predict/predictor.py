@@ -26,7 +26,7 @@ from ..data.io import load_image, reader_options, spacing_from_affine
 from ..data.monai_reader import to_meta_tensor
 from ..data.transforms import IMAGE, preprocess_transforms
 from ..errors import UserError
-from ..runtime import resolve_precision, select_device
+from ..runtime import channels_last, resolve_precision, select_device
 from ..train.checkpoint import load_checkpoint
 from .sliding import predict_volume
 from .source_grid import to_source_grid
@@ -49,11 +49,13 @@ class Prediction:
 
 
 class Predictor:
-    """A network ready for inference: ``cfg.infer`` decides overlap, blending, flips, precision."""
+    """A network ready for inference (channels-last on the CPU): ``cfg.infer`` decides overlap,
+    blending, flips and precision."""
 
     def __init__(self, model: torch.nn.Module, cfg: Config, labels: dict[int, str]):
-        self.model, self.cfg, self.labels = model, cfg, labels
         self.device = next(model.parameters()).device
+        self.model = channels_last(model) if self.device.type == "cpu" else model
+        self.cfg, self.labels = cfg, labels
         self.amp_dtype = resolve_precision(cfg.infer.precision, self.device)
         self.preprocess = preprocess_transforms(cfg)
 

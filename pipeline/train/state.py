@@ -18,6 +18,7 @@ from models3d import build_from_config
 
 from ..config import Config, config_to_dict
 from ..errors import UserError
+from ..runtime import channels_last
 from .checkpoint import capture_rng, restore_rng
 from .optim import build_optimizer
 
@@ -44,7 +45,7 @@ class TrainState:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = model.to(device)
         if device.type == "cpu":
-            model = model.to(memory_format=torch.channels_last_3d)
+            model = channels_last(model)
         optimizer, scheduler = build_optimizer(model, cfg)
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         meta = {"config": config_to_dict(cfg), "labels": {str(k): v for k, v in labels.items()},
