@@ -4,7 +4,8 @@
 
 The demo's residual UNet, Dice + CE, SGD, batch 2 of 112 x 112 x 80. Three loops, each
 timed the same way (seconds per step, median over ``--epochs`` epochs of ``--steps``
-steps after one warm-up epoch):
+steps after one warm-up epoch; the loops take turns epoch by epoch, so the machine's
+drift hits each alike):
 
 - plain PyTorch, fp32, default (contiguous) memory layout, over crops pre-loaded as tensors;
 - plain PyTorch with our precision and layout: bf16 autocast (where the CPU runs it
@@ -30,7 +31,7 @@ from models3d.__main__ import count_macs
 from pipeline.config import load_config
 from pipeline.data.layouts import load_dataset
 from pipeline.data.splits import split_cases
-from pipeline.runtime import autocast, channels_last, resolve_precision
+from pipeline.runtime import autocast, resolve_precision
 from pipeline.train.loaders import training_loader
 from pipeline.train.loop import train_one_epoch
 from pipeline.train.losses import build_loss
@@ -53,23 +54,17 @@ def new_state(cfg, dataset, amp) -> TrainState:
     return TrainState.create(cfg, dataset.labels, 1, torch.device("cpu"), amp)
 
 
-def plain_loop(cfg, dataset, crops, amp, layout, epochs: int) -> list[float]:
-    """Seconds per step of a plain PyTorch loop over pre-loaded crops, per timed epoch."""
-    state = new_state(cfg, dataset, amp)
-    model = state.model.to(memory_format=layout) if layout == torch.contiguous_format else channels_last(state.model)
-    loss_fn, times = build_loss(cfg, dataset.n_classes), []
-    for epoch in range(epochs + 1):
-        start = time.perf_counter()
-        for image, label in crops:
-            with autocast(torch.device("cpu"), amp):
-                logits = model(image.to(memory_format=layout))
-            loss = loss_fn(logits.float(), label)
-            state.optimizer.zero_grad()
-            loss.backward()
-            state.optimizer.step()
-        if epoch:
-            times.append((time.perf_counter() - start) / len(crops))
-    return times
+def plain_epoch(state: TrainState, loss_fn, crops, amp, layout) -> float:
+    """Seconds per step of one pass of a plain PyTorch loop over pre-loaded crops."""
+    start = time.perf_counter()
+    for image, label in crops:
+        with autocast(torch.device("cpu"), amp):
+            logits = state.model(image.to(memory_format=layout))
+        loss = loss_fn(logits.float(), label)
+        state.optimizer.zero_grad()
+        loss.backward()
+        state.optimizer.step()
+    return (time.perf_counter() - start) / len(crops)
 
 
 def main() -> None:
@@ -77,7 +72,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--data", default="data/demo")
     parser.add_argument("--steps", type=int, default=10, help="steps per timed epoch")
-    parser.add_argument("--epochs", type=int, default=3, help="timed epochs (after one warm-up)")
+    parser.add_argument("--epochs", type=int, default=5, help="timed epochs per loop (after one warm-up)")
     args = parser.parse_args()
     cfg = load_config(args.config, [f"data.root={args.data}"])
     dataset = load_dataset(cfg.data.root, cfg.data)
@@ -90,14 +85,18 @@ def main() -> None:
         transform.set_random_state(seed=0)
         crops = [(b["image"].as_tensor().clone(), b["label"].as_tensor().clone()) for b in loader]
         amp = resolve_precision(cfg.train.precision, device)
-        plain = plain_loop(cfg, dataset, crops, None, torch.contiguous_format, args.epochs)
-        plain_ours = plain_loop(cfg, dataset, crops, amp, torch.channels_last_3d, args.epochs)
-        state = new_state(cfg, dataset, amp)
-        ours, waits = [], []
-        for epoch in range(args.epochs + 1):
-            stats = train_one_epoch(state.model, loader, build_loss(cfg, n_classes), state.optimizer, state.scaler, amp,
-                                    progress=False)
-            if epoch:
+        fp32 = new_state(cfg, dataset, None)
+        fp32.model.to(memory_format=torch.contiguous_format)
+        same, state = new_state(cfg, dataset, amp), new_state(cfg, dataset, amp)  # channels-last, as training makes it
+        loss_fn = build_loss(cfg, n_classes)
+        plain, plain_ours, ours, waits = [], [], [], []
+        for epoch in range(args.epochs + 1):  # the three loops take turns, so drift of the machine hits each alike
+            times = (plain_epoch(fp32, loss_fn, crops, None, torch.contiguous_format),
+                     plain_epoch(same, loss_fn, crops, amp, torch.channels_last_3d))
+            stats = train_one_epoch(state.model, loader, loss_fn, state.optimizer, state.scaler, amp, progress=False)
+            if epoch:  # the first round warms up
+                plain.append(times[0])
+                plain_ours.append(times[1])
                 ours.append(stats.seconds / stats.steps)
                 waits.append(stats.data_fraction)
 

@@ -20,9 +20,10 @@ import numpy as np
 
 from ..config import DataConfig, load_config
 from ..errors import UserError, exit_on_user_error
-from .io import load_image, reader_options, spacing_from_affine
+from .io import kind_of, load_image, reader_options, spacing_from_affine
 from .cases import Case, Dataset
 from .layouts import load_dataset
+from .stack import SliceStack, stack_statistics
 
 
 @dataclass(frozen=True)
@@ -94,22 +95,62 @@ def _grid_problems(case: Case, path, shape, affine, other_shape, other_affine) -
     return []
 
 
-def _label_problems(case: Case, label: np.ndarray, dataset: Dataset) -> tuple[list[Problem], dict[int, int]]:
-    """Values outside the label map, an all-background label; and the voxel count per value."""
-    values, n = np.unique(label, return_counts=True)
-    counts = {int(v): int(c) for v, c in zip(values, n)}
-    unknown = [int(v) for v in values if v not in dataset.labels]
+def _label_problems(case: Case, counts: dict[int, int], dataset: Dataset) -> list[Problem]:
+    """Values outside the label map, an all-background label, from the voxel count per value."""
+    unknown = [int(v) for v in sorted(counts) if v not in dataset.labels]
     if unknown:
         return [Problem("error", str(case.label), f"label values {unknown[:5]} not in the label map "
-                        f"{sorted(dataset.labels)}", "fix the labels or data.labels")], counts
+                        f"{sorted(dataset.labels)}", "fix the labels or data.labels")]
     if set(counts) == {0}:
         return [Problem("warning", str(case.label), "label is all background",
-                        "the case is sampled with background crops only")], counts
-    return [], counts
+                        "the case is sampled with background crops only")]
+    return []
+
+
+def _from_error(err: UserError) -> Problem:
+    """A UserError ("<file>: <what>") as an error problem naming its file."""
+    file, _, message = str(err).partition(": ")
+    return Problem("error", file, message)
+
+
+def check_stack_case(case: Case, dataset: Dataset, data: DataConfig,
+                     need_label: bool) -> tuple[list[Problem], CaseStats | None]:
+    """``check_case`` for a slice-stack case, in bounded memory: headers first, then one slab at a time."""
+    try:
+        image = stack_statistics(SliceStack(case.image))
+    except UserError as err:
+        return [_from_error(err)], None
+    problems, counts = [], {}
+    if image.nonfinite:
+        problems.append(Problem("error", str(case.image), f"{image.nonfinite} NaN or Inf voxels",
+                                "replace them before training"))
+    if image.low >= image.high:
+        problems.append(Problem("error", str(case.image), f"image is constant ({image.intensity[0]})", "an empty export?"))
+    if case.label is None and need_label:
+        problems.append(Problem("error", str(case.image), "image has no label file",
+                                "add the label next to the others or list the pair explicitly"))
+    elif case.label is not None:
+        try:
+            label = stack_statistics(SliceStack(case.label), label=True)
+        except UserError as err:
+            problems.append(_from_error(err))
+        else:
+            if label.shape != image.shape:
+                problems.append(Problem("error", str(case.label), f"shape {label.shape} differs from image shape "
+                                        f"{image.shape}", f"it must be on the grid of {case.image.name} (a missing "
+                                        "or extra slice?)"))
+            else:
+                counts = label.counts
+                problems += _label_problems(case, counts, dataset)
+    spacing = tuple(float(v) for v in (data.default_spacing or (1.0, 1.0, 1.0)))
+    return problems, CaseStats(image.shape, spacing, 1, image.intensity, counts)
 
 
 def check_case(case: Case, dataset: Dataset, data: DataConfig, need_label: bool) -> tuple[list[Problem], CaseStats | None]:
-    """Every problem of one case, and its statistics (None when the image cannot be read)."""
+    """Every problem of one case, and its statistics (None when the image cannot be read).
+    Slice stacks are streamed (``check_stack_case``); other formats are read whole."""
+    if case.image.is_dir() and kind_of(case.image) == "stack":
+        return check_stack_case(case, dataset, data, need_label)
     image, affine, problems = _read(case.image, reader_options(data), "re-export or remove the case")
     if image is None:
         return problems, None
@@ -126,8 +167,9 @@ def check_case(case: Case, dataset: Dataset, data: DataConfig, need_label: bool)
             grid = _grid_problems(case, case.label, label.shape, label_affine, image.shape, affine)
             problems += grid
             if not any(p.severity == "error" for p in grid):
-                found, counts = _label_problems(case, label, dataset)
-                problems += found
+                values, n = np.unique(label, return_counts=True)
+                counts = {int(v): int(c) for v, c in zip(values, n)}
+                problems += _label_problems(case, counts, dataset)
     if case.mask is not None:
         mask, mask_affine, found = _read(case.mask, reader_options(data, label=True), "add the mask or remove the case")
         problems += found

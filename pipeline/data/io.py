@@ -170,7 +170,7 @@ def _read_source(path: Path, kind: str, h5_key: str, default_spacing) -> tuple[n
         return _read_dicom(path)
     if kind == "h5":
         return _read_h5(path, h5_key, default_spacing)
-    array = _read_stack(path) if kind == "stack" else _read_2d(path)
+    array = _read_stack(path) if kind == "stack" else read_slice(path)
     return array, np.diag([*default_spacing, 1.0])
 
 
@@ -261,7 +261,8 @@ def _read_h5(path: Path, key: str, default_spacing) -> tuple[np.ndarray, np.ndar
     return array, np.diag([*spacing[:3], 1.0])
 
 
-def _read_2d(path: Path) -> np.ndarray:
+def read_slice(path: Path) -> np.ndarray:
+    """One 2D image file: (rows, cols), or (rows, cols, 1, C) for colour."""
     with Image.open(path) as image:
         if image.mode in ("P", "1", "LA"):
             image = image.convert("L")
@@ -279,7 +280,7 @@ def _read_stack(folder: Path) -> np.ndarray:
     slices = []
     for file in files:
         try:
-            data = _read_2d(file)
+            data = read_slice(file)
         except (OSError, ValueError, Image.DecompressionBombError) as err:
             raise UserError(f"{file}: cannot read slice ({_first_line(err)})") from None
         data = data[:, :, 0, 0] if data.ndim == 4 else data  # colour slices: first channel

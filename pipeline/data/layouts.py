@@ -30,6 +30,7 @@ from ..config import DataConfig, read_yaml
 from ..errors import UserError
 from .cases import Case, Dataset, inside_root
 from .io import H5_SUFFIXES, IMAGE_2D_SUFFIXES, case_id, list_images, load_image, natural_key, reader_options
+from .stack import SliceStack, stack_statistics
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +215,14 @@ def _detect_layout(root: Path) -> str:
                     "set data.layout")
 
 
+def _label_max(path: Path, data: DataConfig) -> int:
+    """The largest value of a label file (a slice stack is streamed slab by slab)."""
+    if path.is_dir() and _has_slices(path):
+        return max(stack_statistics(SliceStack(path), label=True).counts, default=0)
+    label, _ = load_image(path, **reader_options(data, label=True))
+    return int(label.max(initial=0))
+
+
 def _labels_from_data(cases: Sequence[Case], data: DataConfig) -> dict[int, str]:
     """Class ids 0..max found in the readable label files (names 'label i'); the dataset
     check names the unreadable ones."""
@@ -221,10 +230,9 @@ def _labels_from_data(cases: Sequence[Case], data: DataConfig) -> dict[int, str]
     for case in cases:
         if case.label is not None and case.label.exists():
             try:
-                label, _ = load_image(case.label, **reader_options(data, label=True))
+                top = max(top, _label_max(case.label, data))
             except UserError:
                 continue
-            top = max(top, int(label.max(initial=0)))
     return {0: "background", **{i: f"label {i}" for i in range(1, top + 1)}}
 
 
@@ -274,7 +282,7 @@ def load_dataset(root: str | Path, data: DataConfig | None = None) -> Dataset:
         labels = _labels_from_data(training, data)
     if data.channel is not None:
         modalities = (modalities[0],)
-    elif layout != "msd" and training:
+    elif layout not in ("msd", "stack") and training:  # stacks: one channel (colour slices: the first)
         modalities = _channels(training, data)
     dataset = Dataset(root, layout, labels, tuple(training), tuple(test), modalities)
     log.info("dataset %s: layout %s, %d training and %d test cases, classes %s", root, layout,

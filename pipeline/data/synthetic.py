@@ -7,6 +7,7 @@ blurred for partial volume and with Gaussian noise. Voxels are anisotropic
 (0.8 x 0.8 x 2.0 mm by default) with a scanner-like LPS-flipped affine.
 
     python -m pipeline.synthetic --out data/demo [--train 12 --test 4 --shape 160 160 96]
+    python -m pipeline.synthetic --kind kidney-stack --shape 1024 1024 2000 --out /tmp/kidney (see ``kidney.py``)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import UserError, exit_on_user_error, setup_logging
+from .kidney import KidneySpec, generate_kidney_stacks
 from .writers import save_nifti
 
 log = logging.getLogger(__name__)
@@ -166,16 +168,25 @@ def _positive_ints(values: Sequence[int], name: str) -> tuple[int, ...]:
 
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Generate the synthetic CT demo dataset (MSD layout).")
+    parser = argparse.ArgumentParser(description="Generate synthetic data: the CT demo dataset (MSD layout) or "
+                                     "kidney-like slice stacks (SenNet layout, written slice by slice).")
+    parser.add_argument("--kind", choices=("ct", "kidney-stack"), default="ct")
     parser.add_argument("--out", default="data/demo", help="output folder (default data/demo)")
-    parser.add_argument("--train", type=int, default=PhantomSpec.n_train, help="training cases")
-    parser.add_argument("--test", type=int, default=PhantomSpec.n_test, help="test cases")
-    parser.add_argument("--shape", type=int, nargs=3, default=PhantomSpec.shape, help="voxels per axis")
+    parser.add_argument("--train", type=int, default=PhantomSpec.n_train, help="training cases (ct)")
+    parser.add_argument("--test", type=int, default=PhantomSpec.n_test, help="test cases (ct)")
+    parser.add_argument("--cases", type=int, default=1, help="stacks (kidney-stack)")
+    parser.add_argument("--shape", type=int, nargs=3, help="voxels per axis: rows, columns, slices "
+                        f"(default {PhantomSpec.shape} for ct, {KidneySpec.shape} for kidney-stack)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     setup_logging()
+    if args.kind == "kidney-stack":
+        shape = _positive_ints(args.shape or KidneySpec.shape, "--shape")
+        generate_kidney_stacks(args.out, KidneySpec(shape=shape, seed=args.seed), _positive_ints([args.cases], "--cases")[0])
+        print(f"kidney stacks: {args.out}")
+        return
     spec = PhantomSpec(
-        shape=_positive_ints(args.shape, "--shape"),
+        shape=_positive_ints(args.shape or PhantomSpec.shape, "--shape"),
         n_train=_positive_ints([args.train], "--train")[0],
         n_test=args.test,
         seed=args.seed,
