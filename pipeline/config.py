@@ -104,6 +104,7 @@ class InferConfig:
     tta: bool = False  # average the logits of every flip of the volume along the patch's axes (2D: 4, 3D: 8)
     largest_component: bool = False  # keep only the largest connected component of each foreground class
     auc: bool = False  # ROC AUC per class from the probabilities (2D-sized problems: it sorts every voxel)
+    stream_voxels: int = 2**28  # slice stacks with more voxels are predicted and scored slab by slab (0: always)
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,7 @@ class StackStatistics:
     low: float = np.inf  # over the finite voxels
     high: float = -np.inf
     counts: dict[int, int] = field(default_factory=dict)  # voxels per value (labels)
+    binary_mask: bool = False  # a 0/255 mask, counted as 0/1
 
     @property
     def intensity(self) -> tuple[float, float]:
@@ -105,7 +106,7 @@ def stack_statistics(stack: SliceStack, label: bool = False, thickness: int = SL
             stats.low = min(stats.low, float(slab[finite].min()))
             stats.high = max(stats.high, float(slab[finite].max()))
     if label and stack_is_binary_mask(stats.counts, _dtype(stack)):
-        stats.counts = {0: stats.counts.get(0, 0), 1: stats.counts[255]}
+        stats.counts, stats.binary_mask = {0: stats.counts.get(0, 0), 1: stats.counts[255]}, True
     return stats
 
 

@@ -72,8 +72,12 @@ _FROM_COUNTS = {
 
 def overlap_metrics(pred, ref, mask=None) -> dict[str, float]:
     """All overlap metrics (dice, jaccard, precision, sensitivity, specificity, accuracy) at once."""
-    counts = _confusion(pred, ref, mask)
-    return {name: fn(*counts) for name, fn in _FROM_COUNTS.items()}
+    return overlap_from_counts(*_confusion(pred, ref, mask))
+
+
+def overlap_from_counts(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
+    """The overlap metrics from voxel counts, e.g. summed slab by slab over a volume too large to hold."""
+    return {name: rule(tp, fp, fn, tn) for name, rule in _FROM_COUNTS.items()}
 
 
 def dice(pred, ref, spacing: Spacing = None, mask=None) -> float:

@@ -1,0 +1,120 @@
+"""Predicting a slice stack larger than memory: read, normalise, predict and write slab by slab.
+
+The stack is never loaded whole: ``SliceStack`` reads the slices a window batch
+needs, intensities are normalised slab by slab (CT: the configured window, a
+per-voxel map; MR / generic: a z-score whose mean and standard deviation come from
+one streamed pass first), ``stream_logits`` blends the windows, and each finished
+slab's label map is written as one uint8 TIFF per slice (``0000.tif ...``, class
+ids), named like the input's slices. Slice stacks carry no orientation (their
+affine is diagonal), so the only preprocessing step of the in-memory path that
+does not apply is the foreground crop: the whole stack is predicted.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from ..config import Config
+from ..data.io import kind_of
+from ..data.stack import SliceStack, stack_statistics
+from ..errors import UserError
+from ..evaluate.metrics import DISTANCE_METRICS, overlap_from_counts
+from ..files import atomic_write
+from .predictor import Predictor
+from .streamed import Reader, stream_logits
+
+log = logging.getLogger(__name__)
+
+
+def stack_reader(stack: SliceStack, cfg: Config) -> Reader:
+    """``read(z0, z1)`` -> the network input (1, H, W, z1 - z0) of those slices, normalised as
+    ``data.modality`` says."""
+    d = cfg.data
+    if d.modality == "CT":
+        low, high = d.intensity_range
+        def normalise(slab: np.ndarray) -> np.ndarray:
+            return (np.clip(slab, low, high) - low) / (high - low)
+    else:
+        mean, std = _moments(stack, nonzero=d.modality == "MR")
+        def normalise(slab: np.ndarray) -> np.ndarray:
+            out = (slab - mean) / std
+            return np.where(slab != 0, out, slab) if d.modality == "MR" else out
+
+    def read(start: int, stop: int) -> torch.Tensor:
+        return torch.from_numpy(normalise(stack.slab(start, stop).astype(np.float32)).astype(np.float32))[None]
+
+    return read
+
+
+def _moments(stack: SliceStack, nonzero: bool) -> tuple[float, float]:
+    """Mean and standard deviation (population, as MONAI's NormalizeIntensity) of the stack's voxels
+    (non-zero ones with ``nonzero``), accumulated in float64 one slab at a time."""
+    n, total, squares = 0, 0.0, 0.0
+    for _, slab in stack.slabs():
+        values = slab[slab != 0] if nonzero else slab
+        values = values.astype(np.float64)
+        n, total, squares = n + values.size, total + values.sum(), squares + np.square(values).sum()
+    mean = total / max(n, 1)
+    std = float(np.sqrt(max(squares / max(n, 1) - mean**2, 0.0)))
+    return float(mean), std if std > 0 else 1.0
+
+
+def predict_stack(predictor: Predictor, images: Path, out: Path) -> Path:
+    """Write the label map of the slice stack ``images`` into the folder ``out``, one slab at a time."""
+    stack = SliceStack(images)
+    cfg = predictor.cfg
+    out.mkdir(parents=True, exist_ok=True)
+    read = stack_reader(stack, cfg)
+    slabs = stream_logits(predictor.model, read, stack.shape, cfg.train.patch_size, cfg.infer,
+                          max(predictor.labels) + 1, predictor.amp_dtype)
+    with tqdm(total=stack.shape[2], desc=f"  {images.parent.name or images.name}", unit="slice", leave=False) as bar:
+        for slab in slabs:
+            labels = slab.logits.argmax(dim=0).to(torch.uint8).cpu().numpy()  # (H, W, n)
+            for k in range(labels.shape[-1]):
+                name = stack.files[slab.start + k].with_suffix(".tif").name
+                atomic_write(out / name, lambda tmp, plane=labels[..., k]: Image.fromarray(plane).save(tmp, format="TIFF"))
+            bar.update(labels.shape[-1])
+    return out
+
+
+def is_streamed(case_image: Path, cfg: Config) -> bool:
+    """True for a slice-stack image with more than ``infer.stream_voxels`` voxels (headers only)."""
+    if not (case_image.is_dir() and kind_of(case_image) == "stack"):
+        return False
+    return int(np.prod(SliceStack(case_image).shape, dtype=np.int64)) > cfg.infer.stream_voxels
+
+
+def score_stack(pred_dir: Path, label_dir: Path, case: str, labels: dict[int, str]) -> list[dict]:
+    """Metric rows of a predicted stack against its label stack, counted slab by slab: the overlap
+    metrics exactly; the surface distances are not computed for streamed cases yet (NaN, counted as
+    not finite in the summary)."""
+    pred, ref = SliceStack(pred_dir), SliceStack(label_dir)
+    if pred.shape != ref.shape:
+        raise UserError(f"{pred_dir}: prediction shape {pred.shape} differs from label shape {ref.shape}")
+    binary = stack_statistics(ref, label=True).binary_mask  # 0/255 masks count as 0/1, as load_image reads them
+    counts = {k: np.zeros(4, dtype=np.int64) for k in labels if k != 0}
+    for (_, p), (_, r) in zip(pred.slabs(), ref.slabs()):
+        r = (r > 0).astype(np.uint8) if binary else r
+        for k, c in counts.items():
+            pk, rk = p == k, r == k
+            tp = int(np.count_nonzero(pk & rk))
+            c += (tp, int(np.count_nonzero(pk)) - tp, int(np.count_nonzero(rk)) - tp, 0)
+            c[3] += pk.size - int(np.count_nonzero(pk | rk))
+    nan = dict.fromkeys(DISTANCE_METRICS, float("nan"))
+    return [{"case": case, "class": k, "name": labels[k], **overlap_from_counts(*map(int, c)), **nan}
+            for k, c in sorted(counts.items())]
+
+
+def stack_thumbnail(folder: Path, size: int = 256) -> tuple[np.ndarray, int]:
+    """The stack subsampled by a whole factor so that no axis exceeds ``size`` voxels, read slab by
+    slab (for slice images of volumes too large to hold); returns (array, factor)."""
+    stack = SliceStack(folder)
+    factor = max(1, -(-max(stack.shape) // size))
+    parts = [stack.slab(z, z + 1)[::factor, ::factor] for z in range(0, stack.shape[2], factor)]
+    return np.concatenate(parts, axis=-1), factor

@@ -1,0 +1,98 @@
+"""Streamed sliding-window prediction: a volume predicted slab by slab along its last axis.
+
+The windows are the ones MONAI's ``sliding_window_inference`` places on the whole
+volume (same starts, same blending weights), taken in order of their start along
+the last axis. A rolling buffer one patch deep holds the blended logits of the
+slices that windows still touch; as soon as no later window reaches a slice, it is
+final and handed on (to be written to disk). Memory depends on the patch and the
+slice size, never on the number of slices, and the blended logits equal the
+whole-volume ones (up to the order of floating-point sums).
+
+Written by hand because MONAI's sliding window returns the whole volume at once;
+its window placement (``dense_patch_slices``) and weights (``compute_importance_map``)
+are reused so that the two agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from monai.data.utils import compute_importance_map, dense_patch_slices
+from torch import nn
+
+from ..config import InferConfig
+from ..runtime import autocast
+
+Reader = Callable[[int, int], torch.Tensor]  # (first slice, stop) -> (C, H, W, stop - first) float32
+
+
+def window_starts(size: int, roi: int, overlap: float) -> list[int]:
+    """Window starts along one axis of ``size`` voxels, exactly as MONAI places them."""
+    interval = roi if roi == size else max(int(roi * (1 - overlap)), 1)
+    return sorted({s[0].start for s in dense_patch_slices((size,), (roi,), (interval,))})
+
+
+@dataclass
+class Slab:
+    """Final blended logits (K, H, W, n) of the slices ``start`` to ``start + n``."""
+
+    start: int
+    logits: torch.Tensor
+
+
+def stream_logits(model: nn.Module, read: Reader, shape: tuple[int, int, int], roi: tuple[int, int, int],
+                  infer: InferConfig, n_classes: int, amp_dtype: torch.dtype | None = None) -> Iterator[Slab]:
+    """Blended sliding-window logits of a (H, W, D) volume, slab by slab in slice order.
+
+    ``read(z0, z1)`` gives the network input (C, H, W, z1 - z0) of those slices; the volume must be
+    at least one patch in every axis. ``infer.tta`` averages the flipped passes of each window
+    batch (every flip of the axes the patch spans), rather than of the whole volume.
+    """
+    if any(s < r for s, r in zip(shape, roi)):
+        raise ValueError(f"streamed prediction needs a volume of at least the patch {roi}, got {shape}")
+    device = next(model.parameters()).device
+    starts = [window_starts(s, r, infer.overlap) for s, r in zip(shape, roi)]
+    weight = compute_importance_map(roi, mode=infer.blend, device=device, dtype=torch.float32)[None]  # (1, *roi)
+    depth = roi[2]
+    total = torch.zeros(n_classes, shape[0], shape[1], depth, device=device)
+    count = torch.zeros(1, shape[0], shape[1], depth, device=device)
+    first = 0  # the slice at index 0 of the buffers
+    model.eval()
+    for i, z in enumerate(starts[2]):
+        block = read(z, z + depth).to(device)  # (C, H, W, depth)
+        windows = [(x, y) for x in starts[0] for y in starts[1]]
+        for b in range(0, len(windows), infer.sw_batch_size):
+            batch = windows[b : b + infer.sw_batch_size]
+            crops = torch.stack([block[:, x : x + roi[0], y : y + roi[1]] for x, y in batch])
+            logits = _window_logits(model, crops, roi, infer.tta, amp_dtype)
+            for (x, y), out in zip(batch, logits):
+                total[:, x : x + roi[0], y : y + roi[1], z - first :] += out * weight
+                count[:, x : x + roi[0], y : y + roi[1], z - first :] += weight
+        done = (starts[2][i + 1] if i + 1 < len(starts[2]) else z + depth) - first  # no later window reaches these
+        yield Slab(first, total[..., :done] / count[..., :done])
+        total, count = _shift(total, done), _shift(count, done)
+        first += done
+
+
+def _window_logits(model: nn.Module, crops: torch.Tensor, roi, tta: bool, amp_dtype) -> torch.Tensor:
+    """Logits (B, K, *roi) float32 of window crops (B, C, *roi), averaged over flips with ``tta``."""
+    axes = [2 + a for a, size in enumerate(roi) if size > 1] if tta else []
+    flips = [()] + [tuple(d for j, d in enumerate(axes) if mask >> j & 1) for mask in range(1, 2 ** len(axes))]
+    total = None
+    with torch.inference_mode(), autocast(crops.device, amp_dtype):
+        for dims in flips:
+            out = model(crops.flip(dims) if dims else crops).float()
+            out = out.flip(dims) if dims else out
+            total = out if total is None else total + out
+    return total / len(flips)
+
+
+def _shift(buffer: torch.Tensor, n: int) -> torch.Tensor:
+    """The buffer moved ``n`` slices towards its start, in place, zeros behind."""
+    kept = buffer.shape[-1] - n
+    if kept > 0:
+        buffer[..., :kept] = buffer[..., n:].clone()
+    buffer[..., max(kept, 0) :] = 0
+    return buffer
