@@ -1,9 +1,8 @@
 """Typed configuration: frozen dataclasses loaded from YAML and ``--set`` overrides.
 
-Keys are ``section.key`` (``data.root``, ``model.name``, ``train.epochs``,
-``train.seed``, ...). YAML is read with a safe loader that also rejects
-duplicate keys; an unknown or ill-typed key raises ``UserError`` naming it and
-listing the valid keys. The resolved configuration is saved in every run folder.
+Keys are ``section.key`` (``data.root``, ``model.name``, ``train.epochs``, ...). YAML is read with a
+safe loader that also rejects duplicate keys; an unknown or ill-typed key raises ``UserError``
+naming it and listing the valid keys. The resolved configuration is saved in every run folder.
 """
 
 from __future__ import annotations
