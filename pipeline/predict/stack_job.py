@@ -75,11 +75,11 @@ def predict_stack(predictor: Predictor, images: Path, out: Path) -> Path:
                           max(predictor.labels) + 1, predictor.amp_dtype)
     with tqdm(total=stack.shape[2], desc=f"  {images.parent.name or images.name}", unit="slice", leave=False) as bar:
         for slab in slabs:
-            labels = slab.logits.argmax(dim=0).to(torch.uint8).cpu().numpy()  # (H, W, n)
-            for k in range(labels.shape[-1]):
+            for k in range(slab.logits.shape[-1]):  # one slice at a time: no volume-sized temporaries
+                plane = slab.logits[..., k].argmax(dim=0).to(torch.uint8).cpu().numpy()  # (H, W)
                 name = stack.files[slab.start + k].with_suffix(".tif").name
-                atomic_write(out / name, lambda tmp, plane=labels[..., k]: Image.fromarray(plane).save(tmp, format="TIFF"))
-            bar.update(labels.shape[-1])
+                atomic_write(out / name, lambda tmp, plane=plane: Image.fromarray(plane).save(tmp, format="TIFF"))
+            bar.update(slab.logits.shape[-1])
     return out
 
 

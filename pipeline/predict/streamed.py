@@ -36,7 +36,8 @@ def window_starts(size: int, roi: int, overlap: float) -> list[int]:
 
 @dataclass
 class Slab:
-    """Final blended logits (K, H, W, n) of the slices ``start`` to ``start + n``."""
+    """Final blended logits (K, H, W, n) of the slices ``start`` to ``start + n``: a view into the
+    rolling buffer, valid until the next slab is asked for (copy it to keep it)."""
 
     start: int
     logits: torch.Tensor
@@ -71,7 +72,8 @@ def stream_logits(model: nn.Module, read: Reader, shape: tuple[int, int, int], r
                 total[:, x : x + roi[0], y : y + roi[1], z - first :] += out * weight
                 count[:, x : x + roi[0], y : y + roi[1], z - first :] += weight
         done = (starts[2][i + 1] if i + 1 < len(starts[2]) else z + depth) - first  # no later window reaches these
-        yield Slab(first, total[..., :done] / count[..., :done])
+        total[..., :done] /= count[..., :done]
+        yield Slab(first, total[..., :done])
         total, count = _shift(total, done), _shift(count, done)
         first += done
 

@@ -220,15 +220,15 @@ def fit(cfg: Config, run: Run, resume: dict | None = None, info: Dist = Dist()) 
     log.info("training %s on %s (%s), %d train / %d val cases, %d epochs%s", cfg.model.name,
              next(s.model.parameters()).device, str(s.amp_dtype or "fp32").replace("torch.", ""), len(run.train),
              len(run.val), t.epochs, "" if t.volumes_per_epoch is None else f" of {t.volumes_per_epoch} volumes")
-    stop_any = (lambda stop: (lambda: any_rank(stop(), info))) if info.enabled else (lambda stop: stop)
     epochs = tqdm(range(s.state.epoch + 1, t.epochs + 1), desc="epochs", unit="epoch", initial=s.state.epoch,
                   total=t.epochs, disable=not info.is_main)
-    with stop_requests() as should_stop, _quiet_warnings():
+    with stop_requests() as requested, _quiet_warnings():
+        should_stop = (lambda: any_rank(requested(), info)) if info.enabled else requested  # ranks stop together
         for epoch in epochs:
             start, lr = time.perf_counter(), s.state.optimizer.param_groups[0]["lr"]
             seed_epoch(s.transform, s.loader.generator, t.seed, epoch, info.rank)
             stats = train_one_epoch(s.model, s.loader, s.loss_fn, s.state.optimizer, s.state.scaler, s.amp_dtype,
-                                    replay.skip, stop_any(should_stop), t.max_nonfinite_steps, info.is_main)
+                                    replay.skip, should_stop, t.max_nonfinite_steps, info.is_main)
             stats.losses[:0], replay = replay.losses, Replay()
             if stats.interrupted:
                 _save_interrupted(s.state, run, epoch, stats, info)
