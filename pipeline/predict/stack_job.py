@@ -36,18 +36,22 @@ def stack_reader(stack: SliceStack, cfg: Config) -> Reader:
     """``read(z0, z1)`` -> the network input (1, H, W, z1 - z0) of those slices, normalised as
     ``data.modality`` says."""
     d = cfg.data
-    if d.modality == "CT":
-        low, high = d.intensity_range
-        def normalise(slab: np.ndarray) -> np.ndarray:
-            return (np.clip(slab, low, high) - low) / (high - low)
-    else:
-        mean, std = _moments(stack, nonzero=d.modality == "MR")
-        def normalise(slab: np.ndarray) -> np.ndarray:
-            out = (slab - mean) / std
-            return np.where(slab != 0, out, slab) if d.modality == "MR" else out
+    mean, std = _moments(stack, nonzero=d.modality == "MR") if d.modality != "CT" else (0.0, 1.0)
 
-    def read(start: int, stop: int) -> torch.Tensor:
-        return torch.from_numpy(normalise(stack.slab(start, stop).astype(np.float32)).astype(np.float32))[None]
+    def read(start: int, stop: int) -> torch.Tensor:  # normalised in place: one float32 copy of the slab
+        raw = stack.slab(start, stop)
+        out = raw.astype(np.float32)
+        if d.modality == "CT":
+            low, high = d.intensity_range
+            np.clip(out, low, high, out=out)
+            out -= low
+            out /= high - low
+        else:
+            out -= mean
+            out /= std
+            if d.modality == "MR":
+                out[raw == 0] = 0.0  # the z-score covers the body (non-zero voxels) only
+        return torch.from_numpy(out)[None]
 
     return read
 

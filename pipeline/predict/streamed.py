@@ -71,6 +71,7 @@ def stream_logits(model: nn.Module, read: Reader, shape: tuple[int, int, int], r
             for (x, y), out in zip(batch, logits):
                 total[:, x : x + roi[0], y : y + roi[1], z - first :] += out * weight
                 count[:, x : x + roi[0], y : y + roi[1], z - first :] += weight
+        del block  # before the next slab is read
         done = (starts[2][i + 1] if i + 1 < len(starts[2]) else z + depth) - first  # no later window reaches these
         total[..., :done] /= count[..., :done]
         yield Slab(first, total[..., :done])
