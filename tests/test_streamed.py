@@ -20,7 +20,7 @@ from pipeline.data.stack import SliceStack
 from pipeline.evaluate.report import read_metrics_csv
 from pipeline.predict import Predictor
 from pipeline.evaluate.rows import evaluate_case
-from pipeline.predict.stack_job import predict_stack, score_stack, stack_reader
+from pipeline.predict.stack_job import predict_stack, score_stack, stack_reader, stack_thumbnail
 from pipeline.predict.streamed import stream_logits, window_starts
 
 
@@ -137,3 +137,10 @@ def test_stack_scores_counted_slab_by_slab_equal_the_whole_volume_rows(tmp_path)
     for a, b in zip(streamed, whole):
         for metric in ("dice", "jaccard", "precision", "sensitivity", "specificity", "accuracy"):
             assert a[metric] == pytest.approx(b[metric], abs=1e-12), metric
+
+
+def test_thumbnail_subsamples_every_axis_by_one_factor(tmp_path):
+    root = generate_kidney_stacks(tmp_path / "stacks", KidneySpec(shape=(40, 36, 21), generations=3))
+    full, _ = load_image(root / "kidney_1" / "images")
+    thumb, factor = stack_thumbnail(root / "kidney_1" / "images", size=16)
+    assert factor == 3 and np.array_equal(thumb, full[::3, ::3, ::3])

@@ -120,5 +120,6 @@ def stack_thumbnail(folder: Path, size: int = 256) -> tuple[np.ndarray, int]:
     slab (for slice images of volumes too large to hold); returns (array, factor)."""
     stack = SliceStack(folder)
     factor = max(1, -(-max(stack.shape) // size))
-    parts = [stack.slab(z, z + 1)[::factor, ::factor] for z in range(0, stack.shape[2], factor)]
+    # copies: a strided view would keep each whole slice alive
+    parts = [stack.slab(z, z + 1)[::factor, ::factor].copy() for z in range(0, stack.shape[2], factor)]
     return np.concatenate(parts, axis=-1), factor

@@ -93,9 +93,11 @@ def _window_logits(model: nn.Module, crops: torch.Tensor, roi, tta: bool, amp_dt
 
 
 def _shift(buffer: torch.Tensor, n: int) -> torch.Tensor:
-    """The buffer moved ``n`` slices towards its start, in place, zeros behind."""
+    """The buffer moved ``n`` slices towards its start, in place, zeros behind. Slice by slice in
+    increasing order, so every source slice is read before it is overwritten and no copy of the
+    kept slices is needed (a clone would cost up to a whole buffer)."""
     kept = buffer.shape[-1] - n
-    if kept > 0:
-        buffer[..., :kept] = buffer[..., n:].clone()
+    for j in range(max(kept, 0)):
+        buffer[..., j].copy_(buffer[..., j + n])
     buffer[..., max(kept, 0) :] = 0
     return buffer
