@@ -232,7 +232,8 @@ class PlannedNetwork(nn.Module):
     """Base of the family: the per-axis plan from the training patch, and the single-slice boundary.
 
     Subclasses build their stages with ``self.kernels`` / ``self.pools`` (per level, in the
-    network's own dimensionality) and implement ``segment``; ``forward`` checks the input
+    network's own dimensionality) and define ``segment(x) -> logits`` on the squeezed layout;
+    ``forward`` checks the input
     (B, C, H, W, D), squeezes a flat axis, segments, and restores the axis. ``spatial_dims``
     None plans the operators from the patch; 3 keeps 3D operators for a single-slice patch
     (kernels of size 1 along the flat axis: the same function, run by 3D kernels).
@@ -248,9 +249,6 @@ class PlannedNetwork(nn.Module):
         self.kernels = [self.flat.reduce(k) for k in self.plan.kernels]
         self.pools = [self.flat.reduce(p) for p in self.plan.pools]
         self.register_load_state_dict_pre_hook(self.flat.checkpoint_hook)
-
-    def segment(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, out_channels, H, W, D) of input (B, in_channels, H, W, D)."""

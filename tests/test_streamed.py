@@ -20,7 +20,7 @@ from pipeline.data.stack import SliceStack
 from pipeline.evaluate.report import read_metrics_csv
 from pipeline.predict import Predictor
 from pipeline.evaluate.rows import evaluate_case
-from pipeline.predict.stack_job import predict_stack, score_stack, stack_reader, stack_thumbnail
+from pipeline.predict.stack_job import predict_stack, score_stack, stack_reader, stack_thumbnail, streamed_stack
 from pipeline.predict.streamed import stream_logits, window_starts
 
 
@@ -85,7 +85,7 @@ def test_a_stack_is_predicted_into_label_slices_equal_to_the_whole_volume(tmp_pa
                                                         "train.patch_size=[16,16,8]", "model.channels=[4,8]"])
     model = _network((16, 16, 8))
     predictor = Predictor(model, cfg, {0: "background", 1: "vessel", 2: "other"})
-    out = predict_stack(predictor, root / "kidney_1" / "images", tmp_path / "pred")
+    out = predict_stack(predictor, SliceStack(root / "kidney_1" / "images"), tmp_path / "pred")
     written = sorted(out.iterdir())
     assert [p.name for p in written] == [f"{z:04d}.tif" for z in range(20)]
     labels = np.stack([np.asarray(Image.open(p)) for p in written], axis=-1)
@@ -131,7 +131,7 @@ def test_stack_scores_counted_slab_by_slab_equal_the_whole_volume_rows(tmp_path)
     for z in range(pred.shape[2]):
         Image.fromarray(pred[..., z].astype(np.uint8)).save(tmp_path / "pred" / f"{z:04d}.tif")
     names = {0: "background", 1: "vessel", 2: "other"}
-    streamed = score_stack(tmp_path / "pred", labels, "k", names)
+    streamed = score_stack(SliceStack(tmp_path / "pred"), SliceStack(labels), "k", names)
     whole = evaluate_case("k", pred.astype(np.int64), ref.astype(np.int64), names)
     assert streamed[0]["dice"] > 0.2  # the comparison has true positives to count
     for a, b in zip(streamed, whole):
@@ -142,5 +142,16 @@ def test_stack_scores_counted_slab_by_slab_equal_the_whole_volume_rows(tmp_path)
 def test_thumbnail_subsamples_every_axis_by_one_factor(tmp_path):
     root = generate_kidney_stacks(tmp_path / "stacks", KidneySpec(shape=(40, 36, 21), generations=3))
     full, _ = load_image(root / "kidney_1" / "images")
-    thumb, factor = stack_thumbnail(root / "kidney_1" / "images", size=16)
+    thumb, factor = stack_thumbnail(SliceStack(root / "kidney_1" / "images"), size=16)
     assert factor == 3 and np.array_equal(thumb, full[::3, ::3, ::3])
+
+
+def test_only_stacks_above_the_threshold_and_at_least_one_patch_stream(tmp_path):
+    root = generate_kidney_stacks(tmp_path / "stacks", KidneySpec(shape=(40, 36, 6), generations=2))
+    images = root / "kidney_1" / "images"
+    base = ["train.patch_size=[16,16,4]", "model.channels=[4,8]"]
+    assert streamed_stack(images, load_config(REPO / "configs" / "smoke.yaml", base + ["infer.stream_voxels=0"])).shape == (40, 36, 6)
+    assert streamed_stack(images, load_config(REPO / "configs" / "smoke.yaml", base)) is None  # under 2**28 voxels
+    thin = load_config(REPO / "configs" / "smoke.yaml", ["infer.stream_voxels=0"])  # patch depth 16 > 6 slices
+    assert streamed_stack(images, thin) is None  # the in-memory path pads it
+    assert streamed_stack(tmp_path / "stacks" / "kidney_1" / "labels" / "0000.tif", thin) is None  # not a stack

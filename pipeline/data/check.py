@@ -66,19 +66,29 @@ def _read(path, options: dict, hint: str) -> tuple[np.ndarray | None, np.ndarray
     return array, affine, []
 
 
+def _intensity_problems(case: Case, nonfinite: int, low: float, high: float) -> list[Problem]:
+    """Non-finite voxels and a constant image, from counts however they were gathered."""
+    problems = []
+    if nonfinite:
+        problems.append(Problem("error", str(case.image), f"{nonfinite} NaN or Inf voxels", "replace them before training"))
+    if low >= high:
+        problems.append(Problem("error", str(case.image), f"image is constant ({low if low == high else 0.0})",
+                                "an empty export?"))
+    return problems
+
+
 def _image_problems(case: Case, image: np.ndarray) -> tuple[list[Problem], tuple[float, float]]:
     """Non-numeric, non-finite or constant voxels; and the (low, high) intensity range."""
     if not np.issubdtype(image.dtype, np.number):
         return [Problem("error", str(case.image), f"voxel type {image.dtype} is not numeric")], (0.0, 0.0)
-    problems = []
     finite = np.isfinite(image)
-    if not finite.all():
-        problems.append(Problem("error", str(case.image), f"{int((~finite).sum())} NaN or Inf voxels",
-                                "replace them before training"))
     low, high = (float(np.nanmin(image[finite])), float(np.nanmax(image[finite]))) if finite.any() else (0.0, 0.0)
-    if low == high:
-        problems.append(Problem("error", str(case.image), f"image is constant ({low})", "an empty export?"))
-    return problems, (low, high)
+    return _intensity_problems(case, int(image.size - np.count_nonzero(finite)), low, high), (low, high)
+
+
+def _missing_label(case: Case) -> Problem:
+    return Problem("error", str(case.image), "image has no label file",
+                   "add the label next to the others or list the pair explicitly")
 
 
 def _grid_problems(case: Case, path, shape, affine, other_shape, other_affine) -> list[Problem]:
@@ -120,15 +130,9 @@ def check_stack_case(case: Case, dataset: Dataset, data: DataConfig,
         image = stack_statistics(SliceStack(case.image))
     except UserError as err:
         return [_from_error(err)], None
-    problems, counts = [], {}
-    if image.nonfinite:
-        problems.append(Problem("error", str(case.image), f"{image.nonfinite} NaN or Inf voxels",
-                                "replace them before training"))
-    if image.low >= image.high:
-        problems.append(Problem("error", str(case.image), f"image is constant ({image.intensity[0]})", "an empty export?"))
+    problems, counts = _intensity_problems(case, image.nonfinite, *image.intensity), {}
     if case.label is None and need_label:
-        problems.append(Problem("error", str(case.image), "image has no label file",
-                                "add the label next to the others or list the pair explicitly"))
+        problems.append(_missing_label(case))
     elif case.label is not None:
         try:
             label = stack_statistics(SliceStack(case.label), label=True)
@@ -158,8 +162,7 @@ def check_case(case: Case, dataset: Dataset, data: DataConfig, need_label: bool)
     problems += found
     counts: dict[int, int] = {}
     if case.label is None and need_label:
-        problems.append(Problem("error", str(case.image), "image has no label file",
-                                "add the label next to the others or list the pair explicitly"))
+        problems.append(_missing_label(case))
     elif case.label is not None:
         label, label_affine, found = _read(case.label, reader_options(data, label=True), "add the label or remove the case")
         problems += found

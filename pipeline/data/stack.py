@@ -93,8 +93,9 @@ class StackStatistics:
 def stack_statistics(stack: SliceStack, label: bool = False, thickness: int = SLAB) -> StackStatistics:
     """Shape, non-finite voxels and range of ``stack``; with ``label`` the voxels per value, with
     0/255 masks counted as 0/1 exactly as ``load_image(label=True)`` maps the whole stack."""
-    stats = StackStatistics(stack.shape)
+    stats, dtype = StackStatistics(stack.shape), None
     for _, slab in stack.slabs(thickness):
+        dtype = slab.dtype
         if label:
             values, n = np.unique(slab, return_counts=True)
             for v, c in zip(values.tolist(), n.tolist()):
@@ -105,7 +106,7 @@ def stack_statistics(stack: SliceStack, label: bool = False, thickness: int = SL
         if finite.any():
             stats.low = min(stats.low, float(slab[finite].min()))
             stats.high = max(stats.high, float(slab[finite].max()))
-    if label and stack_is_binary_mask(stats.counts, _dtype(stack)):
+    if label and stack_is_binary_mask(stats.counts, dtype):
         stats.counts, stats.binary_mask = {0: stats.counts.get(0, 0), 1: stats.counts[255]}, True
     return stats
 
@@ -113,7 +114,3 @@ def stack_statistics(stack: SliceStack, label: bool = False, thickness: int = SL
 def stack_is_binary_mask(counts: dict[int, int], dtype: np.dtype) -> bool:
     """True for a uint8 0/255 mask (the rule ``load_image(label=True)`` applies to a whole volume)."""
     return dtype == np.uint8 and 255 in counts and set(counts) <= {0, 255}
-
-
-def _dtype(stack: SliceStack) -> np.dtype:
-    return stack.slab(0, 1).dtype

@@ -28,7 +28,7 @@ from ..evaluate.figures import slice_figure
 from ..evaluate.report import read_case_rows, write_case_rows, write_reports
 from ..evaluate.rows import evaluate_case, summarize
 from .predictor import Predictor
-from .stack_job import is_streamed, predict_stack, score_stack, stack_thumbnail
+from .stack_job import predict_stack, score_stack, stack_thumbnail, streamed_stack
 
 log = logging.getLogger(__name__)
 
@@ -101,25 +101,27 @@ def new_output_dir(run_dir: Path, out: str | None, resume: bool = False) -> Path
     raise UserError(f"{run_dir}: too many test folders; pass --out")
 
 
-def _test_streamed_case(predictor: Predictor, case: Case, out_dir: Path) -> list[dict]:
+def _test_streamed_case(predictor: Predictor, case: Case, stack: SliceStack, out_dir: Path) -> list[dict]:
     """A slice stack above ``infer.stream_voxels``, in bounded memory: label slices in
     ``predictions/<case>/``, overlap metrics counted slab by slab, slices of a subsampled copy."""
     cfg = predictor.cfg
     unsupported = [k for k, on in (("infer.probabilities", cfg.infer.probabilities), ("infer.auc", cfg.infer.auc),
                                    ("infer.largest_component", cfg.infer.largest_component),
                                    ("data.spacing", cfg.data.spacing is not None)) if on]
+    voxels = int(np.prod(stack.shape))
     if unsupported:
         raise UserError(f"{case.image}: {', '.join(unsupported)} not available for stacks predicted slab by slab; "
-                        f"turn it off or raise infer.stream_voxels above {int(np.prod(SliceStack(case.image).shape))}")
-    log.info("%s: %s voxels, predicted slab by slab", case.id, "x".join(map(str, SliceStack(case.image).shape)))
-    pred_dir = predict_stack(predictor, case.image, out_dir / "predictions" / case.id)
-    rows = score_stack(pred_dir, case.label, case.id, predictor.labels) if case.label is not None else []
-    (image, factor), pred = stack_thumbnail(case.image), stack_thumbnail(pred_dir)[0]
-    ref = stack_thumbnail(case.label)[0] if case.label is not None else None
-    if ref is not None and set(np.unique(ref).tolist()) <= {0, 255}:
-        ref = ref // 255  # a 0/255 mask
+                        f"turn it off or raise infer.stream_voxels above {voxels}")
+    log.info("%s: %s voxels, predicted slab by slab", case.id, "x".join(map(str, stack.shape)))
+    pred = SliceStack(predict_stack(predictor, stack, out_dir / "predictions" / case.id))
+    ref = SliceStack(case.label) if case.label is not None else None
+    rows = score_stack(pred, ref, case.id, predictor.labels) if ref is not None else []
+    (image, factor), pred_thumb = stack_thumbnail(stack), stack_thumbnail(pred)[0]
+    ref_thumb = stack_thumbnail(ref)[0] if ref is not None else None
+    if ref_thumb is not None and set(np.unique(ref_thumb).tolist()) <= {0, 255}:
+        ref_thumb = ref_thumb // 255  # a 0/255 mask
     spacing = tuple(factor * float(s) for s in (cfg.data.default_spacing or (1.0, 1.0, 1.0)))
-    slice_figure(image, ref, pred, spacing, out_dir / "slices" / f"{case.id}.png",
+    slice_figure(image, ref_thumb, pred_thumb, spacing, out_dir / "slices" / f"{case.id}.png",
                  title=f"{case.id} (every {factor}. voxel)" if factor > 1 else case.id)
     return rows
 
@@ -127,8 +129,9 @@ def _test_streamed_case(predictor: Predictor, case: Case, out_dir: Path) -> list
 def _test_case(predictor: Predictor, case: Case, out_dir: Path) -> list[dict]:
     """Prediction, slice image and metric rows (none without a label) of one case."""
     cfg = predictor.cfg
-    if is_streamed(case.image, cfg):
-        return _test_streamed_case(predictor, case, out_dir)
+    stack = streamed_stack(case.image, cfg)
+    if stack is not None:
+        return _test_streamed_case(predictor, case, stack, out_dir)
     want_prob = cfg.infer.probabilities or (cfg.infer.auc and case.label is not None)
     result = predictor.predict(case, probabilities=want_prob)
     write_label_like(result.label, case.image, out_dir / "predictions" / f"{case.id}.nii.gz", affine=result.affine)

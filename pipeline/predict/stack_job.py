@@ -69,15 +69,14 @@ def _moments(stack: SliceStack, nonzero: bool) -> tuple[float, float]:
     return float(mean), std if std > 0 else 1.0
 
 
-def predict_stack(predictor: Predictor, images: Path, out: Path) -> Path:
-    """Write the label map of the slice stack ``images`` into the folder ``out``, one slab at a time."""
-    stack = SliceStack(images)
+def predict_stack(predictor: Predictor, stack: SliceStack, out: Path) -> Path:
+    """Write the label map of ``stack`` into the folder ``out``, one slab at a time."""
     cfg = predictor.cfg
     out.mkdir(parents=True, exist_ok=True)
     read = stack_reader(stack, cfg)
     slabs = stream_logits(predictor.model, read, stack.shape, cfg.train.patch_size, cfg.infer,
                           max(predictor.labels) + 1, predictor.amp_dtype)
-    with tqdm(total=stack.shape[2], desc=f"  {images.parent.name or images.name}", unit="slice", leave=False) as bar:
+    with tqdm(total=stack.shape[2], desc=f"  {stack.folder.parent.name or stack.folder.name}", unit="slice", leave=False) as bar:
         for slab in slabs:
             for k in range(slab.logits.shape[-1]):  # one slice at a time: no volume-sized temporaries
                 plane = slab.logits[..., k].argmax(dim=0).to(torch.uint8).cpu().numpy()  # (H, W)
@@ -87,21 +86,24 @@ def predict_stack(predictor: Predictor, images: Path, out: Path) -> Path:
     return out
 
 
-def is_streamed(case_image: Path, cfg: Config) -> bool:
-    """True for a slice-stack image with more than ``infer.stream_voxels`` voxels (headers only)."""
+def streamed_stack(case_image: Path, cfg: Config) -> SliceStack | None:
+    """The slice stack of ``case_image`` when it is to be predicted slab by slab: more voxels than
+    ``infer.stream_voxels`` and at least one patch along every axis (smaller stacks are padded by the
+    in-memory path); None otherwise. Reads slice headers only."""
     if not (case_image.is_dir() and kind_of(case_image) == "stack"):
-        return False
-    return int(np.prod(SliceStack(case_image).shape, dtype=np.int64)) > cfg.infer.stream_voxels
+        return None
+    stack = SliceStack(case_image)
+    large = int(np.prod(stack.shape, dtype=np.int64)) > cfg.infer.stream_voxels
+    return stack if large and all(s >= p for s, p in zip(stack.shape, cfg.train.patch_size)) else None
 
 
-def score_stack(pred_dir: Path, label_dir: Path, case: str, labels: dict[int, str]) -> list[dict]:
+def score_stack(pred: SliceStack, ref: SliceStack, case: str, labels: dict[int, str]) -> list[dict]:
     """Metric rows of a predicted stack against its label stack, counted slab by slab: the overlap
     metrics exactly; the surface distances are not computed for streamed cases yet (NaN, counted as
     not finite in the summary)."""
-    pred, ref = SliceStack(pred_dir), SliceStack(label_dir)
     if pred.shape != ref.shape:
-        raise UserError(f"{pred_dir}: prediction shape {pred.shape} differs from label shape {ref.shape}")
-    binary = stack_statistics(ref, label=True).binary_mask  # 0/255 masks count as 0/1, as load_image reads them
+        raise UserError(f"{pred.folder}: prediction shape {pred.shape} differs from label shape {ref.shape}")
+    binary = stack_statistics(ref, label=True).binary_mask  # a pass over the labels: 0/255 masks count as 0/1
     counts = {k: np.zeros(4, dtype=np.int64) for k in labels if k != 0}
     for (_, p), (_, r) in zip(pred.slabs(), ref.slabs()):
         r = (r > 0).astype(np.uint8) if binary else r
@@ -115,10 +117,9 @@ def score_stack(pred_dir: Path, label_dir: Path, case: str, labels: dict[int, st
             for k, c in sorted(counts.items())]
 
 
-def stack_thumbnail(folder: Path, size: int = 256) -> tuple[np.ndarray, int]:
+def stack_thumbnail(stack: SliceStack, size: int = 256) -> tuple[np.ndarray, int]:
     """The stack subsampled by a whole factor so that no axis exceeds ``size`` voxels, read slab by
     slab (for slice images of volumes too large to hold); returns (array, factor)."""
-    stack = SliceStack(folder)
     factor = max(1, -(-max(stack.shape) // size))
     # copies: a strided view would keep each whole slice alive
     parts = [stack.slab(z, z + 1)[::factor, ::factor].copy() for z in range(0, stack.shape[2], factor)]
