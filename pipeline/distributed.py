@@ -119,3 +119,26 @@ def on_main(work: Callable[[], T], info: Dist) -> T:
             raise UserError(outcome[1])
         raise SystemExit(2)
     return outcome[1]
+
+
+def on_every_rank(work: Callable[[], T], info: Dist) -> T:
+    """Run ``work`` on every rank and wait for all of them; a UserError on any rank stops them all.
+
+    The rank that failed raises its error (and reports it); the others end quietly with exit
+    status 2, so no rank waits forever at a later collective.
+    """
+    try:
+        outcome: tuple = ("ok", work())
+    except UserError as err:
+        outcome = ("error", err)
+    failed = any_rank(outcome[0] == "error", info)
+    if outcome[0] == "error":
+        raise outcome[1]
+    if failed:
+        raise SystemExit(2)
+    return outcome[1]
+
+
+def slice_share(size: int, info: Dist) -> tuple[int, int]:
+    """This rank's contiguous range (start, stop) of ``size`` slices, the ranges in rank order."""
+    return size * info.rank // info.world_size, size * (info.rank + 1) // info.world_size

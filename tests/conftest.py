@@ -22,6 +22,19 @@ def tiny_dataset(tmp_path_factory) -> Path:
     return generate_dataset(tmp_path_factory.mktemp("data") / "tiny", TINY)
 
 
+@pytest.fixture(scope="session")
+def stack_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(dataset root, run folder): three generated kidney stacks of 48 x 40 x 24 in the SenNet layout
+    and a one-epoch smoke run trained on them (read-only)."""
+    from pipeline.data.kidney import KidneySpec, generate_kidney_stacks
+
+    base = tmp_path_factory.mktemp("stack_run")
+    root = generate_kidney_stacks(base / "stacks", KidneySpec(shape=(48, 40, 24), generations=4), cases=3)
+    trained = run_cli(*smoke_args(root, base / "runs", "train.epochs=1"))
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    return root, (base / "runs" / "latest").resolve()
+
+
 def run_cli(*args: str, cwd: Path = REPO, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``python <args>`` like a user would, capturing output."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}

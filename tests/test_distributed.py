@@ -59,3 +59,18 @@ def test_test_py_on_two_ranks_writes_the_single_process_rows(tiny_dataset, tmp_p
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     rows = (tmp_path / "eval" / "metrics.csv").read_text(encoding="utf-8").splitlines()
     assert [r.split(",")[:2] for r in rows[1:]] == [r.split(",")[:2] for r in one_csv.splitlines()[1:]]
+
+
+def test_two_ranks_share_the_slices_of_one_large_stack_and_write_the_single_process_stack(stack_run, tmp_path):
+    _, run = stack_run
+    stream = ("--set", "infer.stream_voxels=0")
+    assert run_cli("test.py", "--run", str(run), "--out", str(tmp_path / "one"), *stream).returncode == 0
+    two = _torchrun("test.py", "--run-dir", str(run), "--out", str(tmp_path / "two"), *stream, "-v")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stderr.count("0/12 [") >= 2 and "/24 [" not in two.stderr  # each rank predicted half
+    (case,) = [p.name for p in (tmp_path / "one" / "predictions").iterdir()]
+    one_slices, two_slices = (sorted((tmp_path / d / "predictions" / case).iterdir()) for d in ("one", "two"))
+    assert [p.name for p in one_slices] == [p.name for p in two_slices] and len(one_slices) == 24
+    assert [p.read_bytes() for p in one_slices] == [p.read_bytes() for p in two_slices]
+    csv = (tmp_path / "one" / "metrics.csv").read_text(encoding="utf-8")
+    assert csv == (tmp_path / "two" / "metrics.csv").read_text(encoding="utf-8") and len(csv.splitlines()) == 2

@@ -4,22 +4,28 @@ sliding window, and a slice stack written as label slices without loading it who
 from __future__ import annotations
 
 import dataclasses
+import errno
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from monai.inferers import sliding_window_inference
 from PIL import Image
+from scipy import ndimage
 
-from conftest import REPO, run_cli, smoke_args
+from conftest import REPO, run_cli
 from models3d import build_model
 from pipeline.config import InferConfig, load_config
 from pipeline.data.kidney import KidneySpec, generate_kidney_stacks
 from pipeline.data.io import load_image
 from pipeline.data.stack import SliceStack
+from pipeline.errors import UserError
+from pipeline.evaluate.metrics import DISTANCE_METRICS, all_metrics
 from pipeline.evaluate.report import read_metrics_csv
-from pipeline.predict import Predictor
 from pipeline.evaluate.rows import evaluate_case
+from pipeline.evaluate.slabs import tally_slabs
+from pipeline.predict import Predictor
 from pipeline.predict.stack_job import predict_stack, score_stack, stack_reader, stack_thumbnail, streamed_stack
 from pipeline.predict.streamed import stream_logits, window_starts
 
@@ -67,6 +73,26 @@ def test_streamed_logits_equal_the_whole_volume_ones(overlap, blend):
     assert all(z1 - z0 == patch[2] for z0, z1 in reads)  # never more than one patch of slices in memory
 
 
+@pytest.mark.parametrize("ranges", [[(0, 13), (13, 30)], [(0, 7), (7, 8), (8, 30)], [(5, 30)]])
+def test_slice_ranges_give_exactly_the_full_pass_values(ranges):
+    """Resume (from a first missing slice) and torchrun ranks (disjoint ranges) run only the windows
+    reaching their slices; the values must be bit for bit those of one full pass."""
+    patch, shape = (16, 16, 8), (40, 36, 30)
+    model, volume = _network(patch), torch.randn(1, *shape)
+    infer = InferConfig(overlap=0.5, precision="fp32", sw_batch_size=2)
+
+    def logits(slices=None) -> torch.Tensor:
+        parts = [s.logits.clone() for s in stream_logits(model, lambda a, b: volume[..., a:b], shape, patch, infer, 3,
+                                                         slices=slices)]
+        return torch.cat(parts, dim=-1)
+
+    full = logits()
+    for a, b in ranges:
+        part = logits((a, b))
+        assert part.shape[-1] == b - a
+        assert torch.equal(part, full[..., a:b])
+
+
 def test_per_window_flips_average_the_flipped_windows():
     patch, shape = (16, 16, 8), (16, 16, 8)  # one window: per-window and whole-volume flips coincide
     model = _network(patch)
@@ -98,19 +124,16 @@ def test_a_stack_is_predicted_into_label_slices_equal_to_the_whole_volume(tmp_pa
     assert labels.dtype == np.uint8 and np.array_equal(labels, whole[0].argmax(0).numpy())
 
 
-def test_test_py_streams_a_large_stack_and_scores_it_like_the_whole_volume(tmp_path):
-    root = generate_kidney_stacks(tmp_path / "stacks", KidneySpec(shape=(48, 40, 24), generations=4), cases=3)
-    assert run_cli(*smoke_args(root, tmp_path / "runs", "train.epochs=1")).returncode == 0
-    run = (tmp_path / "runs" / "latest").resolve()
+def test_test_py_streams_a_large_stack_and_scores_it_like_the_whole_volume(stack_run, tmp_path):
+    _, run = stack_run
     whole = run_cli("test.py", "--run", str(run), "--out", str(tmp_path / "whole"))
     streamed = run_cli("test.py", "--run", str(run), "--out", str(tmp_path / "streamed"), "--set", "infer.stream_voxels=0")
     assert whole.returncode == 0 and streamed.returncode == 0, streamed.stderr[-800:]
     rows_whole, rows_streamed = read_metrics_csv(tmp_path / "whole" / "metrics.csv"), read_metrics_csv(tmp_path / "streamed" / "metrics.csv")
     assert [(r["case"], r["class"]) for r in rows_whole] == [(r["case"], r["class"]) for r in rows_streamed]
     for a, b in zip(rows_whole, rows_streamed):
-        for metric in ("dice", "jaccard", "precision", "sensitivity", "specificity", "accuracy"):
-            assert a[metric] == pytest.approx(b[metric], abs=1e-12), metric
-        assert np.isnan(b["hd95"])  # not computed slab by slab yet, and counted as not finite
+        for metric in ("dice", "jaccard", "precision", "sensitivity", "specificity", "accuracy", *DISTANCE_METRICS):
+            assert a[metric] == pytest.approx(b[metric], abs=1e-9), metric
     case = rows_streamed[0]["case"]
     slices = sorted((tmp_path / "streamed" / "predictions" / case).iterdir())
     label_map = np.stack([np.asarray(Image.open(p)) for p in slices], axis=-1)
@@ -131,12 +154,33 @@ def test_stack_scores_counted_slab_by_slab_equal_the_whole_volume_rows(tmp_path)
     for z in range(pred.shape[2]):
         Image.fromarray(pred[..., z].astype(np.uint8)).save(tmp_path / "pred" / f"{z:04d}.tif")
     names = {0: "background", 1: "vessel", 2: "other"}
-    streamed = score_stack(SliceStack(tmp_path / "pred"), SliceStack(labels), "k", names)
-    whole = evaluate_case("k", pred.astype(np.int64), ref.astype(np.int64), names)
-    assert streamed[0]["dice"] > 0.2  # the comparison has true positives to count
+    spacing = (0.7, 0.7, 2.0)
+    streamed = score_stack(SliceStack(tmp_path / "pred"), SliceStack(labels), "k", names, spacing)
+    whole = evaluate_case("k", pred.astype(np.int64), ref.astype(np.int64), names, spacing)
+    assert streamed[0]["dice"] > 0.2 and 0 < streamed[0]["hd"] < np.inf  # true positives and surfaces to compare
     for a, b in zip(streamed, whole):
-        for metric in ("dice", "jaccard", "precision", "sensitivity", "specificity", "accuracy"):
-            assert a[metric] == pytest.approx(b[metric], abs=1e-12), metric
+        for metric in ("dice", "jaccard", "precision", "sensitivity", "specificity", "accuracy", *DISTANCE_METRICS):
+            assert a[metric] == pytest.approx(b[metric], abs=1e-9), metric
+
+
+@pytest.mark.parametrize("thickness", [1, 2, 5, 40])
+def test_slab_metrics_equal_the_in_memory_ones_across_slab_borders(thickness):
+    """Surfaces that cross slab borders, touch the volume's ends, and classes present on one side only."""
+    rng = np.random.default_rng(thickness)
+    ref = ndimage.binary_opening(rng.random((30, 26, 23)) > 0.45).astype(np.uint8)  # blobs touching every border
+    pred = ref.copy()
+    pred[ndimage.binary_dilation(rng.random(ref.shape) > 0.97)] ^= 1  # speckled errors
+    ref[3:9, 4:12, 10:14] = 2  # class 2 in the reference only
+    spacing = (0.8, 1.1, 2.5)
+    pairs = ((z, pred[..., z : z + thickness], ref[..., z : z + thickness]) for z in range(0, ref.shape[2], thickness))
+    tallies = tally_slabs(pairs, [1, 2, 3])
+    for k in (1, 2, 3):  # 3: empty on both sides
+        expected = all_metrics(pred == k, ref == k, spacing)
+        got = tallies[k].metrics(spacing)
+        assert got.keys() == expected.keys()
+        for name, value in expected.items():
+            assert got[name] == pytest.approx(value, abs=1e-9, rel=0), (k, name)
+    assert tallies[2].metrics(spacing)["hd"] == np.inf and tallies[3].metrics(spacing)["hd"] == 0.0
 
 
 def test_thumbnail_subsamples_every_axis_by_one_factor(tmp_path):
@@ -155,3 +199,68 @@ def test_only_stacks_above_the_threshold_and_at_least_one_patch_stream(tmp_path)
     thin = load_config(REPO / "configs" / "smoke.yaml", ["infer.stream_voxels=0"])  # patch depth 16 > 6 slices
     assert streamed_stack(images, thin) is None  # the in-memory path pads it
     assert streamed_stack(tmp_path / "stacks" / "kidney_1" / "labels" / "0000.tif", thin) is None  # not a stack
+
+
+def _label_slices(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_killed_streamed_test_resumes_without_redoing_finished_slices(stack_run, tmp_path, monkeypatch):
+    root, run = stack_run
+    full = run_cli("test.py", "--run", str(run), "--out", str(tmp_path / "full"), "--set", "infer.stream_voxels=0")
+    assert full.returncode == 0, full.stderr[-800:]
+    (case,) = [p.name for p in (tmp_path / "full" / "predictions").iterdir()]  # the run's test split
+    predictor = Predictor.from_run(run, "best", ["infer.stream_voxels=0"])
+    stack = SliceStack(root / case / "images")
+    out = tmp_path / "killed" / "predictions" / case
+    from pipeline.predict import stack_job
+
+    written = []
+    real_write = stack_job._write_slice
+
+    def write_then_die(path, plane, done, total):
+        if len(written) == 9:
+            raise KeyboardInterrupt  # killed after nine slices
+        written.append(path.name)
+        real_write(path, plane, done, total)
+
+    monkeypatch.setattr(stack_job, "_write_slice", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        predict_stack(predictor, stack, out)
+    assert sorted(p.name for p in out.iterdir()) == written  # whole slices only, no temporary left
+    kept = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    written.clear()
+    monkeypatch.setattr(stack_job, "_write_slice", real_write)
+    resumed = run_cli("test.py", "--run", str(run), "--out", str(tmp_path / "killed"), "--resume",
+                      "--set", "infer.stream_voxels=0")
+    assert resumed.returncode == 0, resumed.stderr[-800:]
+    assert "9 of 24 slices already written, predicting the other 15" in resumed.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name in kept} == kept  # not redone
+    assert _label_slices(out) == _label_slices(tmp_path / "full" / "predictions" / case)
+    assert (tmp_path / "killed" / "metrics.csv").read_text() == (tmp_path / "full" / "metrics.csv").read_text()
+
+
+def test_a_full_disk_stops_with_one_line_and_keeps_the_finished_slices(stack_run, tmp_path, monkeypatch):
+    root, run = stack_run
+    predictor = Predictor.from_run(run, "best", ["infer.stream_voxels=0"])
+    stack = SliceStack(root / "kidney_1" / "images")
+    from pipeline.predict import stack_job
+
+    real = stack_job.atomic_write
+    calls = []
+
+    def fill_up(path, write):
+        calls.append(path)
+        if len(calls) > 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, write)
+
+    monkeypatch.setattr(stack_job, "atomic_write", fill_up)
+    with pytest.raises(UserError, match=r"0005.tif: disk full while writing predictions \(5 of 24 slices written and "
+                                        r"kept\); free space and rerun the same command with --resume"):
+        predict_stack(predictor, stack, tmp_path / "pred")
+    assert len(list((tmp_path / "pred").iterdir())) == 5
+    monkeypatch.setattr(stack_job.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10**9, 10**9, 1000))
+    with pytest.raises(UserError, match=r"the predictions need about 0.00 GB, only 0.00 GB free"):
+        predict_stack(predictor, stack, tmp_path / "other")
+    assert not (tmp_path / "other").exists() or not any((tmp_path / "other").iterdir())

@@ -131,20 +131,25 @@ def _bounding_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
     return tuple(box)
 
 
-def _surface(mask: np.ndarray) -> np.ndarray:
+def surface(mask: np.ndarray) -> np.ndarray:
     """Voxels removed by one erosion with connectivity 1, outside counted as background."""
     structure = ndimage.generate_binary_structure(mask.ndim, 1)
     return mask ^ ndimage.binary_erosion(mask, structure=structure, iterations=1)
 
 
-def _nearest_distances(points: np.ndarray, targets: np.ndarray) -> np.ndarray:
+def nearest_distances(points: np.ndarray, targets: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
     """Distance (mm) from each point to the nearest target point, both (N, ndim) in mm.
 
     A KD-tree over the surface points gives exactly the distance medpy reads off
     a Euclidean distance transform (nearest surface voxel, spacing applied), in
     O(S log S) for S surface voxels instead of O(V) over the whole volume.
+    Queried ``chunk`` points at a time, so the query's index arrays stay small.
     """
-    return cKDTree(targets).query(points, k=1)[0]
+    tree = cKDTree(targets)
+    out = np.empty(len(points))
+    for i in range(0, len(points), chunk):
+        out[i : i + chunk] = tree.query(points[i : i + chunk], k=1)[0]
+    return out
 
 
 def directed_surface_distances(pred, ref, spacing: Spacing = None, mask=None) -> tuple[np.ndarray, np.ndarray]:
@@ -159,9 +164,9 @@ def directed_surface_distances(pred, ref, spacing: Spacing = None, mask=None) ->
         raise ValueError("surface distances need two non-empty masks")
     sampling = _normalize_spacing(spacing, pred.ndim)
     box = _bounding_box(pred | ref)
-    pred_points = np.argwhere(_surface(pred[box])) * sampling
-    ref_points = np.argwhere(_surface(ref[box])) * sampling
-    return _nearest_distances(pred_points, ref_points), _nearest_distances(ref_points, pred_points)
+    pred_points = np.argwhere(surface(pred[box])) * sampling
+    ref_points = np.argwhere(surface(ref[box])) * sampling
+    return nearest_distances(pred_points, ref_points), nearest_distances(ref_points, pred_points)
 
 
 def surface_distance_metrics(pred, ref, spacing: Spacing = None, mask=None) -> dict[str, float]:
@@ -172,9 +177,13 @@ def surface_distance_metrics(pred, ref, spacing: Spacing = None, mask=None) -> d
     p, r = _prepare(pred, ref, mask)
     has_pred, has_ref = bool(p.any()), bool(r.any())
     if not (has_pred and has_ref):
-        value = 0.0 if has_pred == has_ref else float("inf")
-        return dict.fromkeys(("asd", "assd", "hd95", "hd"), value)
-    to_ref, to_pred = directed_surface_distances(p, r, spacing)
+        return empty_distances(has_pred, has_ref)
+    return distance_summary(*directed_surface_distances(p, r, spacing))
+
+
+def distance_summary(to_ref: np.ndarray, to_pred: np.ndarray) -> dict[str, float]:
+    """``asd``, ``assd``, ``hd95`` and ``hd`` of the two directed distance sets (mm): P's surface to
+    R's and R's to P's (both non-empty), e.g. gathered slab by slab from a volume too large to hold."""
     both = np.concatenate([to_ref, to_pred])
     return {
         "asd": float(to_ref.mean()),
@@ -182,6 +191,11 @@ def surface_distance_metrics(pred, ref, spacing: Spacing = None, mask=None) -> d
         "hd95": float(np.percentile(both, 95)),
         "hd": float(max(to_ref.max(), to_pred.max())),
     }
+
+
+def empty_distances(has_pred: bool, has_ref: bool) -> dict[str, float]:
+    """The distance metrics when a mask is empty: 0 when both are, ``inf`` when exactly one is."""
+    return dict.fromkeys(DISTANCE_METRICS, 0.0 if has_pred == has_ref else float("inf"))
 
 
 def asd(pred, ref, spacing: Spacing = None, mask=None) -> float:

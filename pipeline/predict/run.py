@@ -22,7 +22,7 @@ from ..data.io import ALL_SUFFIXES, case_id, list_images, load_image, reader_opt
 from ..data.layouts import load_dataset
 from ..data.stack import SliceStack
 from ..data.writers import save_nifti, write_label_like
-from ..distributed import Dist, barrier, on_main, shard
+from ..distributed import Dist, barrier, on_every_rank, on_main, shard, slice_share
 from ..errors import UserError
 from ..evaluate.figures import slice_figure
 from ..evaluate.report import read_case_rows, write_case_rows, write_reports
@@ -101,37 +101,49 @@ def new_output_dir(run_dir: Path, out: str | None, resume: bool = False) -> Path
     raise UserError(f"{run_dir}: too many test folders; pass --out")
 
 
-def _test_streamed_case(predictor: Predictor, case: Case, stack: SliceStack, out_dir: Path) -> list[dict]:
-    """A slice stack above ``infer.stream_voxels``, in bounded memory: label slices in
-    ``predictions/<case>/``, overlap metrics counted slab by slab, slices of a subsampled copy."""
-    cfg = predictor.cfg
+def check_streamed(cfg: Config, case: Case, stack: SliceStack) -> None:
+    """Refuse options the slab-by-slab path cannot honour, naming them and the way out."""
     unsupported = [k for k, on in (("infer.probabilities", cfg.infer.probabilities), ("infer.auc", cfg.infer.auc),
                                    ("infer.largest_component", cfg.infer.largest_component),
                                    ("data.spacing", cfg.data.spacing is not None)) if on]
-    voxels = int(np.prod(stack.shape))
     if unsupported:
         raise UserError(f"{case.image}: {', '.join(unsupported)} not available for stacks predicted slab by slab; "
-                        f"turn it off or raise infer.stream_voxels above {voxels}")
-    log.info("%s: %s voxels, predicted slab by slab", case.id, "x".join(map(str, stack.shape)))
-    pred = SliceStack(predict_stack(predictor, stack, out_dir / "predictions" / case.id))
+                        f"turn it off or raise infer.stream_voxels above {int(np.prod(stack.shape))}")
+
+
+def _test_streamed_case(predictor: Predictor, case: Case, stack: SliceStack, out_dir: Path, info: Dist) -> list[dict]:
+    """A slice stack above ``infer.stream_voxels``, in bounded memory, its slices shared by the ranks:
+    label slices in ``predictions/<case>/``; on rank 0 metrics counted slab by slab and slices of a
+    subsampled copy (other ranks return no rows)."""
+    cfg = predictor.cfg
+    check_streamed(cfg, case, stack)
+    if info.is_main:
+        log.info("%s: %s voxels, predicted slab by slab", case.id, "x".join(map(str, stack.shape)))
+    folder = out_dir / "predictions" / case.id
+    on_every_rank(lambda: predict_stack(predictor, stack, folder, slice_share(stack.shape[2], info)), info)
+    if not info.is_main:
+        return []
+    pred = SliceStack(folder)
     ref = SliceStack(case.label) if case.label is not None else None
-    rows = score_stack(pred, ref, case.id, predictor.labels) if ref is not None else []
+    rows = score_stack(pred, ref, case.id, predictor.labels, _spacing(cfg)) if ref is not None else []
     (image, factor), pred_thumb = stack_thumbnail(stack), stack_thumbnail(pred)[0]
     ref_thumb = stack_thumbnail(ref)[0] if ref is not None else None
     if ref_thumb is not None and set(np.unique(ref_thumb).tolist()) <= {0, 255}:
         ref_thumb = ref_thumb // 255  # a 0/255 mask
-    spacing = tuple(factor * float(s) for s in (cfg.data.default_spacing or (1.0, 1.0, 1.0)))
+    spacing = tuple(factor * s for s in _spacing(cfg))
     slice_figure(image, ref_thumb, pred_thumb, spacing, out_dir / "slices" / f"{case.id}.png",
                  title=f"{case.id} (every {factor}. voxel)" if factor > 1 else case.id)
     return rows
 
 
+def _spacing(cfg: Config) -> tuple[float, float, float]:
+    """Voxel size (mm) of slice stacks, which carry none: ``data.default_spacing``, else 1 mm."""
+    return tuple(float(s) for s in (cfg.data.default_spacing or (1.0, 1.0, 1.0)))
+
+
 def _test_case(predictor: Predictor, case: Case, out_dir: Path) -> list[dict]:
     """Prediction, slice image and metric rows (none without a label) of one case."""
     cfg = predictor.cfg
-    stack = streamed_stack(case.image, cfg)
-    if stack is not None:
-        return _test_streamed_case(predictor, case, stack, out_dir)
     want_prob = cfg.infer.probabilities or (cfg.infer.auc and case.label is not None)
     result = predictor.predict(case, probabilities=want_prob)
     write_label_like(result.label, case.image, out_dir / "predictions" / f"{case.id}.nii.gz", affine=result.affine)
@@ -176,7 +188,13 @@ def run_test(
     done = read_case_rows(out_dir) if resume else {}
     if done:
         log.info("resuming %s: %d of %d cases already done", out_dir, len(done), len(cases))
-    with tqdm(shard(cases, info), desc="test", unit="case", disable=not info.is_main) as bar:
+    stacks = {c.id: s for c in cases if (s := streamed_stack(c.image, predictor.cfg)) is not None}  # headers only
+    for case in (c for c in cases if c.id in stacks and c.id not in done):  # every rank takes a share of its slices
+        rows = _test_streamed_case(predictor, case, stacks[case.id], out_dir, info)
+        if info.is_main:
+            write_case_rows(out_dir, case.id, rows)
+    small = [c for c in cases if c.id not in stacks]
+    with tqdm(shard(small, info), desc="test", unit="case", disable=not info.is_main) as bar:
         for case in bar:  # the bar is closed (newline) on errors too
             if case.id not in done:
                 done[case.id] = _test_case(predictor, case, out_dir)

@@ -12,7 +12,9 @@ does not apply is the foreground crop: the whole stack is predicted.
 
 from __future__ import annotations
 
+import errno
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,7 @@ from ..config import Config
 from ..data.io import kind_of
 from ..data.stack import SliceStack, stack_statistics
 from ..errors import UserError
-from ..evaluate.metrics import DISTANCE_METRICS, overlap_from_counts
+from ..evaluate.slabs import tally_slabs
 from ..files import atomic_write
 from .predictor import Predictor
 from .streamed import Reader, stream_logits
@@ -69,21 +71,70 @@ def _moments(stack: SliceStack, nonzero: bool) -> tuple[float, float]:
     return float(mean), std if std > 0 else 1.0
 
 
-def predict_stack(predictor: Predictor, stack: SliceStack, out: Path) -> Path:
-    """Write the label map of ``stack`` into the folder ``out``, one slab at a time."""
+def predict_stack(predictor: Predictor, stack: SliceStack, out: Path, part: tuple[int, int] | None = None) -> Path:
+    """Write the label map of ``stack`` (slices ``part=(a, b)`` only, default all) into the folder
+    ``out``, one slab at a time.
+
+    Slices already in ``out`` are kept and not predicted again: every slice file is written
+    atomically, so after a killed run (``--resume``) or on another torchrun rank's share exactly
+    the missing runs of slices are predicted, each from the windows that reach it, and the values
+    equal those of one uninterrupted pass.
+    """
     cfg = predictor.cfg
     out.mkdir(parents=True, exist_ok=True)
-    read = stack_reader(stack, cfg)
-    slabs = stream_logits(predictor.model, read, stack.shape, cfg.train.patch_size, cfg.infer,
-                          max(predictor.labels) + 1, predictor.amp_dtype)
-    with tqdm(total=stack.shape[2], desc=f"  {stack.folder.parent.name or stack.folder.name}", unit="slice", leave=False) as bar:
-        for slab in slabs:
-            for k in range(slab.logits.shape[-1]):  # one slice at a time: no volume-sized temporaries
-                plane = slab.logits[..., k].argmax(dim=0).to(torch.uint8).cpu().numpy()  # (H, W)
-                name = stack.files[slab.start + k].with_suffix(".tif").name
-                atomic_write(out / name, lambda tmp, plane=plane: Image.fromarray(plane).save(tmp, format="TIFF"))
-            bar.update(slab.logits.shape[-1])
+    a, b = part if part is not None else (0, stack.shape[2])
+    names = [f.with_suffix(".tif").name for f in stack.files]
+    missing = [z for z in range(a, b) if not (out / names[z]).is_file()]
+    if len(missing) < b - a:
+        log.info("%s: %d of %d slices already written, predicting the other %d", out, b - a - len(missing), b - a,
+                 len(missing))
+    check_free_space(out, len(missing) * _slice_bytes(stack))
+    read = stack_reader(stack, cfg) if missing else None
+    with tqdm(total=len(missing), desc=f"  {stack.folder.parent.name or stack.folder.name}", unit="slice", leave=False) as bar:
+        for first, stop in _runs(missing):
+            slabs = stream_logits(predictor.model, read, stack.shape, cfg.train.patch_size, cfg.infer,
+                                  max(predictor.labels) + 1, predictor.amp_dtype, slices=(first, stop))
+            for slab in slabs:
+                for k in range(slab.logits.shape[-1]):  # one slice at a time: no volume-sized temporaries
+                    plane = slab.logits[..., k].argmax(dim=0).to(torch.uint8).cpu().numpy()  # (H, W)
+                    _write_slice(out / names[slab.start + k], plane, done=b - a - len(missing) + bar.n, total=b - a)
+                    bar.update(1)
     return out
+
+
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    """Sorted indices as (start, stop) runs of consecutive values: [1, 2, 3, 7] -> [(1, 4), (7, 8)]."""
+    runs: list[tuple[int, int]] = []
+    for i in indices:
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+def _slice_bytes(stack: SliceStack) -> int:
+    """Disk space of one uint8 label slice (uncompressed TIFF: the pixels plus a header)."""
+    return stack.shape[0] * stack.shape[1] + 1024
+
+
+def check_free_space(folder: Path, needed: int) -> None:
+    """Refuse to start writing ``needed`` bytes into ``folder`` when its disk has less free (plus 1 %)."""
+    free = shutil.disk_usage(folder).free
+    if needed * 1.01 > free:
+        raise UserError(f"{folder}: the predictions need about {needed / 1e9:.2f} GB, only {free / 1e9:.2f} GB free; "
+                        "free space or write elsewhere with --out")
+
+
+def _write_slice(path: Path, plane: np.ndarray, done: int, total: int) -> None:
+    """One label slice, atomically; a full disk is a clear error that says how to go on."""
+    try:
+        atomic_write(path, lambda tmp: Image.fromarray(plane).save(tmp, format="TIFF"))
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise UserError(f"{path}: disk full while writing predictions ({done} of {total} slices written and kept); "
+                        "free space and rerun the same command with --resume") from None
 
 
 def streamed_stack(case_image: Path, cfg: Config) -> SliceStack | None:
@@ -97,24 +148,17 @@ def streamed_stack(case_image: Path, cfg: Config) -> SliceStack | None:
     return stack if large and all(s >= p for s, p in zip(stack.shape, cfg.train.patch_size)) else None
 
 
-def score_stack(pred: SliceStack, ref: SliceStack, case: str, labels: dict[int, str]) -> list[dict]:
-    """Metric rows of a predicted stack against its label stack, counted slab by slab: the overlap
-    metrics exactly; the surface distances are not computed for streamed cases yet (NaN, counted as
-    not finite in the summary)."""
+def score_stack(pred: SliceStack, ref: SliceStack, case: str, labels: dict[int, str],
+                spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> list[dict]:
+    """Metric rows of a predicted stack against its label stack (voxel ``spacing`` in mm), gathered
+    slab by slab: equal to the rows of the whole volumes, in memory that does not grow with the
+    number of slices (``evaluate.slabs``)."""
     if pred.shape != ref.shape:
         raise UserError(f"{pred.folder}: prediction shape {pred.shape} differs from label shape {ref.shape}")
     binary = stack_statistics(ref, label=True).binary_mask  # a pass over the labels: 0/255 masks count as 0/1
-    counts = {k: np.zeros(4, dtype=np.int64) for k in labels if k != 0}
-    for (_, p), (_, r) in zip(pred.slabs(), ref.slabs()):
-        r = (r > 0).astype(np.uint8) if binary else r
-        for k, c in counts.items():
-            pk, rk = p == k, r == k
-            tp = int(np.count_nonzero(pk & rk))
-            c += (tp, int(np.count_nonzero(pk)) - tp, int(np.count_nonzero(rk)) - tp, 0)
-            c[3] += pk.size - int(np.count_nonzero(pk | rk))
-    nan = dict.fromkeys(DISTANCE_METRICS, float("nan"))
-    return [{"case": case, "class": k, "name": labels[k], **overlap_from_counts(*map(int, c)), **nan}
-            for k, c in sorted(counts.items())]
+    pairs = ((z, p, (r > 0).astype(np.uint8) if binary else r) for (z, p), (_, r) in zip(pred.slabs(), ref.slabs()))
+    tallies = tally_slabs(pairs, [k for k in labels if k != 0])
+    return [{"case": case, "class": k, "name": labels[k], **tallies[k].metrics(spacing)} for k in sorted(tallies)]
 
 
 def stack_thumbnail(stack: SliceStack, size: int = 256) -> tuple[np.ndarray, int]:

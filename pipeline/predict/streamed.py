@@ -44,28 +44,37 @@ class Slab:
 
 
 def stream_logits(model: nn.Module, read: Reader, shape: tuple[int, int, int], roi: tuple[int, int, int],
-                  infer: InferConfig, n_classes: int, amp_dtype: torch.dtype | None = None) -> Iterator[Slab]:
+                  infer: InferConfig, n_classes: int, amp_dtype: torch.dtype | None = None,
+                  slices: tuple[int, int] | None = None) -> Iterator[Slab]:
     """Blended sliding-window logits of a (H, W, D) volume, slab by slab in slice order.
 
     ``read(z0, z1)`` gives the network input (C, H, W, z1 - z0) of those slices; the volume must be
     at least one patch in every axis. ``infer.tta`` averages the flipped passes of each window
     batch (every flip of the axes the patch spans), rather than of the whole volume.
+
+    ``slices=(a, b)`` yields slices a to b only, running just the windows that reach them: the
+    whole volume's windows in the same order, so the values equal those of a full pass (a resumed
+    prediction starts at its first missing slice, torchrun ranks take disjoint ranges).
     """
     if any(s < r for s, r in zip(shape, roi)):
         raise ValueError(f"streamed prediction needs a volume of at least the patch {roi}, got {shape}")
     device = next(model.parameters()).device
     starts = [window_starts(s, r, infer.overlap) for s, r in zip(shape, roi)]
+    a, b = slices if slices is not None else (0, shape[2])
+    starts[2] = [z for z in starts[2] if z < b and z + roi[2] > a]  # the windows that reach slices a..b
+    if not starts[2]:
+        return
     weight = compute_importance_map(roi, mode=infer.blend, device=device, dtype=torch.float32)[None]  # (1, *roi)
     depth = roi[2]
     total = torch.zeros(n_classes, shape[0], shape[1], depth, device=device)
     count = torch.zeros(1, shape[0], shape[1], depth, device=device)
-    first = 0  # the slice at index 0 of the buffers
+    first = starts[2][0]  # the slice at index 0 of the buffers
     model.eval()
     for i, z in enumerate(starts[2]):
         block = read(z, z + depth).to(device)  # (C, H, W, depth)
         windows = [(x, y) for x in starts[0] for y in starts[1]]
-        for b in range(0, len(windows), infer.sw_batch_size):
-            batch = windows[b : b + infer.sw_batch_size]
+        for k in range(0, len(windows), infer.sw_batch_size):
+            batch = windows[k : k + infer.sw_batch_size]
             crops = torch.stack([block[:, x : x + roi[0], y : y + roi[1]] for x, y in batch])
             logits = _window_logits(model, crops, roi, infer.tta, amp_dtype)
             for (x, y), out in zip(batch, logits):
@@ -73,8 +82,10 @@ def stream_logits(model: nn.Module, read: Reader, shape: tuple[int, int, int], r
                 count[:, x : x + roi[0], y : y + roi[1], z - first :] += weight
         del block  # before the next slab is read
         done = (starts[2][i + 1] if i + 1 < len(starts[2]) else z + depth) - first  # no later window reaches these
-        total[..., :done] /= count[..., :done]
-        yield Slab(first, total[..., :done])
+        lo, hi = max(a - first, 0), min(b - first, done)  # the finished slices inside a..b
+        if hi > lo:
+            total[..., lo:hi] /= count[..., lo:hi]
+            yield Slab(first + lo, total[..., lo:hi])
         total, count = _shift(total, done), _shift(count, done)
         first += done
 

@@ -1,0 +1,108 @@
+"""Metrics of label volumes too large to hold, gathered slab by slab along the last axis.
+
+The overlap metrics need voxel counts only, summed over slabs. The surface
+distances need the surface voxels of each mask (medpy's definition: the voxels
+one erosion with connectivity 1 removes, the volume's outside counted as
+background). An erosion looks one voxel along each axis, so each slab is eroded
+with one neighbouring slice on either side and only its own slices are kept:
+the surface found is exactly the whole volume's. The nearest-surface distances
+then come from a KD-tree over the surface points, as in the in-memory
+``metrics.directed_surface_distances``, so the values are the same ones.
+
+Memory: one slab plus the surface points (a few bytes per surface voxel), never
+the volume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .metrics import distance_summary, empty_distances, nearest_distances, overlap_from_counts, surface
+
+
+@dataclass
+class ClassTally:
+    """What one class's metrics need: (tp, fp, fn, tn) counts and the surface voxel indices (N, 3)."""
+
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(4, dtype=np.int64))
+    pred_surface: list[np.ndarray] = field(default_factory=list)
+    ref_surface: list[np.ndarray] = field(default_factory=list)
+
+    def metrics(self, spacing: Sequence[float]) -> dict[str, float]:
+        """Overlap and distance metrics, equal to ``metrics.all_metrics`` of the whole masks."""
+        values = overlap_from_counts(*map(int, self.counts))
+        pred, ref = _points(self.pred_surface, spacing), _points(self.ref_surface, spacing)
+        if len(pred) and len(ref):
+            values.update(distance_summary(nearest_distances(pred, ref), nearest_distances(ref, pred)))
+        else:
+            values.update(empty_distances(bool(len(pred)), bool(len(ref))))
+        return values
+
+
+def _points(parts: list[np.ndarray], spacing: Sequence[float]) -> np.ndarray:
+    if not parts:
+        return np.zeros((0, 3))
+    return np.concatenate(parts).astype(np.float64) * np.asarray(spacing, dtype=np.float64)
+
+
+def tally_slabs(pairs: Iterable[tuple[int, np.ndarray, np.ndarray]], classes: Sequence[int]) -> dict[int, ClassTally]:
+    """Counts and surface voxels of every class, from consecutive (first slice, prediction slab,
+    reference slab) triples covering a volume (integer labels, (H, W, n) each)."""
+    tallies = {k: ClassTally() for k in classes}
+    for start, pred, ref in _with_neighbours(pairs):
+        own = slice(pred.offset, pred.offset + pred.size)
+        for k, tally in tallies.items():
+            pk, rk = pred.values[..., own] == k, ref.values[..., own] == k
+            tp = int(np.count_nonzero(pk & rk))
+            tally.counts += (tp, int(np.count_nonzero(pk)) - tp, int(np.count_nonzero(rk)) - tp, 0)
+            tally.counts[3] += pk.size - int(np.count_nonzero(pk | rk))
+            tally.pred_surface.append(pred.surface_points(k, start))
+            tally.ref_surface.append(ref.surface_points(k, start))
+    return tallies
+
+
+@dataclass
+class _Halo:
+    """A slab of ``size`` slices inside ``values``, which adds the neighbouring slice on each side
+    that exists (``offset`` is 1 when there is one before)."""
+
+    values: np.ndarray
+    offset: int
+    size: int
+
+    def surface_points(self, k: int, start: int) -> np.ndarray:
+        """Volume indices (N, 3) int32 of class ``k``'s surface voxels in the slab's own slices."""
+        mask = self.values == k
+        if not mask.any():
+            return np.zeros((0, 3), dtype=np.int32)
+        points = np.argwhere(surface(mask)[..., self.offset : self.offset + self.size]).astype(np.int32)
+        points[:, 2] += start
+        return points
+
+
+def _with_neighbours(pairs: Iterable[tuple[int, np.ndarray, np.ndarray]]) -> Iterator[tuple[int, _Halo, _Halo]]:
+    """Each slab pair with the last slice of the slabs before and the first of the slabs after
+    (none at the volume's ends), reading one slab ahead."""
+    before: tuple = (None, None)
+    current = None
+    for item in _ended(pairs):
+        if current is not None:
+            start, *slabs = current
+            after = (item[1][..., :1], item[2][..., :1]) if item is not None else (None, None)
+            halos = [_halo(slab, b, a) for slab, b, a in zip(slabs, before, after)]
+            yield start, halos[0], halos[1]
+            before = tuple(slab[..., -1:] for slab in slabs)
+        current = item
+
+
+def _ended(items: Iterable) -> Iterator:
+    yield from items
+    yield None
+
+
+def _halo(slab: np.ndarray, before: np.ndarray | None, after: np.ndarray | None) -> _Halo:
+    parts = [p for p in (before, slab, after) if p is not None]
+    return _Halo(np.concatenate(parts, axis=-1), 0 if before is None else 1, slab.shape[-1])
