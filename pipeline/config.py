@@ -47,6 +47,9 @@ class DataConfig:
     cache_rate: float = 1.0  # fraction of preprocessed training volumes kept in memory
     cache_memory_gb: float = 8.0  # above this estimate the preprocessed volumes are cached on disk instead
     workers: int = 1  # loader threads (CPU) or processes (CUDA)
+    lazy: str = "auto"  # train slice stacks from chunked on-disk stores read by window: auto (above lazy_voxels), always, never
+    lazy_voxels: int = 2**28  # auto: a stack with more voxels makes every case of the run lazy
+    store_dir: str | None = None  # where lazy stores live, reused across runs (None: <output_dir>/stores)
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,7 @@ CHOICES = {
     "data.layout": ("auto", "msd", "paired", "h5", "stack", "list"),
     "data.pair_by": ("auto", "name", "number"),
     "data.contrast": ("none", "clahe"),
+    "data.lazy": ("auto", "always", "never"),
     "model.norm": ("instance", "batch"),
     "train.lr_schedule": ("poly", "step"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),

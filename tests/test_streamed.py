@@ -19,14 +19,14 @@ from models3d import build_model
 from pipeline.config import InferConfig, load_config
 from pipeline.data.kidney import KidneySpec, generate_kidney_stacks
 from pipeline.data.io import load_image
-from pipeline.data.stack import SliceStack
+from pipeline.data.stack import SliceStack, normalised_reader
 from pipeline.errors import UserError
 from pipeline.evaluate.metrics import DISTANCE_METRICS, all_metrics
 from pipeline.evaluate.report import read_metrics_csv
 from pipeline.evaluate.rows import evaluate_case
 from pipeline.evaluate.slabs import tally_slabs
 from pipeline.predict import Predictor
-from pipeline.predict.stack_job import predict_stack, score_stack, stack_reader, stack_thumbnail, streamed_stack
+from pipeline.predict.stack_job import predict_stack, score_stack, stack_thumbnail, streamed_stack
 from pipeline.predict.streamed import stream_logits, window_starts
 
 
@@ -115,7 +115,7 @@ def test_a_stack_is_predicted_into_label_slices_equal_to_the_whole_volume(tmp_pa
     written = sorted(out.iterdir())
     assert [p.name for p in written] == [f"{z:04d}.tif" for z in range(20)]
     labels = np.stack([np.asarray(Image.open(p)) for p in written], axis=-1)
-    volume = stack_reader(SliceStack(root / "kidney_1" / "images"), cfg)(0, 20)
+    volume = normalised_reader(SliceStack(root / "kidney_1" / "images"), cfg.data)(0, 20)
     image = np.stack([np.asarray(Image.open(p)) for p in sorted((root / "kidney_1" / "images").iterdir())], -1)
     np.testing.assert_allclose(volume[0].numpy(), (image - image.mean()) / image.std(), rtol=1e-4, atol=1e-4)
     with torch.no_grad():

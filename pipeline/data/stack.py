@@ -9,13 +9,15 @@ stack. ``stack_statistics`` streams a stack slab by slab for the dataset check.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
+from ..config import DataConfig
 from ..errors import UserError
 from .io import IMAGE_2D_SUFFIXES, list_images, read_slice
 
@@ -72,6 +74,42 @@ def _slice_array(file: Path) -> np.ndarray:
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise UserError(f"{file}: cannot read slice ({' '.join(str(err).split())[:200]})") from None
     return data[:, :, 0, 0] if data.ndim == 4 else data  # colour slices: first channel
+
+
+def normalised_reader(stack: SliceStack, d: DataConfig) -> Callable[[int, int], torch.Tensor]:
+    """``read(z0, z1)`` -> the network input (1, H, W, z1 - z0) of those slices, normalised as
+    ``data.modality`` says (as the in-memory preprocessing does, without the foreground crop)."""
+    mean, std = _moments(stack, nonzero=d.modality == "MR") if d.modality != "CT" else (0.0, 1.0)
+
+    def read(start: int, stop: int) -> torch.Tensor:  # normalised in place: one float32 copy of the slab
+        raw = stack.slab(start, stop)
+        out = raw.astype(np.float32)
+        if d.modality == "CT":
+            low, high = d.intensity_range
+            np.clip(out, low, high, out=out)
+            out -= low
+            out /= high - low
+        else:
+            out -= mean
+            out /= std
+            if d.modality == "MR":
+                out[raw == 0] = 0.0  # the z-score covers the body (non-zero voxels) only
+        return torch.from_numpy(out)[None]
+
+    return read
+
+
+def _moments(stack: SliceStack, nonzero: bool) -> tuple[float, float]:
+    """Mean and standard deviation (population, as MONAI's NormalizeIntensity) of the stack's voxels
+    (non-zero ones with ``nonzero``), accumulated in float64 one slab at a time."""
+    n, total, squares = 0, 0.0, 0.0
+    for _, slab in stack.slabs():
+        values = slab[slab != 0] if nonzero else slab
+        values = values.astype(np.float64)
+        n, total, squares = n + values.size, total + values.sum(), squares + np.square(values).sum()
+    mean = total / max(n, 1)
+    std = float(np.sqrt(max(squares / max(n, 1) - mean**2, 0.0)))
+    return float(mean), std if std > 0 else 1.0
 
 
 @dataclass

@@ -24,51 +24,16 @@ from tqdm import tqdm
 
 from ..config import Config
 from ..data.io import kind_of
-from ..data.stack import SliceStack, stack_statistics
+from ..data.stack import SliceStack, normalised_reader, stack_statistics
+from ..data.store import VolumeStore
 from ..errors import UserError
+from ..evaluate.metrics import overlap_from_counts
 from ..evaluate.slabs import tally_slabs
 from ..files import atomic_write
 from .predictor import Predictor
-from .streamed import Reader, stream_logits
+from .streamed import stream_logits
 
 log = logging.getLogger(__name__)
-
-
-def stack_reader(stack: SliceStack, cfg: Config) -> Reader:
-    """``read(z0, z1)`` -> the network input (1, H, W, z1 - z0) of those slices, normalised as
-    ``data.modality`` says."""
-    d = cfg.data
-    mean, std = _moments(stack, nonzero=d.modality == "MR") if d.modality != "CT" else (0.0, 1.0)
-
-    def read(start: int, stop: int) -> torch.Tensor:  # normalised in place: one float32 copy of the slab
-        raw = stack.slab(start, stop)
-        out = raw.astype(np.float32)
-        if d.modality == "CT":
-            low, high = d.intensity_range
-            np.clip(out, low, high, out=out)
-            out -= low
-            out /= high - low
-        else:
-            out -= mean
-            out /= std
-            if d.modality == "MR":
-                out[raw == 0] = 0.0  # the z-score covers the body (non-zero voxels) only
-        return torch.from_numpy(out)[None]
-
-    return read
-
-
-def _moments(stack: SliceStack, nonzero: bool) -> tuple[float, float]:
-    """Mean and standard deviation (population, as MONAI's NormalizeIntensity) of the stack's voxels
-    (non-zero ones with ``nonzero``), accumulated in float64 one slab at a time."""
-    n, total, squares = 0, 0.0, 0.0
-    for _, slab in stack.slabs():
-        values = slab[slab != 0] if nonzero else slab
-        values = values.astype(np.float64)
-        n, total, squares = n + values.size, total + values.sum(), squares + np.square(values).sum()
-    mean = total / max(n, 1)
-    std = float(np.sqrt(max(squares / max(n, 1) - mean**2, 0.0)))
-    return float(mean), std if std > 0 else 1.0
 
 
 def predict_stack(predictor: Predictor, stack: SliceStack, out: Path, part: tuple[int, int] | None = None) -> Path:
@@ -89,7 +54,7 @@ def predict_stack(predictor: Predictor, stack: SliceStack, out: Path, part: tupl
         log.info("%s: %d of %d slices already written, predicting the other %d", out, b - a - len(missing), b - a,
                  len(missing))
     check_free_space(out, len(missing) * _slice_bytes(stack))
-    read = stack_reader(stack, cfg) if missing else None
+    read = normalised_reader(stack, cfg.data) if missing else None
     with tqdm(total=len(missing), desc=f"  {stack.folder.parent.name or stack.folder.name}", unit="slice", leave=False) as bar:
         for first, stop in _runs(missing):
             slabs = stream_logits(predictor.model, read, stack.shape, cfg.train.patch_size, cfg.infer,
@@ -168,3 +133,19 @@ def stack_thumbnail(stack: SliceStack, size: int = 256) -> tuple[np.ndarray, int
     # copies: a strided view would keep each whole slice alive
     parts = [stack.slab(z, z + 1)[::factor, ::factor].copy() for z in range(0, stack.shape[2], factor)]
     return np.concatenate(parts, axis=-1), factor
+
+
+def store_dice(predictor: Predictor, store: VolumeStore, n_classes: int) -> list[float]:
+    """Dice of each foreground class of a lazy store's label against its prediction (no flips),
+    predicted and counted slab by slab (validation during lazy training)."""
+    def read(start: int, stop: int) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(store.image[:, :, start:stop], dtype=np.float32))[None]
+
+    counts = np.zeros((n_classes, 3), dtype=np.int64)  # (both, prediction, reference) voxels per class
+    for slab in stream_logits(predictor.model, read, store.shape, predictor.cfg.train.patch_size,
+                              predictor.cfg.infer, n_classes, predictor.amp_dtype):
+        pred = slab.logits.argmax(dim=0).cpu().numpy()
+        ref = np.asarray(store.label[:, :, slab.start : slab.start + pred.shape[-1]])
+        for k in range(1, n_classes):
+            counts[k] += (np.count_nonzero((pred == k) & (ref == k)), np.count_nonzero(pred == k), np.count_nonzero(ref == k))
+    return [overlap_from_counts(int(b), int(p - b), int(r - b), 0)["dice"] for b, p, r in counts[1:]]

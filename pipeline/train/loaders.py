@@ -8,14 +8,16 @@ from collections.abc import Sized
 from pathlib import Path
 
 import torch
-from monai.data import CacheDataset, DataLoader, PersistentDataset, ThreadDataLoader
+from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, ThreadDataLoader
 from monai.transforms import Compose, Randomizable
 from torch.utils.data import RandomSampler
 
 from ..config import Config
 from ..data.cases import Case
-from ..data.transforms import IMAGE, LABEL, build_transforms
-from ..distributed import Dist, shard
+from ..data.store import VolumeStore, open_store
+from ..data.transforms import IMAGE, LABEL, build_transforms, random_transforms
+from ..distributed import Dist, on_main, shard
+from .lazy_crops import STORE, StoredCrops
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +62,19 @@ def epoch_sampler(cases: Sized, volumes_per_epoch: int | None, generator: torch.
 
 
 def training_loader(cfg: Config, cases: list[Case], cache_dir: Path, device: torch.device,
-                    info: Dist = Dist()) -> tuple[DataLoader, Compose]:
+                    info: Dist = Dist(), lazy: bool = False) -> tuple[DataLoader, Compose]:
     """Loader over this rank's (padded) share of ``cases``: batches of (B x samples_per_volume) random
-    crops; and its random transform chain, which ``replay.seed_epoch`` seeds with the loader."""
-    transform = build_transforms(cfg, train=True)
-    items = [{IMAGE: str(c.image), LABEL: str(c.label)} for c in shard(cases, info, pad=True)]
-    dataset = cached_dataset(items, transform, cfg, cache_dir / f"rank{info.rank}" if info.enabled else cache_dir)
+    crops; and its random transform chain, which ``replay.seed_epoch`` seeds with the loader.
+    ``lazy``: the crops are read by window from lazy stores (``data.store``), built on first use."""
+    if lazy:
+        folders = store_folders(cfg, cases, info)
+        transform = Compose([StoredCrops(cfg.train.patch_size, cfg.train.pos_fraction, cfg.train.samples_per_volume),
+                             *random_transforms(cfg)[1:-1]])  # the random steps after the crop sampler
+        dataset = Dataset([{STORE: folders[c.id]} for c in shard(cases, info, pad=True)], transform)
+    else:
+        transform = build_transforms(cfg, train=True)
+        items = [{IMAGE: str(c.image), LABEL: str(c.label)} for c in shard(cases, info, pad=True)]
+        dataset = cached_dataset(items, transform, cfg, cache_dir / f"rank{info.rank}" if info.enabled else cache_dir)
     generator = torch.Generator().manual_seed(cfg.train.seed + info.rank)
     sampler = epoch_sampler(dataset, cfg.train.volumes_per_epoch, generator, info.world_size)
     if device.type == "cuda":
@@ -77,9 +86,18 @@ def training_loader(cfg: Config, cases: list[Case], cache_dir: Path, device: tor
     return loader, transform
 
 
-def validation_items(cfg: Config, cases: list[Case]) -> list:
-    """Whole validation volumes, preprocessed once (image and label on the network grid)."""
+def store_folders(cfg: Config, cases: list[Case], info: Dist = Dist()) -> dict[str, str]:
+    """Case id -> folder of its lazy store, built once (by rank 0 under torchrun) or reused."""
+    root = Path(cfg.data.store_dir or Path(cfg.output_dir) / "stores")
+    return on_main(lambda: {c.id: str(open_store(c, cfg, root).folder) for c in cases}, info)
+
+
+def validation_items(cfg: Config, cases: list[Case], lazy: bool = False) -> list:
+    """Whole validation volumes, preprocessed once (image and label on the network grid); lazy
+    stores (``VolumeStore``) when the run trains from them."""
     if not cases:
         return []
+    if lazy:
+        return [VolumeStore.open(folder) for folder in store_folders(cfg, cases).values()]
     items = [{IMAGE: str(c.image), LABEL: str(c.label)} for c in cases]
     return CacheDataset(items, build_transforms(cfg, train=False), cache_rate=1.0, progress=False)

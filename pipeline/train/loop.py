@@ -27,11 +27,13 @@ from tqdm import tqdm
 
 from ..config import Config
 from ..data.cases import Case, Dataset
+from ..data.store import VolumeStore, lazy_cases
 from ..data.transforms import IMAGE, LABEL
 from ..distributed import Dist, any_rank, barrier, gather, shard
 from ..errors import UserError
 from ..evaluate import metrics
 from ..predict.predictor import Predictor
+from ..predict.stack_job import store_dice
 from ..runtime import autocast, resolve_precision, seed_everything, select_device
 from . import history
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -151,6 +153,9 @@ def validate(predictor: Predictor, items, n_classes: int, info: Dist = Dist()) -
     """
     scores = []
     for item in tqdm(shard(items, info), desc="  validate", leave=False, unit="case", disable=not info.is_main):
+        if isinstance(item, VolumeStore):  # too large to hold: slab by slab
+            scores.append(float(np.mean(store_dice(predictor, item, n_classes))))
+            continue
         pred = predictor.logits(item[IMAGE].as_tensor()[None], tta=False).argmax(dim=1)[0].cpu().numpy()
         ref = item[LABEL].as_tensor()[0].cpu().numpy()
         scores.append(float(np.mean([metrics.dice(pred == c, ref == c) for c in range(1, n_classes)])))
@@ -187,9 +192,10 @@ def setup(cfg: Config, run: Run, info: Dist = Dist()) -> Session:
         crops = info.world_size * cfg.train.batch_size * cfg.train.samples_per_volume
         log.info("torchrun: %d ranks (%s), effective batch %d crops per step, lr %g (not scaled)",
                  info.world_size, dist_backend(), crops, cfg.train.lr)
-    loader, transform = training_loader(cfg, run.train, run.dir / "cache", device, info)
+    lazy = lazy_cases(cfg, run.train + run.val)
+    loader, transform = training_loader(cfg, run.train, run.dir / "cache", device, info, lazy)
     return Session(state, model, build_loss(cfg, run.dataset.n_classes).to(device), loader, transform,
-                   validation_items(cfg, run.val), Predictor(state.model, cfg, labels), amp_dtype)
+                   validation_items(cfg, run.val, lazy), Predictor(state.model, cfg, labels), amp_dtype)
 
 
 @contextlib.contextmanager

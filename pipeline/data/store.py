@@ -1,0 +1,162 @@
+"""Lazy volumes: a large case converted once into a chunked on-disk store that training reads by window.
+
+A slice stack of a whole kidney (2.7 G voxels) cannot be loaded, cropped and
+normalised in memory for every run. Instead each large case is converted once,
+slab by slab, into a Zarr store (the chunked format of HiP-CT and OME-Zarr) under
+``data.store_dir``:
+
+- ``image.zarr``: intensities already normalised as ``data.modality`` says, float16;
+- ``label.zarr``: class ids, uint8 (0/255 masks stored as 0/1);
+- ``blocks.npy``: foreground voxels per chunk-sized block, the crop sampler's index;
+- ``meta.json``: shape, spacing, and the key it was built for, written last.
+
+The folder name carries a key over the source files (names, sizes, modification
+times) and the preprocessing settings, so a store is reused by every later run
+and rebuilt only when the data or the settings change. Reading a training patch
+touches only the chunks it overlaps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from ..config import Config
+from ..errors import UserError
+from .cases import Case
+from .io import kind_of
+from .stack import SLAB, SliceStack, normalised_reader, stack_statistics
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # bump when the store's content changes meaning
+CHUNK = (64, 64, SLAB)  # voxels per chunk, (rows, cols, slices); slabs are written chunk-aligned
+
+
+@dataclass(frozen=True)
+class VolumeStore:
+    """An opened store: (H, W, D) arrays read by window, and the foreground index."""
+
+    folder: Path
+    image: zarr.Array  # (H, W, D) float16, normalised
+    label: zarr.Array  # (H, W, D) uint8
+    foreground: np.ndarray  # (H/64, W/64, D/16) rounded up: foreground voxels per block, int64
+    spacing: tuple[float, float, float]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.image.shape)
+
+    def block_voxels(self) -> np.ndarray:
+        """Voxels per block (blocks on the far edges are smaller), shaped like ``foreground``."""
+        sizes = [np.minimum(CHUNK[a], s - np.arange(0, s, CHUNK[a])) for a, s in enumerate(self.shape)]
+        return sizes[0][:, None, None] * sizes[1][None, :, None] * sizes[2][None, None, :]
+
+    def window(self, start: tuple[int, int, int], size: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Image (float32) and label (uint8) of the box at ``start`` of ``size`` voxels, inside the volume."""
+        box = tuple(slice(a, a + n) for a, n in zip(start, size))
+        return np.asarray(self.image[box], dtype=np.float32), np.asarray(self.label[box])
+
+    @classmethod
+    def open(cls, folder: str | Path) -> VolumeStore:
+        folder = Path(folder)
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        return cls(folder, zarr.open_array(folder / "image.zarr", mode="r"), zarr.open_array(folder / "label.zarr", mode="r"),
+                   np.load(folder / "blocks.npy"), tuple(meta["spacing"]))
+
+
+def lazy_cases(cfg: Config, cases: list[Case]) -> bool:
+    """Whether these cases train from stores: ``data.lazy`` always, or auto and a slice stack has more
+    than ``data.lazy_voxels`` voxels. Stores are built from slice stacks only."""
+    if cfg.data.lazy == "never":
+        return False
+    stacks = [c for c in cases if c.image.is_dir() and kind_of(c.image) == "stack"]
+    if cfg.data.lazy == "auto":
+        large = [c for c in stacks if int(np.prod(SliceStack(c.image).shape, dtype=np.int64)) > cfg.data.lazy_voxels]
+        if not large:
+            return False
+    others = [c.id for c in cases if c not in stacks]
+    if others:
+        raise UserError(f"{others[0]}: lazy volumes are built from slice stacks, and this case is not one; "
+                        "set data.lazy: never, or store every case as a folder of slices")
+    return True
+
+
+def store_key(case: Case, cfg: Config) -> str:
+    """A hash of what the store's content depends on: the source files and the preprocessing settings."""
+    files = [p for folder in (case.image, case.label) for p in sorted(Path(folder).iterdir()) if p.is_file()]
+    d = cfg.data
+    settings = [FORMAT, d.modality, list(d.intensity_range), list(d.default_spacing or ()), list(CHUNK)]
+    sources = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return hashlib.sha256(json.dumps([settings, sources]).encode()).hexdigest()[:16]
+
+
+def open_store(case: Case, cfg: Config, root: Path) -> VolumeStore:
+    """The store of ``case`` under ``root``: reused when its key matches, built (slab by slab) otherwise."""
+    folder = root / f"{case.id}-{store_key(case, cfg)}"
+    if (folder / "meta.json").is_file():
+        log.info("%s: reusing the lazy store %s", case.id, folder)
+        return VolumeStore.open(folder)
+    others = sorted(p.name for p in root.glob(f"{case.id}-*") if p.is_dir()) if root.is_dir() else []
+    reason = (f"its sources or settings differ from those of {', '.join(others)}; delete stores no longer used "
+              "to free their space") if others else "first use"
+    log.info("%s: building the lazy store %s (%s)", case.id, folder, reason)
+    build_store(case, cfg, folder)
+    return VolumeStore.open(folder)
+
+
+def build_store(case: Case, cfg: Config, folder: Path) -> None:
+    """Convert a stack case into a store at ``folder``, one slab at a time, renamed into place when whole."""
+    image, label = SliceStack(case.image), SliceStack(case.label)
+    if image.shape != label.shape:
+        raise UserError(f"{case.label}: label stack shape {label.shape} differs from image stack {image.shape}")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    needed = int(np.prod(image.shape, dtype=np.int64)) * 3  # float16 image and uint8 label
+    free = shutil.disk_usage(folder.parent).free
+    if needed * 1.05 > free:
+        raise UserError(f"{folder.parent}: the lazy store of {case.id} needs about {needed / 1e9:.1f} GB, only "
+                        f"{free / 1e9:.1f} GB free; free space or set data.store_dir to another disk")
+    tmp = folder.with_name(f".tmp-{os.getpid()}-{folder.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_arrays(image, label, cfg, tmp)
+        spacing = [float(s) for s in (cfg.data.default_spacing or (1.0, 1.0, 1.0))]
+        meta = {"case": case.id, "shape": list(image.shape), "spacing": spacing, "format": FORMAT,
+                "image": str(case.image), "label": str(case.label)}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_arrays(image: SliceStack, label: SliceStack, cfg: Config, out: Path) -> None:
+    shape = image.shape
+    chunks = tuple(min(c, s) for c, s in zip(CHUNK, shape))
+    images = zarr.create_array(out / "image.zarr", shape=shape, chunks=chunks, dtype="float16", compressors=None)
+    labels = zarr.create_array(out / "label.zarr", shape=shape, chunks=chunks, dtype="uint8", compressors=None)
+    binary = stack_statistics(label, label=True).binary_mask
+    read = normalised_reader(image, cfg.data)
+    blocks = np.zeros([-(-s // c) for s, c in zip(shape, CHUNK)], dtype=np.int64)
+    for z, slab in label.slabs(SLAB):
+        stop = z + slab.shape[-1]
+        classes = (slab > 0).astype(np.uint8) if binary else slab.astype(np.uint8)
+        labels[:, :, z:stop] = classes
+        images[:, :, z:stop] = read(z, stop)[0].numpy().astype(np.float16)
+        blocks[:, :, z // SLAB] = _block_counts(classes > 0)
+    np.save(out / "blocks.npy", blocks)
+
+
+def _block_counts(mask: np.ndarray) -> np.ndarray:
+    """Foreground voxels of a (H, W, n) slab per (64, 64) block of rows and columns."""
+    h, w = (-(-s // c) * c for s, c in zip(mask.shape[:2], CHUNK))
+    padded = np.zeros((h, w), dtype=np.int64)
+    padded[: mask.shape[0], : mask.shape[1]] = mask.sum(axis=-1)
+    return padded.reshape(h // CHUNK[0], CHUNK[0], w // CHUNK[1], CHUNK[1]).sum(axis=(1, 3))
