@@ -60,9 +60,10 @@ def predict_stack(predictor: Predictor, stack: SliceStack, out: Path, part: tupl
             slabs = stream_logits(predictor.model, read, stack.shape, cfg.train.patch_size, cfg.infer,
                                   max(predictor.labels) + 1, predictor.amp_dtype, slices=(first, stop))
             for slab in slabs:
-                for k in range(slab.logits.shape[-1]):  # one slice at a time: no volume-sized temporaries
-                    plane = slab.logits[..., k].argmax(dim=0).to(torch.uint8).cpu().numpy()  # (H, W)
-                    _write_slice(out / names[slab.start + k], plane, done=b - a - len(missing) + bar.n, total=b - a)
+                labels = slab.logits.argmax(dim=0).to(torch.uint8).cpu().numpy()  # (H, W, n)
+                for k in range(labels.shape[-1]):
+                    _write_slice(out / names[slab.start + k], labels[..., k], done=b - a - len(missing) + bar.n,
+                                 total=b - a)
                     bar.update(1)
     return out
 

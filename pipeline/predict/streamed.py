@@ -66,8 +66,12 @@ def stream_logits(model: nn.Module, read: Reader, shape: tuple[int, int, int], r
         return
     weight = compute_importance_map(roi, mode=infer.blend, device=device, dtype=torch.float32)[None]  # (1, *roi)
     depth = roi[2]
-    total = torch.zeros(n_classes, shape[0], shape[1], depth, device=device)
-    count = torch.zeros(1, shape[0], shape[1], depth, device=device)
+    # (K, H, W, depth) views of buffers stored classes-last, the memory order of a channels-last
+    # network's output: adding windows and the argmax over classes then run over contiguous memory
+    # (a classes-first buffer made the argmax alone cost more than the network on a CPU).
+    total = torch.zeros(shape[0], shape[1], depth, n_classes, device=device).permute(3, 0, 1, 2)
+    count = torch.zeros(shape[0], shape[1], depth, 1, device=device).permute(3, 0, 1, 2)
+    weighted = infer.blend != "constant"  # constant blending weighs every voxel 1: no products needed
     first = starts[2][0]  # the slice at index 0 of the buffers
     model.eval()
     for i, z in enumerate(starts[2]):
@@ -76,10 +80,12 @@ def stream_logits(model: nn.Module, read: Reader, shape: tuple[int, int, int], r
         for k in range(0, len(windows), infer.sw_batch_size):
             batch = windows[k : k + infer.sw_batch_size]
             crops = torch.stack([block[:, x : x + roi[0], y : y + roi[1]] for x, y in batch])
-            logits = _window_logits(model, crops, roi, infer.tta, amp_dtype)
+            logits = _window_logits(model, crops.contiguous(memory_format=torch.channels_last_3d), roi, infer.tta,
+                                    amp_dtype)
             for (x, y), out in zip(batch, logits):
-                total[:, x : x + roi[0], y : y + roi[1], z - first :] += out * weight
-                count[:, x : x + roi[0], y : y + roi[1], z - first :] += weight
+                box = (slice(None), slice(x, x + roi[0]), slice(y, y + roi[1]), slice(z - first, None))
+                total[box] += out * weight if weighted else out
+                count[box] += weight
         del block  # before the next slab is read
         done = (starts[2][i + 1] if i + 1 < len(starts[2]) else z + depth) - first  # no later window reaches these
         lo, hi = max(a - first, 0), min(b - first, done)  # the finished slices inside a..b
