@@ -24,9 +24,9 @@ from pipeline.errors import UserError
 from pipeline.evaluate.metrics import DISTANCE_METRICS, all_metrics
 from pipeline.evaluate.report import read_metrics_csv
 from pipeline.evaluate.rows import evaluate_case
-from pipeline.evaluate.slabs import tally_slabs
+from pipeline.evaluate.slabs import score_stack, tally_slabs
 from pipeline.predict import Predictor
-from pipeline.predict.stack_job import predict_stack, score_stack, stack_thumbnail, streamed_stack
+from pipeline.predict.stack_job import predict_stack, stack_thumbnail, streamed_stack
 from pipeline.predict.streamed import stream_logits, window_starts
 
 
@@ -139,6 +139,14 @@ def test_test_py_streams_a_large_stack_and_scores_it_like_the_whole_volume(stack
     label_map = np.stack([np.asarray(Image.open(p)) for p in slices], axis=-1)
     assert np.array_equal(label_map, load_image(tmp_path / "whole" / "predictions" / f"{case}.nii.gz")[0])
     assert (tmp_path / "streamed" / "slices" / f"{case}.png").read_bytes().startswith(b"\x89PNG")
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "ref" / case).symlink_to(stack_run[0] / case)  # the SenNet case folder, labels/ inside
+    evaluated = run_cli("-m", "pipeline.evaluate", "--pred", str(tmp_path / "streamed" / "predictions"),
+                        "--ref", str(tmp_path / "ref"), "--out", str(tmp_path / "eval"), "--labels", "1")
+    assert evaluated.returncode == 0, evaluated.stderr[-800:]
+    (row,) = read_metrics_csv(tmp_path / "eval" / "metrics.csv")
+    for metric in ("dice", "hd95", "asd"):
+        assert row[metric] == pytest.approx(rows_streamed[0][metric], abs=1e-9)
     refused = run_cli("test.py", "--run", str(run), "--out", str(tmp_path / "p"), "--set", "infer.stream_voxels=0",
                       "infer.probabilities=true")
     assert refused.returncode == 2 and "infer.probabilities not available for stacks" in refused.stderr

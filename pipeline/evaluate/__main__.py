@@ -3,7 +3,8 @@
     python -m pipeline.evaluate --pred DIR --ref DIR --out DIR [--labels 1,2] [--mask DIR] [--workers N]
 
 Files are paired by case id (file name without its suffix); spacing is read from
-the reference files. Writes ``metrics.csv``, ``summary.json`` and ``report.md``.
+the reference files. Slice stacks (folders of slices, or case folders with
+``labels/``) are compared slab by slab, in memory that does not grow with them. Writes ``metrics.csv``, ``summary.json`` and ``report.md``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--mask", type=Path, help="folder of field-of-view masks (metrics inside the mask)")
     parser.add_argument("--workers", type=int, help="parallel processes (default: one per core)")
     parser.add_argument("--resume", action="store_true", help="continue a stopped evaluation in --out")
+    parser.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                        help="voxel size in mm of slice stacks, which carry none (default 1 1 1)")
     args = parser.parse_args(argv)
     info = distributed.init()  # torchrun: cases shared across ranks
     setup_logging()
@@ -50,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     on_main(check_out, info)
     try:
         summary = evaluate_folder(args.pred, args.ref, args.out, _parse_labels(args.labels), args.mask,
-                                  args.workers, info)
+                                  args.workers, info, tuple(args.spacing) if args.spacing else None)
     finally:
         distributed.shutdown()
     if summary is None:

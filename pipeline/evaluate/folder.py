@@ -15,19 +15,27 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..data.io import VOLUME_SUFFIXES, case_id, list_images
+from ..data.io import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, case_id, list_images
+from ..data.stack import SliceStack, stack_statistics
 from ..distributed import Dist, barrier, shard
 from ..errors import UserError
 from .report import read_case_rows, write_case_rows, write_reports
 from .rows import evaluate_files, summarize
+from .slabs import score_stack
 
 
 def _files(folder: Path, what: str) -> dict[str, Path]:
+    """Case id -> volume file, or slice stack: a subfolder of slices (``predictions/<case>/`` of
+    test.py) or a case folder holding ``labels/`` (the SenNet layout)."""
     if not folder.is_dir():
         raise UserError(f"{folder}: {what} folder not found")
     files = {case_id(p): p for p in list_images(folder, VOLUME_SUFFIXES)}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        stack = sub / "labels" if (sub / "labels").is_dir() else sub
+        if any(f.name.lower().endswith(IMAGE_2D_SUFFIXES) for f in stack.iterdir()):
+            files[sub.name] = stack
     if not files:
-        raise UserError(f"{folder}: no {what} files (.nii.gz, .nii, .mha, .nrrd)")
+        raise UserError(f"{folder}: no {what} files (.nii.gz, .nii, .mha, .nrrd) or slice stacks (folders of .tif, .png)")
     return files
 
 
@@ -61,16 +69,27 @@ def label_names(ref_dir: Path, ids: Sequence[int] | None) -> dict[int, str] | No
     return {i: names.get(i, f"label {i}") for i in ids}
 
 
-def _evaluate_pair(item: tuple, labels: dict[int, str] | None) -> list[dict]:
+def _evaluate_pair(item: tuple, labels: dict[int, str] | None, spacing: tuple[float, float, float] | None) -> list[dict]:
     case, pred, ref, mask = item
+    if pred.is_dir() or ref.is_dir():  # slice stacks: slab by slab, in bounded memory
+        if not (pred.is_dir() and ref.is_dir()) or mask is not None:
+            raise UserError(f"{pred}: a slice stack is compared with a slice stack, without masks ({ref})")
+        pred_stack, ref_stack = SliceStack(pred), SliceStack(ref)
+        if labels is None:
+            found = set(stack_statistics(pred_stack, label=True).counts) | set(stack_statistics(ref_stack, label=True).counts)
+            labels = {i: f"label {i}" for i in range(1, max(max(found), 1) + 1)}
+        return score_stack(pred_stack, ref_stack, case, {0: "background", **labels}, spacing or (1.0, 1.0, 1.0))
     return evaluate_files(case, pred, ref, labels, mask)
 
 
 def evaluate_folder(
     pred_dir: Path, ref_dir: Path, out_dir: Path, labels: Sequence[int] | None = None,
     mask_dir: Path | None = None, workers: int | None = None, info: Dist = Dist(),
+    stack_spacing: tuple[float, float, float] | None = None,
 ) -> dict | None:
     """Evaluate every pair in parallel processes and write the reports; returns the summary.
+
+    Slice stacks (which carry no voxel size: ``stack_spacing`` mm, default 1) are scored slab by slab.
 
     Cases already recorded in ``out_dir/cases/`` (a stopped earlier call) are not evaluated again.
     Under torchrun each rank evaluates its share and rank 0 alone writes the reports (others get None).
@@ -80,7 +99,7 @@ def evaluate_folder(
     done = read_case_rows(out_dir)
     todo = shard([p for p in pairs if p[0] not in done], info)
     workers = 1 if info.enabled else max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
-    job = partial(_evaluate_pair, labels=names)
+    job = partial(_evaluate_pair, labels=names, spacing=stack_spacing)
     with tqdm(total=len(todo), desc="evaluate", unit="case", disable=not info.is_main) as bar:
         if workers == 1:
             results = map(job, todo)

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..data.stack import SliceStack, stack_statistics
+from ..errors import UserError
 from .metrics import distance_summary, empty_distances, nearest_distances, overlap_from_counts, surface
 
 
@@ -46,6 +48,19 @@ def _points(parts: list[np.ndarray], spacing: Sequence[float]) -> np.ndarray:
     if not parts:
         return np.zeros((0, 3))
     return np.concatenate(parts).astype(np.float64) * np.asarray(spacing, dtype=np.float64)
+
+
+def score_stack(pred: SliceStack, ref: SliceStack, case: str, labels: dict[int, str],
+                spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> list[dict]:
+    """Metric rows of a predicted stack against its label stack (voxel ``spacing`` in mm) for the
+    foreground classes of ``labels``, gathered slab by slab: equal to the rows of the whole volumes,
+    in memory that does not grow with the number of slices. A 0/255 label mask counts as 0/1."""
+    if pred.shape != ref.shape:
+        raise UserError(f"{pred.folder}: prediction shape {pred.shape} differs from label shape {ref.shape}")
+    binary = stack_statistics(ref, label=True).binary_mask  # a pass over the labels: 0/255 masks count as 0/1
+    pairs = ((z, p, (r > 0).astype(np.uint8) if binary else r) for (z, p), (_, r) in zip(pred.slabs(), ref.slabs()))
+    tallies = tally_slabs(pairs, [k for k in labels if k != 0])
+    return [{"case": case, "class": k, "name": labels[k], **tallies[k].metrics(spacing)} for k in sorted(tallies)]
 
 
 def tally_slabs(pairs: Iterable[tuple[int, np.ndarray, np.ndarray]], classes: Sequence[int]) -> dict[int, ClassTally]:

@@ -28,7 +28,8 @@ from ..evaluate.figures import slice_figure
 from ..evaluate.report import read_case_rows, write_case_rows, write_reports
 from ..evaluate.rows import evaluate_case, summarize
 from .predictor import Predictor
-from .stack_job import predict_stack, score_stack, stack_thumbnail, streamed_stack
+from ..evaluate.slabs import score_stack
+from .stack_job import predict_stack, stack_thumbnail, streamed_stack
 
 log = logging.getLogger(__name__)
 

@@ -24,11 +24,10 @@ from tqdm import tqdm
 
 from ..config import Config
 from ..data.io import kind_of
-from ..data.stack import SliceStack, normalised_reader, stack_statistics
+from ..data.stack import SliceStack, normalised_reader
 from ..data.store import VolumeStore
 from ..errors import UserError
 from ..evaluate.metrics import overlap_from_counts
-from ..evaluate.slabs import tally_slabs
 from ..files import atomic_write
 from .predictor import Predictor
 from .streamed import stream_logits
@@ -112,19 +111,6 @@ def streamed_stack(case_image: Path, cfg: Config) -> SliceStack | None:
     stack = SliceStack(case_image)
     large = int(np.prod(stack.shape, dtype=np.int64)) > cfg.infer.stream_voxels
     return stack if large and all(s >= p for s, p in zip(stack.shape, cfg.train.patch_size)) else None
-
-
-def score_stack(pred: SliceStack, ref: SliceStack, case: str, labels: dict[int, str],
-                spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> list[dict]:
-    """Metric rows of a predicted stack against its label stack (voxel ``spacing`` in mm), gathered
-    slab by slab: equal to the rows of the whole volumes, in memory that does not grow with the
-    number of slices (``evaluate.slabs``)."""
-    if pred.shape != ref.shape:
-        raise UserError(f"{pred.folder}: prediction shape {pred.shape} differs from label shape {ref.shape}")
-    binary = stack_statistics(ref, label=True).binary_mask  # a pass over the labels: 0/255 masks count as 0/1
-    pairs = ((z, p, (r > 0).astype(np.uint8) if binary else r) for (z, p), (_, r) in zip(pred.slabs(), ref.slabs()))
-    tallies = tally_slabs(pairs, [k for k in labels if k != 0])
-    return [{"case": case, "class": k, "name": labels[k], **tallies[k].metrics(spacing)} for k in sorted(tallies)]
 
 
 def stack_thumbnail(stack: SliceStack, size: int = 256) -> tuple[np.ndarray, int]:
