@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from .errors import UserError
+from .yamlfile import UniqueKeySafeLoader, read_yaml
 
 
 @dataclass(frozen=True)
@@ -139,38 +140,6 @@ COUNTS = {"train.epochs", "train.batch_size", "train.samples_per_volume", "train
           "train.val_every"}
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
-
-
-class UniqueKeySafeLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that rejects a mapping with the same key twice."""
-
-
-def _construct_unique_mapping(loader: UniqueKeySafeLoader, node: yaml.MappingNode, deep: bool = False):
-    seen = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-        seen.add(key)
-    return loader.construct_mapping(node, deep)
-
-
-UniqueKeySafeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
-
-
-def read_yaml(path: str | Path) -> Any:
-    """Parse a YAML file with the safe, duplicate-rejecting loader; errors become UserError."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: cannot read ({err})") from None
-    try:
-        return yaml.load(text, Loader=UniqueKeySafeLoader)
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from None
 
 
 def _describe(hint: Any) -> str:

@@ -21,7 +21,8 @@ import torch
 from PIL import Image
 
 from conftest import REPO, run_cli, smoke_args
-from pipeline.config import InferConfig, read_yaml
+from pipeline.config import InferConfig
+from pipeline.yamlfile import read_yaml
 from pipeline.errors import UserError
 from pipeline.predict.sliding import predict_volume
 from pipeline.data.io import load_image

@@ -26,7 +26,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..config import DataConfig, read_yaml
+from ..config import DataConfig
+from ..yamlfile import read_yaml
 from ..errors import UserError
 from .cases import Case, Dataset, inside_root
 from .io import H5_SUFFIXES, IMAGE_2D_SUFFIXES, case_id, list_images, load_image, natural_key, reader_options

@@ -66,11 +66,7 @@ def stream_logits(model: nn.Module, read: Reader, shape: tuple[int, int, int], r
         return
     weight = compute_importance_map(roi, mode=infer.blend, device=device, dtype=torch.float32)[None]  # (1, *roi)
     depth = roi[2]
-    # (K, H, W, depth) views of buffers stored classes-last, the memory order of a channels-last
-    # network's output: adding windows and the argmax over classes then run over contiguous memory
-    # (a classes-first buffer made the argmax alone cost more than the network on a CPU).
-    total = torch.zeros(shape[0], shape[1], depth, n_classes, device=device).permute(3, 0, 1, 2)
-    count = torch.zeros(shape[0], shape[1], depth, 1, device=device).permute(3, 0, 1, 2)
+    total, count = _buffer(shape, depth, n_classes, device), _buffer(shape, depth, 1, device)
     weighted = infer.blend != "constant"  # constant blending weighs every voxel 1: no products needed
     first = starts[2][0]  # the slice at index 0 of the buffers
     model.eval()
@@ -94,6 +90,13 @@ def stream_logits(model: nn.Module, read: Reader, shape: tuple[int, int, int], r
             yield Slab(first + lo, total[..., lo:hi])
         total, count = _shift(total, done), _shift(count, done)
         first += done
+
+
+def _buffer(shape: tuple[int, int, int], depth: int, channels: int, device: torch.device) -> torch.Tensor:
+    """A zero (channels, H, W, depth) view of memory stored channels-last, the memory order of a
+    channels-last network's output: adding windows and the argmax over classes then run over
+    contiguous memory (a classes-first buffer made the argmax alone cost more than the network)."""
+    return torch.zeros(shape[0], shape[1], depth, channels, device=device).permute(3, 0, 1, 2)
 
 
 def _window_logits(model: nn.Module, crops: torch.Tensor, roi, tta: bool, amp_dtype) -> torch.Tensor:
