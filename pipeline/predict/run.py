@@ -195,7 +195,7 @@ def run_test(
         if info.is_main:
             write_case_rows(out_dir, case.id, rows)
     small = [c for c in cases if c.id not in stacks]
-    with tqdm(shard(small, info), desc="test", unit="case", disable=not info.is_main) as bar:
+    with tqdm(shard(small, info), desc="test", unit="case", disable=not info.is_main or not small) as bar:
         for case in bar:  # the bar is closed (newline) on errors too
             if case.id not in done:
                 done[case.id] = _test_case(predictor, case, out_dir)
