@@ -8,7 +8,7 @@ user would, each in its own process, and prints its wall time and peak RSS
 (``wait4``: the child's own maximum resident set):
 
 1. ``python -m pipeline.check`` on the dataset;
-2. ``train.py``: the demo network and patch, ``--steps`` steps, lazy stores
+2. ``train.py``: the demo network and patch, ``--steps`` steps of two crops, lazy stores
    (``data.lazy=always``, built in this stage on first use), no validation;
 3. ``test.py``: the whole test stack predicted slab by slab and scored
    (``infer.stream_voxels=0``);
@@ -62,7 +62,7 @@ def kidney_stages(work: Path, shape: tuple[int, int, int], steps: int) -> tuple[
     runs = work / "runs"
     settings = [f"data.root={root}", "data.modality=generic", "data.val_fraction=0", "data.test_cases=[kidney_2]",
                 "data.lazy=always", f"data.store_dir={work / 'stores'}", f"output_dir={runs}", "train.epochs=1",
-                f"train.volumes_per_epoch={steps // 2}", "train.samples_per_volume=2", "infer.stream_voxels=0"]
+                f"train.volumes_per_epoch={steps}", "train.samples_per_volume=2", "infer.stream_voxels=0"]
     rows.append(run_stage(f"train ({steps} steps)", ["train.py", "--config", "configs/demo.yaml", "-v", "--set", *settings],
                           work / "train.log"))
     waits = re.findall(r"epoch \d+: (\d+) steps, ([\d.]+) s/step, ([\d.]+) % waiting for data", (work / "train.log").read_text())

@@ -126,8 +126,9 @@ def test_a_stack_is_predicted_into_label_slices_equal_to_the_whole_volume(tmp_pa
 
 def test_test_py_streams_a_large_stack_and_scores_it_like_the_whole_volume(stack_run, tmp_path):
     _, run = stack_run
-    whole = run_cli("test.py", "--run", str(run), "--out", str(tmp_path / "whole"))
-    streamed = run_cli("test.py", "--run", str(run), "--out", str(tmp_path / "streamed"), "--set", "infer.stream_voxels=0")
+    whole = run_cli("test.py", "--run", str(run), "--out", str(tmp_path / "whole"), "--set", "infer.probabilities=true")
+    streamed = run_cli("test.py", "--run", str(run), "--out", str(tmp_path / "streamed"), "--set", "infer.stream_voxels=0",
+                       "infer.probabilities=true")
     assert whole.returncode == 0 and streamed.returncode == 0, streamed.stderr[-800:]
     rows_whole, rows_streamed = read_metrics_csv(tmp_path / "whole" / "metrics.csv"), read_metrics_csv(tmp_path / "streamed" / "metrics.csv")
     assert [(r["case"], r["class"]) for r in rows_whole] == [(r["case"], r["class"]) for r in rows_streamed]
@@ -138,6 +139,11 @@ def test_test_py_streams_a_large_stack_and_scores_it_like_the_whole_volume(stack
     slices = sorted((tmp_path / "streamed" / "predictions" / case).iterdir())
     label_map = np.stack([np.asarray(Image.open(p)) for p in slices], axis=-1)
     assert np.array_equal(label_map, load_image(tmp_path / "whole" / "predictions" / f"{case}.nii.gz")[0])
+    prob_slices = sorted((tmp_path / "streamed" / "probabilities" / case / "class_1").iterdir())
+    prob = np.stack([np.asarray(Image.open(p)) for p in prob_slices], axis=-1)
+    whole_prob = load_image(tmp_path / "whole" / "probabilities" / f"{case}.nii.gz")[0][..., 0]  # (H, W, D) class 1
+    assert prob.dtype == np.float32 and prob.shape == whole_prob.shape and 0 < prob.max() <= 1
+    np.testing.assert_allclose(prob, whole_prob, atol=1e-5)
     assert (tmp_path / "streamed" / "slices" / f"{case}.png").read_bytes().startswith(b"\x89PNG")
     (tmp_path / "ref").mkdir()
     (tmp_path / "ref" / case).symlink_to(stack_run[0] / case)  # the SenNet case folder, labels/ inside
@@ -148,8 +154,8 @@ def test_test_py_streams_a_large_stack_and_scores_it_like_the_whole_volume(stack
     for metric in ("dice", "hd95", "asd"):
         assert row[metric] == pytest.approx(rows_streamed[0][metric], abs=1e-9)
     refused = run_cli("test.py", "--run", str(run), "--out", str(tmp_path / "p"), "--set", "infer.stream_voxels=0",
-                      "infer.probabilities=true")
-    assert refused.returncode == 2 and "infer.probabilities not available for stacks" in refused.stderr
+                      "infer.auc=true")
+    assert refused.returncode == 2 and "infer.auc not available for stacks" in refused.stderr
 
 
 def test_stack_scores_counted_slab_by_slab_equal_the_whole_volume_rows(tmp_path):

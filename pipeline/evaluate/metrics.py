@@ -143,12 +143,13 @@ def nearest_distances(points: np.ndarray, targets: np.ndarray, chunk: int = 1 <<
     A KD-tree over the surface points gives exactly the distance medpy reads off
     a Euclidean distance transform (nearest surface voxel, spacing applied), in
     O(S log S) for S surface voxels instead of O(V) over the whole volume.
-    Queried ``chunk`` points at a time, so the query's index arrays stay small.
+    Queried ``chunk`` points at a time, so the query's index arrays stay small, on every core
+    (the query is exact and each point's answer is its own, so the values do not depend on it).
     """
     tree = cKDTree(targets)
     out = np.empty(len(points))
     for i in range(0, len(points), chunk):
-        out[i : i + chunk] = tree.query(points[i : i + chunk], k=1)[0]
+        out[i : i + chunk] = tree.query(points[i : i + chunk], k=1, workers=-1)[0]
     return out
 
 

@@ -104,7 +104,7 @@ def new_output_dir(run_dir: Path, out: str | None, resume: bool = False) -> Path
 
 def check_streamed(cfg: Config, case: Case, stack: SliceStack) -> None:
     """Refuse options the slab-by-slab path cannot honour, naming them and the way out."""
-    unsupported = [k for k, on in (("infer.probabilities", cfg.infer.probabilities), ("infer.auc", cfg.infer.auc),
+    unsupported = [k for k, on in (("infer.auc", cfg.infer.auc),
                                    ("infer.largest_component", cfg.infer.largest_component),
                                    ("data.spacing", cfg.data.spacing is not None)) if on]
     if unsupported:
@@ -121,7 +121,8 @@ def _test_streamed_case(predictor: Predictor, case: Case, stack: SliceStack, out
     if info.is_main:
         log.info("%s: %s voxels, predicted slab by slab", case.id, "x".join(map(str, stack.shape)))
     folder = out_dir / "predictions" / case.id
-    on_every_rank(lambda: predict_stack(predictor, stack, folder, slice_share(stack.shape[2], info)), info)
+    probabilities = out_dir / "probabilities" / case.id if cfg.infer.probabilities else None
+    on_every_rank(lambda: predict_stack(predictor, stack, folder, slice_share(stack.shape[2], info), probabilities), info)
     if not info.is_main:
         return []
     pred = SliceStack(folder)

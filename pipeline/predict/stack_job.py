@@ -35,24 +35,28 @@ from .streamed import stream_logits
 log = logging.getLogger(__name__)
 
 
-def predict_stack(predictor: Predictor, stack: SliceStack, out: Path, part: tuple[int, int] | None = None) -> Path:
+def predict_stack(predictor: Predictor, stack: SliceStack, out: Path, part: tuple[int, int] | None = None,
+                  probabilities: Path | None = None) -> Path:
     """Write the label map of ``stack`` (slices ``part=(a, b)`` only, default all) into the folder
-    ``out``, one slab at a time.
+    ``out``, one slab at a time; with ``probabilities``, also each foreground class's softmax as
+    float32 slices in ``probabilities/class_<id>/``.
 
-    Slices already in ``out`` are kept and not predicted again: every slice file is written
+    Slices already written are kept and not predicted again: every slice file is written
     atomically, so after a killed run (``--resume``) or on another torchrun rank's share exactly
     the missing runs of slices are predicted, each from the windows that reach it, and the values
     equal those of one uninterrupted pass.
     """
     cfg = predictor.cfg
-    out.mkdir(parents=True, exist_ok=True)
+    folders = [out] + [probabilities / f"class_{k}" for k in sorted(predictor.labels) if k and probabilities]
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
     a, b = part if part is not None else (0, stack.shape[2])
     names = [f.with_suffix(".tif").name for f in stack.files]
-    missing = [z for z in range(a, b) if not (out / names[z]).is_file()]
+    missing = [z for z in range(a, b) if not all((folder / names[z]).is_file() for folder in folders)]
     if len(missing) < b - a:
         log.info("%s: %d of %d slices already written, predicting the other %d", out, b - a - len(missing), b - a,
                  len(missing))
-    check_free_space(out, len(missing) * _slice_bytes(stack))
+    check_free_space(out, len(missing) * _slice_bytes(stack) * (1 + 4 * (len(folders) - 1)))
     read = normalised_reader(stack, cfg.data) if missing else None
     with tqdm(total=len(missing), desc=f"  {stack.folder.parent.name or stack.folder.name}", unit="slice", leave=False) as bar:
         for first, stop in _runs(missing):
@@ -61,8 +65,12 @@ def predict_stack(predictor: Predictor, stack: SliceStack, out: Path, part: tupl
             for slab in slabs:
                 labels = slab.logits.argmax(dim=0).to(torch.uint8).cpu().numpy()  # (H, W, n)
                 for k in range(labels.shape[-1]):
-                    _write_slice(out / names[slab.start + k], labels[..., k], done=b - a - len(missing) + bar.n,
-                                 total=b - a)
+                    done = b - a - len(missing) + bar.n
+                    if probabilities is not None:  # one slice at a time: (K, H, W) float32
+                        prob = torch.softmax(slab.logits[..., k], dim=0).cpu().numpy()
+                        for folder, c in zip(folders[1:], (c for c in sorted(predictor.labels) if c)):
+                            _write_slice(folder / names[slab.start + k], prob[c], done, b - a)
+                    _write_slice(out / names[slab.start + k], labels[..., k], done, b - a)  # last: marks it done
                     bar.update(1)
     return out
 
