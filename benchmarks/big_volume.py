@@ -138,6 +138,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="working folder (generated data is kept and reused)")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--demo-run", type=Path, help="a demo run (make demo) for the KiTS-sized CT rows")
+    parser.add_argument("--kits-only", action="store_true", help="only the KiTS-sized CT rows (needs --demo-run)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -145,6 +146,16 @@ def main() -> None:
         print(json.dumps(throughput(Path(run), Path(stack), int(slices), method, args.work)))
         return
     args.work.mkdir(parents=True, exist_ok=True)
+    if not args.kits_only:
+        kidney(args)
+    if args.demo_run:
+        print("\n| KiTS-sized CT 512x512x600, demo network | seconds | peak RSS (GB) | mean Dice |\n| --- | ---: | ---: | ---: |")
+        for r in kits_stages(args.work, args.demo_run.resolve()):
+            print(f"| {r['stage']} | {r['seconds']:.0f} | {r['rss_gb']:.2f} | {r['dice']:.4f} |")
+
+
+def kidney(args: argparse.Namespace) -> None:
+    """The kidney stages and the throughput comparison, printed as tables."""
     rows, run = kidney_stages(args.work, tuple(args.shape), args.steps)
     print(f"kidney stacks {'x'.join(map(str, args.shape))} (two: train kidney_1, test kidney_2), {os.cpu_count()} CPUs")
     print("| stage | seconds | peak RSS (GB) |\n| --- | ---: | ---: |")
@@ -166,10 +177,6 @@ def main() -> None:
         print(f"| {method} | {r['seconds']:.1f} | {r['mvox_s']:.2f} | {same:.6f} |")
     print(f"ours / MONAI same precision and layout: {speed['ours']['mvox_s'] / speed['monai-bf16-cl']['mvox_s']:.2f}x; "
           f"ours / MONAI defaults: {speed['ours']['mvox_s'] / speed['monai-defaults']['mvox_s']:.2f}x", flush=True)
-    if args.demo_run:
-        print("\n| KiTS-sized CT 512x512x600, demo network | seconds | peak RSS (GB) | mean Dice |\n| --- | ---: | ---: | ---: |")
-        for r in kits_stages(args.work, args.demo_run.resolve()):
-            print(f"| {r['stage']} | {r['seconds']:.0f} | {r['rss_gb']:.2f} | {r['dice']:.4f} |")
 
 
 if __name__ == "__main__":

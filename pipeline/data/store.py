@@ -121,6 +121,7 @@ def build_store(case: Case, cfg: Config, folder: Path) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     needed = int(np.prod(image.shape, dtype=np.int64)) * 3  # float16 image and uint8 label
     free = shutil.disk_usage(folder.parent).free
+    log.info("%s: the store takes about %.1f GB on disk (%.1f GB free)", case.id, needed / 1e9, free / 1e9)
     if needed * 1.05 > free:
         raise UserError(f"{folder.parent}: the lazy store of {case.id} needs about {needed / 1e9:.1f} GB, only "
                         f"{free / 1e9:.1f} GB free; free space or set data.store_dir to another disk")

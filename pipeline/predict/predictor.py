@@ -29,7 +29,8 @@ from ..errors import UserError
 from ..runtime import channels_last, resolve_precision, select_device
 from ..train.checkpoint import load_checkpoint
 from .sliding import predict_volume
-from .source_grid import to_source_grid
+from .source_grid import label_to_source_grid, to_source_grid
+from .streamed import stream_logits
 
 
 @dataclass
@@ -86,6 +87,18 @@ class Predictor:
         infer = self.cfg.infer if tta is None else dataclasses.replace(self.cfg.infer, tta=tta)
         return predict_volume(self.model, image.to(self.device), self.cfg.train.patch_size, infer, self.amp_dtype)
 
+    def label_map(self, image: torch.Tensor) -> torch.Tensor:
+        """Argmax (1, H, W, D) uint8 (CPU) of the blended logits of a preprocessed volume (C, H, W, D),
+        at least one patch in every axis, slab by slab (``stream_logits``: the same windows and
+        weights as ``logits``, with ``infer.tta`` flips per window batch). Memory holds one patch
+        deep of logits instead of the whole volume's (K float32 per voxel)."""
+        shape = tuple(image.shape[1:])
+        label = torch.empty((1, *shape), dtype=torch.uint8)
+        for slab in stream_logits(self.model, lambda a, b: image[..., a:b], shape, self.cfg.train.patch_size,
+                                  self.cfg.infer, max(self.labels) + 1, self.amp_dtype):
+            label[0, ..., slab.start : slab.start + slab.logits.shape[-1]] = slab.logits.argmax(dim=0).to(torch.uint8).cpu()
+        return label
+
     def predict(self, case: Case | str | Path, probabilities: bool = False) -> Prediction:
         """Read one case (image, and its field-of-view mask when it has one) and predict it on its
         own grid: label map, and with ``probabilities`` the softmax; nothing outside the mask."""
@@ -95,9 +108,13 @@ class Predictor:
             data = self.preprocess({IMAGE: to_meta_tensor(image, affine, case.image)})
         except Exception as err:  # MONAI wraps a failing step in RuntimeError naming the transform chain
             raise UserError(f"{case.image}: cannot preprocess ({str(err).splitlines()[-1][:200]})") from None
-        logits = self.logits(data[IMAGE].as_tensor()[None])
-        label, prob = to_source_grid(logits, data, self.preprocess, self.cfg.data.spacing is not None, probabilities)
-        del logits
+        resampled = self.cfg.data.spacing is not None
+        if probabilities or resampled:
+            logits = self.logits(data[IMAGE].as_tensor()[None])
+            label, prob = to_source_grid(logits, data, self.preprocess, resampled, probabilities)
+            del logits
+        else:  # the label map alone: never the whole volume's logits
+            label, prob = label_to_source_grid(self.label_map(data[IMAGE].as_tensor()), data, self.preprocess), None
         if self.cfg.infer.largest_component:
             foreground = sorted(k for k in self.labels if k != 0)
             label = KeepLargestConnectedComponent(applied_labels=foreground, independent=True)(label)

@@ -156,7 +156,8 @@ def _test_case(predictor: Predictor, case: Case, out_dir: Path) -> list[dict]:
     ref, rows = None, []
     if case.label is not None:
         ref, _ = load_image(case.label, **reader_options(cfg.data, label=True))
-        rows = evaluate_case(case.id, result.label, ref.astype(np.int64), predictor.labels, result.spacing,
+        ref = ref if np.issubdtype(ref.dtype, np.integer) else ref.astype(np.int64)  # no 8-byte copy of integer labels
+        rows = evaluate_case(case.id, result.label, ref, predictor.labels, result.spacing,
                              result.mask, prob=result.probabilities if cfg.infer.auc else None)
     window = cfg.data.intensity_range if cfg.data.modality == "CT" else None
     slice_figure(result.image, ref, result.label, result.spacing, out_dir / "slices" / f"{case.id}.png",

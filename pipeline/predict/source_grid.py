@@ -23,6 +23,8 @@ def to_source_grid(logits: torch.Tensor, data: dict, pre: Compose, resampled: bo
     (K, x, y, z) there. ``logits`` (1, K, H, W, D) on the network grid of ``data[IMAGE]``."""
     if resampled:
         return _argmax_of_resampled(torch.softmax(logits, dim=1)[0].cpu(), data, pre, probabilities)
+    if not probabilities:
+        return label_to_source_grid(logits.argmax(dim=1).to(torch.uint8).cpu(), data, pre), None
     item = {**data, "pred": _like(logits.argmax(dim=1).to(torch.uint8).cpu(), data[IMAGE])}  # (1, H, W, D)
     keys, nearest = ["pred"], [True]
     if probabilities:
@@ -31,6 +33,13 @@ def to_source_grid(logits: torch.Tensor, data: dict, pre: Compose, resampled: bo
     inverted = Invertd(keys, transform=pre, orig_keys=IMAGE, nearest_interp=nearest)(item)
     label = inverted["pred"].as_tensor().round().to(torch.uint8)
     return label, _background_outside(inverted["prob"].as_tensor().float()) if probabilities else None
+
+
+def label_to_source_grid(label: torch.Tensor, data: dict, pre: Compose) -> torch.Tensor:
+    """A label map (1, H, W, D) uint8 on the network grid of ``data[IMAGE]`` (native spacing), put
+    back on the source grid (nearest neighbour): (1, x, y, z) uint8."""
+    inverted = Invertd("pred", transform=pre, orig_keys=IMAGE, nearest_interp=True)({**data, "pred": _like(label, data[IMAGE])})
+    return inverted["pred"].as_tensor().round().to(torch.uint8)
 
 
 def _background_outside(prob: torch.Tensor) -> torch.Tensor:

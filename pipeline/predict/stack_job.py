@@ -94,6 +94,7 @@ def _slice_bytes(stack: SliceStack) -> int:
 def check_free_space(folder: Path, needed: int) -> None:
     """Refuse to start writing ``needed`` bytes into ``folder`` when its disk has less free (plus 1 %)."""
     free = shutil.disk_usage(folder).free
+    log.info("%s: writing about %.2f GB of predictions, %.1f GB free", folder, needed / 1e9, free / 1e9)
     if needed * 1.01 > free:
         raise UserError(f"{folder}: the predictions need about {needed / 1e9:.2f} GB, only {free / 1e9:.2f} GB free; "
                         "free space or write elsewhere with --out")
