@@ -74,3 +74,13 @@ def test_two_ranks_share_the_slices_of_one_large_stack_and_write_the_single_proc
     assert [p.read_bytes() for p in one_slices] == [p.read_bytes() for p in two_slices]
     csv = (tmp_path / "one" / "metrics.csv").read_text(encoding="utf-8")
     assert csv == (tmp_path / "two" / "metrics.csv").read_text(encoding="utf-8") and len(csv.splitlines()) == 2
+
+
+def test_two_ranks_train_from_lazy_stores_built_once(stack_run, tmp_path):
+    root, _ = stack_run
+    result = _torchrun(*smoke_args(root, tmp_path, "train.epochs=1", "data.lazy=always"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    sums = _checksums(result.stderr)
+    assert set(sums) == {0, 1} and sums[0] == sums[1]
+    assert result.stderr.count("first use") == 3  # rank 0 built each store; rank 1 opened them
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "stores").iterdir()) == ["kidney_1", "kidney_2", "kidney_3"]

@@ -133,7 +133,11 @@ def build_store(case: Case, cfg: Config, folder: Path) -> None:
         meta = {"case": case.id, "shape": list(image.shape), "spacing": spacing, "format": FORMAT,
                 "image": str(case.image), "label": str(case.label)}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        os.replace(tmp, folder)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process finished the same store first: keep its copy
+            if not (folder / "meta.json").is_file():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

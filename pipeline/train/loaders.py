@@ -92,12 +92,12 @@ def store_folders(cfg: Config, cases: list[Case], info: Dist = Dist()) -> dict[s
     return on_main(lambda: {c.id: str(open_store(c, cfg, root).folder) for c in cases}, info)
 
 
-def validation_items(cfg: Config, cases: list[Case], lazy: bool = False) -> list:
+def validation_items(cfg: Config, cases: list[Case], lazy: bool = False, info: Dist = Dist()) -> list:
     """Whole validation volumes, preprocessed once (image and label on the network grid); lazy
     stores (``VolumeStore``) when the run trains from them."""
     if not cases:
         return []
     if lazy:
-        return [VolumeStore.open(folder) for folder in store_folders(cfg, cases).values()]
+        return [VolumeStore.open(folder) for folder in store_folders(cfg, cases, info).values()]
     items = [{IMAGE: str(c.image), LABEL: str(c.label)} for c in cases]
     return CacheDataset(items, build_transforms(cfg, train=False), cache_rate=1.0, progress=False)

@@ -195,7 +195,7 @@ def setup(cfg: Config, run: Run, info: Dist = Dist()) -> Session:
     lazy = lazy_cases(cfg, run.train + run.val)
     loader, transform = training_loader(cfg, run.train, run.dir / "cache", device, info, lazy)
     return Session(state, model, build_loss(cfg, run.dataset.n_classes).to(device), loader, transform,
-                   validation_items(cfg, run.val, lazy), Predictor(state.model, cfg, labels), amp_dtype)
+                   validation_items(cfg, run.val, lazy, info), Predictor(state.model, cfg, labels), amp_dtype)
 
 
 @contextlib.contextmanager
