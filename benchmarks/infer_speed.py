@@ -14,7 +14,9 @@ same way (the logits of the whole volume, wall clock):
 - MONAI ``sliding_window_inference`` with our precision and layout: bf16 autocast
   (where the CPU runs it natively) and channels-last, same overlap and blending;
 - ours: ``Predictor.logits`` with the run's ``infer`` settings (the same overlap
-  and blending at the demo's defaults).
+  and blending at the demo's defaults);
+- ours as ``test.py`` predicts label maps: ``Predictor.label_map`` (the same
+  windows, blended slab by slab into classes-last buffers, argmax per slab).
 
 Prints Mvoxel/s, peak RSS, both ratios and the Dice between label maps; then our
 peak RSS on the same case mirrored to 512 x 512 x 300.
@@ -46,6 +48,7 @@ METHODS = {
     "monai-defaults": "MONAI sliding_window_inference defaults (fp32, contiguous)",
     "monai-bf16-cl": "MONAI sliding_window_inference, bf16 autocast + channels-last",
     "ours": "ours: Predictor.logits (bf16 autocast + channels-last)",
+    "ours-slabs": "ours: Predictor.label_map, the engine of test.py (slab by slab, classes-last buffers)",
 }
 
 
@@ -70,6 +73,8 @@ def measure(method: str, run: str, volume_file: str, out: str | None) -> dict:
     start = time.perf_counter()
     if method == "ours":
         logits = predictor.logits(x)
+    elif method == "ours-slabs":
+        labels = predictor.label_map(x[0])  # (1, H, W, D) uint8
     else:
         if method == "monai-defaults":  # fp32 and PyTorch's default (contiguous) layout
             model, amp = predictor.model.to(memory_format=torch.contiguous_format), None
@@ -79,7 +84,7 @@ def measure(method: str, run: str, volume_file: str, out: str | None) -> dict:
             logits = sliding_window_inference(x, roi, infer.sw_batch_size, model, overlap=infer.overlap, mode=infer.blend)
     seconds = time.perf_counter() - start
     if out:
-        np.save(out, logits.argmax(1)[0].to(torch.uint8).numpy())
+        np.save(out, (labels[0] if method == "ours-slabs" else logits.argmax(1)[0].to(torch.uint8)).numpy())
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return {"seconds": seconds, "mvox_s": float(np.prod(x.shape[2:])) / seconds / 1e6, "rss_gb": rss_gb}
 
@@ -118,6 +123,9 @@ def main() -> None:
     ours = results["ours"]["mvox_s"]
     print(f"ours / MONAI defaults: {ours / results['monai-defaults']['mvox_s']:.2f}x; "
           f"ours / MONAI with the same precision and layout: {ours / results['monai-bf16-cl']['mvox_s']:.2f}x")
+    slabs = results["ours-slabs"]["mvox_s"]
+    print(f"test.py's engine (label_map) / MONAI with the same precision and layout: "
+          f"{slabs / results['monai-bf16-cl']['mvox_s']:.2f}x")
     print(f"ours on 512 x 512 x 300: {big['seconds']:.1f} s, {big['mvox_s']:.2f} Mvoxel/s, peak RSS {big['rss_gb']:.2f} GB")
 
 
