@@ -1,6 +1,6 @@
-"""Surface-distance metrics: medpy vs MONAI vs ours on one organ-sized pair, same numbers.
+"""Surface-distance metrics and NSD: medpy / surface-distance vs MONAI vs ours on one organ-sized pair.
 
-    python benchmarks/metrics_vs_medpy.py [--shape 512 512 300] [--repeats 3]
+    python benchmarks/metrics_vs_medpy.py [--shape 512 512 300] [--repeats 3] [--tolerance 1.0]
 
 Builds two overlapping lobulated blobs in a 512 x 512 x 300 volume with spacing
 (0.8, 0.8, 2.5) mm and times the same three quantities, HD95 + ASD + ASSD, with
@@ -9,6 +9,13 @@ each library through its own API (medpy ``hd95``/``asd``/``assd``, MONAI
 ``surface_distance_metrics``), each ``--repeats`` times, and reports the medians.
 Checks that our values equal medpy's (relative difference <= 1e-6) and prints the
 speed ratios. medpy takes about a minute per repetition.
+
+NSD rows: the normalised surface Dice at ``--tolerance`` mm, by DeepMind's
+``surface-distance`` (``compute_surface_distances`` + ``compute_surface_dice_at_tolerance``,
+the reference), MONAI's ``compute_surface_dice`` with ``use_subvoxels=True`` (the
+same surfels) and ours ``nsd``, timed the same way; and what NSD adds when a report
+computes it with the distances in one call (``surface_distance_metrics(...,
+tolerance=...)``) against the distances alone.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import time
 import numpy as np
 import torch
 from medpy.metric import binary as medpy
-from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
+from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance, compute_surface_dice
 
 from pipeline import metrics
 
@@ -53,14 +60,43 @@ def run_medpy(pred, ref):
 
 
 def run_monai(pred, ref):
-    def onehot(mask):
-        t = torch.from_numpy(mask)
-        return torch.stack([~t, t])[None].float()
     p, r = onehot(pred), onehot(ref)
     hd95 = compute_hausdorff_distance(p, r, percentile=95, spacing=SPACING)
     asd = compute_average_surface_distance(p, r, symmetric=False, spacing=SPACING)
     assd = compute_average_surface_distance(p, r, symmetric=True, spacing=SPACING)
     return {"hd95": float(hd95), "asd": float(asd), "assd": float(assd)}
+
+
+def onehot(mask: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(mask)
+    return torch.stack([~t, t])[None].float()
+
+
+def nsd_reference(pred, ref, tolerance):
+    import surface_distance  # DeepMind's implementation (pip install surface-distance), a test-only dependency
+    return surface_distance.compute_surface_dice_at_tolerance(
+        surface_distance.compute_surface_distances(ref, pred, SPACING), tolerance)
+
+
+def nsd_monai(pred, ref, tolerance):
+    return float(compute_surface_dice(onehot(pred), onehot(ref), [tolerance], spacing=SPACING, use_subvoxels=True))
+
+
+def nsd_rows(pred, ref, tolerance: float, repeats: int, t_distances: float) -> None:
+    """The NSD table: three implementations, and NSD's cost on top of the distances."""
+    t_ref, reference = time_it(lambda: nsd_reference(pred, ref, tolerance), repeats)
+    t_monai, monai = time_it(lambda: nsd_monai(pred, ref, tolerance), repeats)
+    t_ours, ours = time_it(lambda: metrics.nsd(pred, ref, SPACING, tolerance), repeats)
+    t_both, _ = time_it(lambda: metrics.surface_distance_metrics(pred, ref, SPACING, tolerance=tolerance), repeats)
+    print(f"\n| NSD at {tolerance} mm | value | difference to surface-distance | seconds (median of {repeats}) "
+          "| speed-up vs surface-distance |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, value, seconds in (("surface-distance (DeepMind)", reference, t_ref),
+                                 ("MONAI compute_surface_dice, use_subvoxels", monai, t_monai),
+                                 ("ours nsd", ours, t_ours)):
+        print(f"| {name} | {value:.9f} | {abs(value - reference):.1e} | {seconds:.2f} | {t_ref / seconds:.1f}x |")
+    print(f"\nHD95 + ASD + ASSD alone {t_distances:.3f} s; with NSD in the same call {t_both:.3f} s: "
+          f"NSD adds {100 * (t_both / t_distances - 1):.0f} % (median of {repeats} each)")
 
 
 def run_ours(pred, ref):
@@ -72,12 +108,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", type=int, nargs=3, default=(512, 512, 300))
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per library (the median is reported)")
+    parser.add_argument("--tolerance", type=float, default=1.0, help="NSD tolerance in mm (default 1)")
+    parser.add_argument("--skip-medpy", action="store_true", help="NSD rows only (medpy takes minutes)")
     args = parser.parse_args()
     pred, ref = organ_pair(tuple(args.shape))
     print(f"volume {tuple(args.shape)}, spacing {SPACING} mm, {pred.sum():,} and {ref.sum():,} foreground voxels, "
           f"{torch.get_num_threads()} torch threads")
 
     t_ours, ours = time_it(lambda: run_ours(pred, ref), args.repeats)
+    nsd_rows(pred, ref, args.tolerance, args.repeats, t_ours)
+    if args.skip_medpy:
+        return
     t_monai, monai = time_it(lambda: run_monai(pred, ref), args.repeats)
     t_medpy, reference = time_it(lambda: run_medpy(pred, ref), args.repeats)
 

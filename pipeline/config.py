@@ -7,6 +7,7 @@ naming it and listing the valid keys. The resolved configuration is saved in eve
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import types
@@ -51,6 +52,7 @@ class DataConfig:
     lazy: str = "auto"  # train slice stacks from chunked on-disk stores read by window: auto (above lazy_voxels), always, never
     lazy_voxels: int = 2**28  # auto: a stack with more voxels makes every case of the run lazy
     store_dir: str | None = None  # where lazy stores live, reused across runs (None: <output_dir>/stores)
+    tubular_classes: tuple[int, ...] = ()  # label ids of vessels, airways, neurites: reports add clDice for them
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,17 @@ class InferConfig:
     stream_voxels: int = 2**28  # slice stacks with more voxels are predicted and scored slab by slab (0: always)
 
 
+# Every metric a report can hold (``evaluate.metrics``); clDice only for ``data.tubular_classes``.
+REPORT_METRICS = ("dice", "jaccard", "nsd", "cldice", "asd", "assd", "hd95", "hd", "precision", "sensitivity",
+                  "specificity", "accuracy")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    metrics: tuple[str, ...] = REPORT_METRICS  # which metrics reports compute (dice is always kept)
+    nsd_tolerance_mm: float | tuple[float, ...] = 1.0  # NSD tolerance; a list: one per foreground class
+
+
 @dataclass(frozen=True)
 class Config:
     name: str = "demo"
@@ -118,6 +131,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
 CHOICES = {
@@ -133,11 +147,18 @@ CHOICES = {
     "infer.blend": ("gaussian", "constant"),
 }
 
-PROBABILITIES = {"train.pos_fraction", "train.flip_prob", "train.affine_prob", "train.intensity_prob",
-                 "train.gamma_prob"}
+PROBABILITIES = {"train.pos_fraction", "train.flip_prob", "train.affine_prob", "train.intensity_prob", "train.gamma_prob"}
 
 COUNTS = {"train.epochs", "train.batch_size", "train.samples_per_volume", "train.volumes_per_epoch",
           "train.val_every"}
+
+# Checks of keys whose values are lists: (holds, what the key must be).
+MEMBER_RULES = {
+    "evaluate.metrics": (lambda v: v and set(v) <= set(REPORT_METRICS), f"must list metrics of {', '.join(REPORT_METRICS)}"),
+    "evaluate.nsd_tolerance_mm": (lambda v: v != () and min(v if isinstance(v, tuple) else (v,)) >= 0,
+                                  "must be a tolerance in mm >= 0, or one per foreground class"),
+    "data.tubular_classes": (lambda v: all(k >= 1 for k in v), "lists foreground label ids (1 or more)"),
+}
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 
@@ -153,8 +174,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, key)
+        *others, last = [a for a in args if a is not type(None)]
+        for inner in others:  # e.g. float | tuple[float, ...]: the first that fits
+            with contextlib.suppress(UserError):
+                return _coerce(value, inner, key)
+        return _coerce(value, last, key)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise bad
@@ -206,6 +230,9 @@ def _build(cls: type, values: dict, prefix: str, source: str) -> Any:
                 raise UserError(f"{source}: {key} is a probability and must be in [0, 1], got {value!r}")
             if key in COUNTS and kwargs[name] is not None and kwargs[name] < 1:
                 raise UserError(f"{source}: {key} must be at least 1, got {value!r}")
+            rule = MEMBER_RULES.get(key)
+            if rule and not rule[0](kwargs[name]):
+                raise UserError(f"{source}: {key} {rule[1]}, got {value!r}")
     return cls(**kwargs)
 
 

@@ -21,7 +21,7 @@ from pipeline.data.kidney import KidneySpec, generate_kidney_stacks
 from pipeline.data.io import load_image
 from pipeline.data.stack import SliceStack, normalised_reader
 from pipeline.errors import UserError
-from pipeline.evaluate.metrics import DISTANCE_METRICS, all_metrics
+from pipeline.evaluate.metrics import DISTANCE_METRICS, all_metrics, nsd
 from pipeline.evaluate.report import read_metrics_csv
 from pipeline.evaluate.rows import evaluate_case
 from pipeline.evaluate.slabs import score_stack, tally_slabs
@@ -133,7 +133,7 @@ def test_test_py_streams_a_large_stack_and_scores_it_like_the_whole_volume(stack
     rows_whole, rows_streamed = read_metrics_csv(tmp_path / "whole" / "metrics.csv"), read_metrics_csv(tmp_path / "streamed" / "metrics.csv")
     assert [(r["case"], r["class"]) for r in rows_whole] == [(r["case"], r["class"]) for r in rows_streamed]
     for a, b in zip(rows_whole, rows_streamed):
-        for metric in ("dice", "jaccard", "precision", "sensitivity", "specificity", "accuracy", *DISTANCE_METRICS):
+        for metric in ("dice", "jaccard", "nsd", "precision", "sensitivity", "specificity", "accuracy", *DISTANCE_METRICS):
             assert a[metric] == pytest.approx(b[metric], abs=1e-9), metric
     case = rows_streamed[0]["case"]
     slices = sorted((tmp_path / "streamed" / "predictions" / case).iterdir())
@@ -173,7 +173,7 @@ def test_stack_scores_counted_slab_by_slab_equal_the_whole_volume_rows(tmp_path)
     whole = evaluate_case("k", pred.astype(np.int64), ref.astype(np.int64), names, spacing)
     assert streamed[0]["dice"] > 0.2 and 0 < streamed[0]["hd"] < np.inf  # true positives and surfaces to compare
     for a, b in zip(streamed, whole):
-        for metric in ("dice", "jaccard", "precision", "sensitivity", "specificity", "accuracy", *DISTANCE_METRICS):
+        for metric in ("dice", "jaccard", "nsd", "precision", "sensitivity", "specificity", "accuracy", *DISTANCE_METRICS):
             assert a[metric] == pytest.approx(b[metric], abs=1e-9), metric
 
 
@@ -195,6 +195,10 @@ def test_slab_metrics_equal_the_in_memory_ones_across_slab_borders(thickness):
         for name, value in expected.items():
             assert got[name] == pytest.approx(value, abs=1e-9, rel=0), (k, name)
     assert tallies[2].metrics(spacing)["hd"] == np.inf and tallies[3].metrics(spacing)["hd"] == 0.0
+    assert tallies[2].metrics(spacing)["nsd"] == 0.0 and tallies[3].metrics(spacing)["nsd"] == 1.0
+    for tolerance in (2.0, 6.0):  # reaching across slab borders; the whole-volume NSD looks offsets up (2 mm) or
+        wide = tallies[1].metrics(spacing, tolerance)["nsd"]  # asks a KD-tree (6 mm), the streamed one a KD-tree
+        assert 0.2 < wide < 1 and wide == pytest.approx(nsd(pred == 1, ref == 1, spacing, tolerance), abs=1e-12)
 
 
 def test_thumbnail_subsamples_every_axis_by_one_factor(tmp_path):

@@ -20,7 +20,7 @@ from ..data.stack import SliceStack, stack_statistics
 from ..distributed import Dist, barrier, shard
 from ..errors import UserError
 from .report import read_case_rows, write_case_rows, write_reports
-from .rows import evaluate_files, summarize
+from .rows import MetricOptions, evaluate_files, summarize
 from .slabs import score_stack
 
 
@@ -69,7 +69,8 @@ def label_names(ref_dir: Path, ids: Sequence[int] | None) -> dict[int, str] | No
     return {i: names.get(i, f"label {i}") for i in ids}
 
 
-def _evaluate_pair(item: tuple, labels: dict[int, str] | None, spacing: tuple[float, float, float] | None) -> list[dict]:
+def _evaluate_pair(item: tuple, labels: dict[int, str] | None, spacing: tuple[float, float, float] | None,
+                   options: MetricOptions) -> list[dict]:
     case, pred, ref, mask = item
     if pred.is_dir() or ref.is_dir():  # slice stacks: slab by slab, in bounded memory
         if not (pred.is_dir() and ref.is_dir()) or mask is not None:
@@ -78,16 +79,18 @@ def _evaluate_pair(item: tuple, labels: dict[int, str] | None, spacing: tuple[fl
         if labels is None:
             found = set(stack_statistics(pred_stack, label=True).counts) | set(stack_statistics(ref_stack, label=True).counts)
             labels = {i: f"label {i}" for i in range(1, max(max(found), 1) + 1)}
-        return score_stack(pred_stack, ref_stack, case, {0: "background", **labels}, spacing or (1.0, 1.0, 1.0))
-    return evaluate_files(case, pred, ref, labels, mask)
+        return score_stack(pred_stack, ref_stack, case, {0: "background", **labels}, spacing or (1.0, 1.0, 1.0),
+                           options)
+    return evaluate_files(case, pred, ref, labels, mask, options)
 
 
 def evaluate_folder(
     pred_dir: Path, ref_dir: Path, out_dir: Path, labels: Sequence[int] | None = None,
     mask_dir: Path | None = None, workers: int | None = None, info: Dist = Dist(),
-    stack_spacing: tuple[float, float, float] | None = None,
+    stack_spacing: tuple[float, float, float] | None = None, options: MetricOptions = MetricOptions(),
 ) -> dict | None:
-    """Evaluate every pair in parallel processes and write the reports; returns the summary.
+    """Evaluate every pair in parallel processes and write the reports (the metrics of ``options``);
+    returns the summary.
 
     Slice stacks (which carry no voxel size: ``stack_spacing`` mm, default 1) are scored slab by slab.
 
@@ -99,7 +102,7 @@ def evaluate_folder(
     done = read_case_rows(out_dir)
     todo = shard([p for p in pairs if p[0] not in done], info)
     workers = 1 if info.enabled else max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
-    job = partial(_evaluate_pair, labels=names, spacing=stack_spacing)
+    job = partial(_evaluate_pair, labels=names, spacing=stack_spacing, options=options)
     with tqdm(total=len(todo), desc="evaluate", unit="case", disable=not info.is_main) as bar:
         if workers == 1:
             results = map(job, todo)

@@ -14,8 +14,8 @@ Euclidean distance the transform reads off), and the two directed distance sets
 are computed once per pair and shared by ``asd``, ``assd``, ``hd95`` and ``hd``
 (see ``surface_distance_metrics``).
 
-Empty masks: both empty gives Dice/Jaccard 1 and distances 0; exactly one empty
-gives Dice/Jaccard 0 and distances ``inf``. Summaries count non-finite values
+Empty masks: both empty gives Dice/Jaccard/NSD 1 and distances 0; exactly one
+empty gives Dice/Jaccard/NSD 0 and distances ``inf``. Summaries count non-finite values
 separately (``pipeline.evaluation``).
 """
 
@@ -27,10 +27,13 @@ import numpy as np
 from scipy import ndimage, stats
 from scipy.spatial import cKDTree
 
+from .surface_dice import cell_codes, surface_dice
+
 Spacing = Sequence[float] | float | None
 
 
-def _prepare(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def binary_pair(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """``pred`` and ``ref`` as boolean arrays of one shape, each restricted to ``mask`` when given."""
     pred = np.asarray(pred, dtype=bool)
     ref = np.asarray(ref, dtype=bool)
     if pred.shape != ref.shape:
@@ -45,7 +48,7 @@ def _prepare(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None) -> tupl
 
 def _confusion(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None) -> tuple[int, int, int, int]:
     """(tp, fp, fn, tn) counted inside ``mask`` (everywhere when None)."""
-    pred, ref = _prepare(pred, ref, mask)
+    pred, ref = binary_pair(pred, ref, mask)
     n = int(mask.sum()) if mask is not None else pred.size
     tp = int(np.count_nonzero(pred & ref))
     fp = int(np.count_nonzero(pred)) - tp
@@ -121,7 +124,7 @@ def _normalize_spacing(spacing: Spacing, ndim: int) -> np.ndarray:
     return np.ascontiguousarray(values)
 
 
-def _bounding_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
+def bounding_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
     """Slices of the bounding box of ``mask`` grown by ``margin`` voxels (clipped)."""
     box = []
     for axis in range(mask.ndim):
@@ -160,26 +163,56 @@ def directed_surface_distances(pred, ref, spacing: Spacing = None, mask=None) ->
     voxels) equal medpy's ``__surface_distances(pred, ref)`` and
     ``__surface_distances(ref, pred)``.
     """
-    pred, ref = _prepare(pred, ref, mask)
+    pred, ref = binary_pair(pred, ref, mask)
     if not pred.any() or not ref.any():
         raise ValueError("surface distances need two non-empty masks")
-    sampling = _normalize_spacing(spacing, pred.ndim)
-    box = _bounding_box(pred | ref)
-    pred_points = np.argwhere(surface(pred[box])) * sampling
-    ref_points = np.argwhere(surface(ref[box])) * sampling
+    box = bounding_box(pred | ref)
+    return _surface_distances(pred[box], ref[box], _normalize_spacing(spacing, pred.ndim))
+
+
+def _surface_distances(pred: np.ndarray, ref: np.ndarray, sampling: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pred_points = np.argwhere(surface(pred)) * sampling
+    ref_points = np.argwhere(surface(ref)) * sampling
     return nearest_distances(pred_points, ref_points), nearest_distances(ref_points, pred_points)
 
 
-def surface_distance_metrics(pred, ref, spacing: Spacing = None, mask=None) -> dict[str, float]:
-    """``asd``, ``assd``, ``hd95`` and ``hd`` from one pair of distance transforms.
+def surface_distance_metrics(pred, ref, spacing: Spacing = None, mask=None, tolerance: float | None = None,
+                             distances: bool = True) -> dict[str, float]:
+    """``asd``, ``assd``, ``hd95`` and ``hd`` from one pair of distance sets (unless not ``distances``),
+    and ``nsd`` at ``tolerance`` mm when given (from the same crop: no second pass over the volume).
 
-    Both empty: all 0. Exactly one empty: all ``inf``.
+    Both empty: distances 0, NSD 1. Exactly one empty: distances ``inf``, NSD 0.
     """
-    p, r = _prepare(pred, ref, mask)
+    return _boundary_metrics(*binary_pair(pred, ref, mask), spacing, distances=distances, tolerance=tolerance)
+
+
+def nsd(pred, ref, spacing: Spacing = None, tolerance: float = 1.0, mask=None) -> float:
+    """Normalised surface Dice at ``tolerance`` mm (Nikolov et al.; DeepMind ``surface-distance``'s
+    ``compute_surface_dice_at_tolerance``): 1 when both masks are empty, 0 when exactly one is."""
+    return _boundary_metrics(*binary_pair(pred, ref, mask), spacing, distances=False, tolerance=tolerance)["nsd"]
+
+
+def _boundary_metrics(p: np.ndarray, r: np.ndarray, spacing: Spacing, distances: bool,
+                      tolerance: float | None) -> dict[str, float]:
+    """Distance metrics (when ``distances``) and NSD (when ``tolerance`` is set) of two prepared masks."""
     has_pred, has_ref = bool(p.any()), bool(r.any())
+    values = {}
     if not (has_pred and has_ref):
-        return empty_distances(has_pred, has_ref)
-    return distance_summary(*directed_surface_distances(p, r, spacing))
+        if distances:
+            values.update(empty_distances(has_pred, has_ref))
+        if tolerance is not None:
+            values["nsd"] = 1.0 if has_pred == has_ref else 0.0
+        return values
+    sampling = _normalize_spacing(spacing, p.ndim)
+    box = bounding_box(p | r)
+    p, r = p[box], r[box]
+    if distances:
+        values.update(distance_summary(*_surface_distances(p, r, sampling)))
+    if tolerance is not None:
+        if not tolerance >= 0:
+            raise ValueError(f"the NSD tolerance must be a number of mm >= 0, got {tolerance}")
+        values["nsd"] = surface_dice(cell_codes(p), cell_codes(r), sampling, tolerance)
+    return values
 
 
 def distance_summary(to_ref: np.ndarray, to_pred: np.ndarray) -> dict[str, float]:
@@ -246,8 +279,8 @@ DISTANCE_METRICS = ("asd", "assd", "hd95", "hd")
 OVERLAP_METRICS = tuple(_FROM_COUNTS)
 
 
-def all_metrics(pred, ref, spacing: Spacing = None, mask=None) -> dict[str, float]:
-    """Every overlap and distance metric for one binary pair, distances computed once."""
+def all_metrics(pred, ref, spacing: Spacing = None, mask=None, tolerance: float = 1.0) -> dict[str, float]:
+    """Every overlap and boundary metric for one binary pair (NSD at ``tolerance`` mm), distances computed once."""
     values = overlap_metrics(pred, ref, mask)
-    values.update(surface_distance_metrics(pred, ref, spacing, mask))
+    values.update(surface_distance_metrics(pred, ref, spacing, mask, tolerance))
     return values

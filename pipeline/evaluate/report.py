@@ -12,6 +12,7 @@ from pathlib import Path
 from ..files import write_text
 
 CSV_FIRST = ("case", "class", "name")
+PER_CASE = ("dice", "nsd", "cldice", "jaccard", "asd", "hd95")  # the per-case table of report.md, when computed
 
 
 def _fmt(value) -> str:
@@ -21,8 +22,9 @@ def _fmt(value) -> str:
 
 
 def write_metrics_csv(rows: Sequence[dict], path: Path) -> None:
-    """One row per case and class; infinite distances written as ``inf``."""
-    columns = list(CSV_FIRST) + [k for k in rows[0] if k not in CSV_FIRST] if rows else list(CSV_FIRST)
+    """One row per case and class; infinite distances written as ``inf``; a metric a class does not have
+    (clDice of a class that is not tubular) is left empty."""
+    columns = list(CSV_FIRST) + [k for k in dict.fromkeys(k for row in rows for k in row) if k not in CSV_FIRST]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
@@ -32,14 +34,11 @@ def write_metrics_csv(rows: Sequence[dict], path: Path) -> None:
 
 
 def read_metrics_csv(path: Path) -> list[dict]:
-    """Rows of a ``metrics.csv`` with numbers parsed back (``inf`` included)."""
+    """Rows of a ``metrics.csv`` with numbers parsed back (``inf`` included); empty cells are left out."""
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    for row in rows:
-        for key, value in row.items():
-            if key not in ("case", "name"):
-                row[key] = int(value) if key == "class" else float(value)
-    return rows
+    return [{key: value if key in ("case", "name") else int(value) if key == "class" else float(value)
+             for key, value in row.items() if value != ""} for row in rows]
 
 
 def _md_value(stat: dict) -> str:
@@ -60,10 +59,11 @@ def render_markdown(summary: dict, rows: Sequence[dict], images: Mapping[str, st
         lines += [f"## Class {label_id}: {cls['name']}", "", "| metric | value |", "| --- | --- |"]
         lines += [f"| {name} | {_md_value(stat)} |" for name, stat in cls["metrics"].items()]
         lines.append("")
-    lines += ["## Per case", "", "| case | class | dice | jaccard | asd | hd95 |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    shown = [m for m in PER_CASE if any(m in row for row in rows)]
+    lines += ["## Per case", "", "| case | class | " + " | ".join(shown) + " |", "| --- | --- |" + " ---: |" * len(shown)]
     for row in sorted(rows, key=lambda r: (str(r["case"]), int(r["class"]))):
-        lines.append(f"| {row['case']} | {row['name']} | {_fmt(row['dice'])} | {_fmt(row['jaccard'])} | "
-                     f"{_fmt(row['asd'])} | {_fmt(row['hd95'])} |")
+        cells = [_fmt(row[m]) if m in row else "" for m in shown]
+        lines.append(f"| {row['case']} | {row['name']} | " + " | ".join(cells) + " |")
     if images:
         lines += ["", "## Slices", "", "Sagittal, coronal and axial planes: image, label, prediction.", ""]
         for case, rel in sorted(images.items()):

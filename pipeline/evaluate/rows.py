@@ -11,15 +11,75 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..config import REPORT_METRICS, Config
 from ..data.io import read_volume
 from ..errors import UserError
 from . import metrics
+from .centreline import cldice
 
-METRIC_NAMES = ("dice", "jaccard", "asd", "assd", "hd95", "hd", "precision", "sensitivity", "specificity", "accuracy")
+METRIC_NAMES = REPORT_METRICS
+
+
+@dataclass(frozen=True)
+class MetricOptions:
+    """Which metrics rows hold (Dice always) and how: the NSD tolerance in mm, one for every class or
+    one per foreground class in label order; clDice for the ``tubular`` class ids only."""
+
+    names: tuple[str, ...] = REPORT_METRICS
+    tolerance: float | tuple[float, ...] = 1.0
+    tubular: frozenset[int] = frozenset()
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> MetricOptions:
+        return cls(cfg.evaluate.metrics, cfg.evaluate.nsd_tolerance_mm, frozenset(cfg.data.tubular_classes))
+
+    def tolerances(self, labels: Mapping[int, str]) -> dict[int, float]:
+        """Tolerance (mm) of each foreground class of ``labels``; UserError when a list does not fit them."""
+        foreground = sorted(k for k in labels if k != 0)
+        if not isinstance(self.tolerance, tuple):
+            return dict.fromkeys(foreground, float(self.tolerance))
+        if len(self.tolerance) == 1:
+            return dict.fromkeys(foreground, float(self.tolerance[0]))
+        if len(self.tolerance) != len(foreground):
+            raise UserError(f"evaluate.nsd_tolerance_mm lists {len(self.tolerance)} tolerances for "
+                            f"{len(foreground)} foreground classes ({', '.join(labels[k] for k in foreground)}); "
+                            "give one, or one per class")
+        return dict(zip(foreground, map(float, self.tolerance)))
+
+    def wants(self, *names: str) -> bool:
+        return any(n in self.names for n in names)
+
+    def keep(self, values: Mapping[str, float]) -> dict[str, float]:
+        """The chosen metrics of ``values``, in the report's order (Dice always)."""
+        return {m: values[m] for m in REPORT_METRICS if m in values and (m in self.names or m == "dice")}
+
+
+def binary_metrics(p: np.ndarray, r: np.ndarray, spacing, mask: np.ndarray | None, tolerance: float,
+                   options: MetricOptions, tubular: bool) -> dict[str, float]:
+    """The chosen metrics of one binary pair; the distance sets and NSD share one crop."""
+    values = metrics.overlap_metrics(p, r, mask)
+    values.update(metrics.surface_distance_metrics(
+        p, r, spacing, mask, tolerance if options.wants("nsd") else None,
+        distances=options.wants(*metrics.DISTANCE_METRICS)))
+    if tubular and options.wants("cldice"):
+        values["cldice"] = cldice(p, r, mask)
+    return options.keep(values)
+
+
+def _flat(*arrays: np.ndarray | None, spacing=None) -> tuple:
+    """Arrays without their axes of length 1 (a single-slice volume is scored as its 2D image: in 3D every voxel
+    of one slice would be surface) and the spacing of the kept axes."""
+    shape = next(a.shape for a in arrays if a is not None)
+    keep = [axis for axis, n in enumerate(shape) if n > 1]
+    if len(keep) == len(shape) or len(keep) < 2:
+        return (*arrays, spacing)
+    squeezed = tuple(None if a is None else a.reshape([shape[i] for i in keep]) for a in arrays)
+    return (*squeezed, None if spacing is None else [float(np.broadcast_to(spacing, len(shape))[i]) for i in keep])
 
 
 def evaluate_case(
@@ -30,22 +90,27 @@ def evaluate_case(
     spacing=None,
     mask: np.ndarray | None = None,
     prob: np.ndarray | None = None,
+    options: MetricOptions = MetricOptions(),
 ) -> list[dict]:
-    """One row per foreground class of ``labels``: case, class id, name and every metric.
+    """One row per foreground class of ``labels``: case, class id, name and the chosen metrics.
 
     pred, ref: integer label maps of one shape; spacing in mm per axis; ``mask``
     restricts all metrics to a field of view; ``prob`` (K, ...) adds ``auc``.
+    Axes of length 1 are dropped first (a single-slice volume is scored as a 2D image).
     """
     if pred.shape != ref.shape:
         raise UserError(f"{case}: prediction shape {pred.shape} differs from reference shape {ref.shape}")
+    tolerances = options.tolerances(labels)
+    pred, ref, mask, spacing = _flat(pred, ref, mask, spacing=spacing)
     rows = []
     for label_id, name in sorted(labels.items()):
         if label_id == 0:
             continue
         p, r = pred == label_id, ref == label_id
-        row = {"case": case, "class": label_id, "name": name, **metrics.all_metrics(p, r, spacing, mask)}
+        values = binary_metrics(p, r, spacing, mask, tolerances[label_id], options, label_id in options.tubular)
+        row = {"case": case, "class": label_id, "name": name, **values}
         if prob is not None:
-            row["auc"] = metrics.roc_auc(prob[label_id], r, mask)
+            row["auc"] = metrics.roc_auc(prob[label_id].reshape(r.shape), r, mask)
         rows.append(row)
     return rows
 
@@ -83,7 +148,8 @@ def summarize(rows: Iterable[dict]) -> dict:
 
 
 def evaluate_files(
-    case: str, pred_path: Path, ref_path: Path, labels: Mapping[int, str] | None, mask_path: Path | None = None
+    case: str, pred_path: Path, ref_path: Path, labels: Mapping[int, str] | None, mask_path: Path | None = None,
+    options: MetricOptions = MetricOptions(),
 ) -> list[dict]:
     """Rows for one prediction file against its reference; spacing read from the reference."""
     pred, pred_spacing = read_volume(pred_path)
@@ -103,4 +169,4 @@ def evaluate_files(
     if labels is None:
         top = int(max(pred.max(initial=0), ref.max(initial=0), 1))
         labels = {i: f"label {i}" for i in range(1, top + 1)}
-    return evaluate_case(case, pred.astype(np.int64), ref.astype(np.int64), labels, spacing, mask)
+    return evaluate_case(case, pred.astype(np.int64), ref.astype(np.int64), labels, spacing, mask, options=options)

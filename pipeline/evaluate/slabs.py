@@ -8,6 +8,11 @@ with one neighbouring slice on either side and only its own slices are kept:
 the surface found is exactly the whole volume's. The nearest-surface distances
 then come from a KD-tree over the surface points, as in the in-memory
 ``metrics.directed_surface_distances``, so the values are the same ones.
+The normalised surface Dice needs the surfels of the 2×2×2 cells between
+voxels: a slab's cells are those between its slices and the slice before
+(plus the cells past the last slice), so each cell is found once, with the
+code the whole volume gives it. clDice is not computed: a skeleton needs the
+whole volume.
 
 Memory: one slab plus the surface points (a few bytes per surface voxel), never
 the volume.
@@ -22,26 +27,40 @@ import numpy as np
 
 from ..data.stack import SliceStack, stack_statistics
 from ..errors import UserError
-from .metrics import distance_summary, empty_distances, nearest_distances, overlap_from_counts, surface
+from .metrics import DISTANCE_METRICS, distance_summary, empty_distances, nearest_distances, overlap_from_counts, surface
+from .rows import MetricOptions
+from .surface_dice import cell_codes, surfel_dice, surfels
 
 
 @dataclass
 class ClassTally:
-    """What one class's metrics need: (tp, fp, fn, tn) counts and the surface voxel indices (N, 3)."""
+    """What one class's metrics need: (tp, fp, fn, tn) counts, the surface voxel indices (N, 3) and
+    the surfels (cell indices (N, 3), codes (N,)) of prediction and reference."""
 
     counts: np.ndarray = field(default_factory=lambda: np.zeros(4, dtype=np.int64))
     pred_surface: list[np.ndarray] = field(default_factory=list)
     ref_surface: list[np.ndarray] = field(default_factory=list)
+    pred_surfels: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    ref_surfels: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
-    def metrics(self, spacing: Sequence[float]) -> dict[str, float]:
-        """Overlap and distance metrics, equal to ``metrics.all_metrics`` of the whole masks."""
+    def metrics(self, spacing: Sequence[float], tolerance: float = 1.0, options: MetricOptions = MetricOptions()
+                ) -> dict[str, float]:
+        """The chosen metrics, equal to ``rows.binary_metrics`` of the whole masks (NSD at ``tolerance`` mm)."""
         values = overlap_from_counts(*map(int, self.counts))
-        pred, ref = _points(self.pred_surface, spacing), _points(self.ref_surface, spacing)
-        if len(pred) and len(ref):
+        has_pred, has_ref = bool(self.counts[0] + self.counts[1]), bool(self.counts[0] + self.counts[2])
+        if not (has_pred and has_ref):
+            values.update(empty_distances(has_pred, has_ref), nsd=1.0 if has_pred == has_ref else 0.0)
+            return options.keep(values)
+        if options.wants(*DISTANCE_METRICS):
+            pred, ref = _points(self.pred_surface, spacing), _points(self.ref_surface, spacing)
             values.update(distance_summary(nearest_distances(pred, ref), nearest_distances(ref, pred)))
-        else:
-            values.update(empty_distances(bool(len(pred)), bool(len(ref))))
-        return values
+        if options.wants("nsd"):
+            values["nsd"] = surfel_dice(_joined(self.pred_surfels), _joined(self.ref_surfels), spacing, tolerance)
+        return options.keep(values)
+
+
+def _joined(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    return np.concatenate([p for p, _ in parts]), np.concatenate([c for _, c in parts])
 
 
 def _points(parts: list[np.ndarray], spacing: Sequence[float]) -> np.ndarray:
@@ -51,22 +70,27 @@ def _points(parts: list[np.ndarray], spacing: Sequence[float]) -> np.ndarray:
 
 
 def score_stack(pred: SliceStack, ref: SliceStack, case: str, labels: dict[int, str],
-                spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> list[dict]:
+                spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                options: MetricOptions = MetricOptions()) -> list[dict]:
     """Metric rows of a predicted stack against its label stack (voxel ``spacing`` in mm) for the
     foreground classes of ``labels``, gathered slab by slab: equal to the rows of the whole volumes,
     in memory that does not grow with the number of slices. A 0/255 label mask counts as 0/1."""
     if pred.shape != ref.shape:
         raise UserError(f"{pred.folder}: prediction shape {pred.shape} differs from label shape {ref.shape}")
+    tolerances = options.tolerances(labels)
     binary = stack_statistics(ref, label=True).binary_mask  # a pass over the labels: 0/255 masks count as 0/1
     pairs = ((z, p, (r > 0).astype(np.uint8) if binary else r) for (z, p), (_, r) in zip(pred.slabs(), ref.slabs()))
-    tallies = tally_slabs(pairs, [k for k in labels if k != 0])
-    return [{"case": case, "class": k, "name": labels[k], **tallies[k].metrics(spacing)} for k in sorted(tallies)]
+    tallies = tally_slabs(pairs, [k for k in labels if k != 0], options)
+    return [{"case": case, "class": k, "name": labels[k], **tallies[k].metrics(spacing, tolerances[k], options)}
+            for k in sorted(tallies)]
 
 
-def tally_slabs(pairs: Iterable[tuple[int, np.ndarray, np.ndarray]], classes: Sequence[int]) -> dict[int, ClassTally]:
-    """Counts and surface voxels of every class, from consecutive (first slice, prediction slab,
-    reference slab) triples covering a volume (integer labels, (H, W, n) each)."""
+def tally_slabs(pairs: Iterable[tuple[int, np.ndarray, np.ndarray]], classes: Sequence[int],
+                options: MetricOptions = MetricOptions()) -> dict[int, ClassTally]:
+    """Counts, surface voxels and surfels of every class, from consecutive (first slice, prediction
+    slab, reference slab) triples covering a volume (integer labels, (H, W, n) each)."""
     tallies = {k: ClassTally() for k in classes}
+    distances, nsd = options.wants(*DISTANCE_METRICS), options.wants("nsd")
     for start, pred, ref in _with_neighbours(pairs):
         own = slice(pred.offset, pred.offset + pred.size)
         for k, tally in tallies.items():
@@ -74,8 +98,12 @@ def tally_slabs(pairs: Iterable[tuple[int, np.ndarray, np.ndarray]], classes: Se
             tp = int(np.count_nonzero(pk & rk))
             tally.counts += (tp, int(np.count_nonzero(pk)) - tp, int(np.count_nonzero(rk)) - tp, 0)
             tally.counts[3] += pk.size - int(np.count_nonzero(pk | rk))
-            tally.pred_surface.append(pred.surface_points(k, start))
-            tally.ref_surface.append(ref.surface_points(k, start))
+            if distances:
+                tally.pred_surface.append(pred.surface_points(k, start))
+                tally.ref_surface.append(ref.surface_points(k, start))
+            if nsd:
+                tally.pred_surfels.append(pred.surfels(k, start))
+                tally.ref_surfels.append(ref.surfels(k, start))
     return tallies
 
 
@@ -96,6 +124,19 @@ class _Halo:
         points = np.argwhere(surface(mask)[..., self.offset : self.offset + self.size]).astype(np.int32)
         points[:, 2] += start
         return points
+
+    def surfels(self, k: int, start: int) -> tuple[np.ndarray, np.ndarray]:
+        """Class ``k``'s boundary cells of the slab (cell indices (N, 3) of the volume padded by one
+        voxel, codes (N,)): the cells between each own slice and the one before, and past the last
+        slice of the volume when the slab ends it."""
+        mask = self.values == k
+        before = mask[..., :1] if self.offset else np.zeros_like(mask[..., :1])
+        own = mask[..., self.offset : self.offset + self.size]
+        last = self.offset + self.size == mask.shape[-1]  # no slice after: the slab ends the volume
+        codes = cell_codes(np.concatenate([before, own], axis=-1))[..., 1 : self.size + 1 + last]
+        points, values = surfels(codes)
+        points[:, 2] += start
+        return points, values
 
 
 def _with_neighbours(pairs: Iterable[tuple[int, np.ndarray, np.ndarray]]) -> Iterator[tuple[int, _Halo, _Halo]]:

@@ -26,9 +26,9 @@ from ..distributed import Dist, barrier, on_every_rank, on_main, shard, slice_sh
 from ..errors import UserError
 from ..evaluate.figures import slice_figure
 from ..evaluate.report import read_case_rows, write_case_rows, write_reports
-from ..evaluate.rows import evaluate_case, summarize
-from .predictor import Predictor
+from ..evaluate.rows import MetricOptions, evaluate_case, summarize
 from ..evaluate.slabs import score_stack
+from .predictor import Predictor
 from .stack_job import predict_stack, stack_thumbnail, streamed_stack
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,11 @@ def _test_streamed_case(predictor: Predictor, case: Case, stack: SliceStack, out
         return []
     pred = SliceStack(folder)
     ref = SliceStack(case.label) if case.label is not None else None
-    rows = score_stack(pred, ref, case.id, predictor.labels, _spacing(cfg)) if ref is not None else []
+    options = MetricOptions.from_config(cfg)
+    if options.tubular and options.wants("cldice"):
+        log.warning("%s: clDice is not computed for stacks predicted slab by slab (a skeleton needs the whole "
+                    "volume); NSD and the other metrics are", case.id)
+    rows = score_stack(pred, ref, case.id, predictor.labels, _spacing(cfg), options) if ref is not None else []
     (image, factor), pred_thumb = stack_thumbnail(stack), stack_thumbnail(pred)[0]
     ref_thumb = stack_thumbnail(ref)[0] if ref is not None else None
     if ref_thumb is not None and set(np.unique(ref_thumb).tolist()) <= {0, 255}:
@@ -158,7 +162,8 @@ def _test_case(predictor: Predictor, case: Case, out_dir: Path) -> list[dict]:
         ref, _ = load_image(case.label, **reader_options(cfg.data, label=True))
         ref = ref if np.issubdtype(ref.dtype, np.integer) else ref.astype(np.int64)  # no 8-byte copy of integer labels
         rows = evaluate_case(case.id, result.label, ref, predictor.labels, result.spacing,
-                             result.mask, prob=result.probabilities if cfg.infer.auc else None)
+                             result.mask, prob=result.probabilities if cfg.infer.auc else None,
+                             options=MetricOptions.from_config(cfg))
     window = cfg.data.intensity_range if cfg.data.modality == "CT" else None
     slice_figure(result.image, ref, result.label, result.spacing, out_dir / "slices" / f"{case.id}.png",
                  affine=result.affine, title=case.id, window=window)
