@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import Counter
 
+import nibabel as nib
 import numpy as np
+import SimpleITK as sitk
+from monai import transforms as mt
 import pytest
 import torch
 
@@ -15,7 +19,8 @@ from pipeline.config import load_config
 from pipeline.data.cases import Case
 from pipeline.data.io import load_image
 from pipeline.data.kidney import KidneySpec, generate_kidney_stacks
-from pipeline.data.stack import SliceStack, normalised_reader
+from pipeline.data.monai_reader import PipelineReader
+from pipeline.data.stack import SliceStack, normalised_reader, stack_statistics
 from pipeline.data.store import CHUNK, VolumeStore, lazy_cases, open_store
 from pipeline.errors import UserError
 from pipeline.train.lazy_crops import StoredCrops
@@ -90,13 +95,47 @@ def test_crop_centres_are_drawn_uniformly_over_the_voxels_of_their_kind(tmp_path
     assert sample["image"].shape == (1, 8, 8, 4) and sample["label"].shape == (1, 8, 8, 4)
 
 
-def test_lazy_is_chosen_by_size_and_refused_for_cases_that_are_not_stacks(kidney, tiny_dataset):
+def test_lazy_is_chosen_by_size_and_refused_for_cases_that_cannot_be_read_by_slab(kidney, tiny_dataset, tmp_path):
     assert not lazy_cases(_cfg(), [kidney])  # 70 x 66 x 37 is under data.lazy_voxels
     assert lazy_cases(_cfg("data.lazy_voxels=1000"), [kidney])
     assert not lazy_cases(_cfg("data.lazy=never", "data.lazy_voxels=1000"), [kidney])
-    volume = Case("v", tiny_dataset / "imagesTr" / sorted(os.listdir(tiny_dataset / "imagesTr"))[0], None)
-    with pytest.raises(UserError, match="v: lazy volumes are built from slice stacks"):
-        lazy_cases(_cfg("data.lazy=always"), [kidney, volume])
+    nifti = tiny_dataset / "imagesTr" / sorted(os.listdir(tiny_dataset / "imagesTr"))[0]
+    volume = Case("v", nifti, None)
+    assert lazy_cases(_cfg("data.lazy_voxels=1000"), [volume])  # 48 x 48 x 24 voxels, from the header
+    sitk.WriteImage(sitk.ReadImage(str(nifti)), str(tmp_path / "v.mha"))
+    with pytest.raises(UserError, match="v.mha: only NIfTI and HDF5 volumes are read slab by slab; convert it once"):
+        lazy_cases(_cfg("data.lazy=always"), [kidney, Case("m", tmp_path / "v.mha", None)])
+    permuted = tmp_path / "p.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 9, 10), np.int16), np.array([[0, 0, 1.0, 0], [1, 0, 0, 0], [0, 1, 0, 0],
+                                                                       [0, 0, 0, 1]])), permuted)
+    with pytest.raises(UserError, match="axes are stored in ASR order, which cannot be reoriented to RAS slab by slab"):
+        lazy_cases(_cfg("data.lazy=always"), [Case("p", permuted, None)])
+
+
+def test_a_store_of_a_nifti_volume_holds_it_in_the_orientation_of_the_in_memory_path(kidney, tmp_path):
+    """A volume stored with y and z reversed: the store holds the RAS image MONAI's Orientationd gives the
+    in-memory path (normalised as CT), its label, and the spacing of the header; a label on another
+    grid is refused."""
+    image, _ = load_image(kidney.image)
+    label, _ = load_image(kidney.label, label=True)
+    affine = np.diag([0.6, -0.6, -1.5, 1.0])
+    for name, array in (("image", image.astype(np.int16) * 3 - 150), ("label", label.astype(np.uint8))):
+        nib.save(nib.Nifti1Image(np.flip(array, (1, 2)), affine), tmp_path / f"{name}.nii.gz")
+    case = Case("k", tmp_path / "image.nii.gz", tmp_path / "label.nii.gz")
+    cfg = _cfg("data.modality=CT")
+    store = open_store(case, cfg, tmp_path / "stores")
+    loaded = mt.Compose([mt.LoadImaged(["image", "label"], reader=PipelineReader()), mt.EnsureChannelFirstd(["image", "label"]),
+                         mt.Orientationd(["image", "label"], axcodes="RAS", labels=None)])(
+        {"image": str(case.image), "label": str(case.label)})
+    low, high = cfg.data.intensity_range
+    expected = (np.clip(loaded["image"][0].numpy(), low, high) - low) / (high - low)
+    np.testing.assert_allclose(np.asarray(store.image[:]), expected, atol=1e-3)  # float16
+    assert np.array_equal(np.asarray(store.label[:]), loaded["label"][0].numpy()) and label.any()
+    assert store.spacing == pytest.approx((0.6, 0.6, 1.5))
+    nib.save(nib.Nifti1Image(np.flip(label.astype(np.uint8), (1, 2)), np.diag([0.6, 0.6, -1.5, 1.0])),
+             tmp_path / "other.nii.gz")
+    with pytest.raises(UserError, match="label geometry .affine. differs from the image's"):
+        open_store(Case("o", case.image, tmp_path / "other.nii.gz"), cfg, tmp_path / "stores")
 
 
 def test_train_py_trains_from_lazy_stores_and_reuses_them_in_the_next_run(stack_run, tmp_path):
@@ -115,3 +154,33 @@ def test_train_py_trains_from_lazy_stores_and_reuses_them_in_the_next_run(stack_
     assert sorted(p.name for p in (tmp_path / "stores").iterdir()) == stores
     state = torch.load(tmp_path / "latest" / "checkpoints" / "last.pt", weights_only=True)
     assert state["epoch"] == 2
+
+
+def test_train_py_trains_from_stores_of_nifti_volumes(tiny_dataset, tmp_path):
+    """An MSD dataset of NIfTI volumes with data.lazy=always: every case converted once, validated slab by slab."""
+    done = run_cli(*smoke_args(tiny_dataset, tmp_path, "train.epochs=1", "data.lazy=always"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count("first use") == 4  # 3 training cases and 1 validation case
+    metas = [json.loads(p.read_text()) for p in (tmp_path / "stores").glob("*/meta.json")]
+    assert len(metas) == 4 and all(m["image"].endswith(".nii.gz") for m in metas)
+    rows = (tmp_path / "latest" / "log.csv").read_text(encoding="utf-8").splitlines()
+    header, last = rows[0].split(","), rows[-1].split(",")
+    assert 0.0 <= float(last[header.index("val_dice")]) <= 1.0
+
+
+def test_the_check_reads_large_nifti_volumes_by_slab_with_the_same_report(tiny_dataset, monkeypatch):
+    from pipeline.data import check, layouts
+    from pipeline.config import DataConfig
+
+    dataset = layouts.load_dataset(tiny_dataset)
+    whole = check.check_dataset(dataset, DataConfig())
+    slabs = []
+    monkeypatch.setattr(check, "stack_statistics", lambda source, **kw: slabs.append(source) or
+                        stack_statistics(source, **kw))
+    streamed = check.check_dataset(dataset, DataConfig(lazy_voxels=1000))
+    assert len(slabs) == 2 * len(whole.stats)  # every image and label (test cases have labels too), by slab
+    assert streamed.stats.keys() == whole.stats.keys() and not whole.errors and not streamed.errors
+    for case, stats in whole.stats.items():
+        other = streamed.stats[case]
+        assert (other.shape, other.intensity, other.label_counts) == (stats.shape, stats.intensity, stats.label_counts)
+        assert other.spacing == pytest.approx(stats.spacing)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 import errno
 import shutil
+from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -20,6 +22,7 @@ from pipeline.config import InferConfig, load_config
 from pipeline.data.kidney import KidneySpec, generate_kidney_stacks
 from pipeline.data.io import load_image
 from pipeline.data.stack import SliceStack, normalised_reader
+from pipeline.data.writers import save_nifti
 from pipeline.errors import UserError
 from pipeline.evaluate.metrics import DISTANCE_METRICS, all_metrics, nsd
 from pipeline.evaluate.report import read_metrics_csv
@@ -282,3 +285,38 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_finished_slices(stack_run
     with pytest.raises(UserError, match=r"the predictions need about 0.00 GB, only 0.00 GB free"):
         predict_stack(predictor, stack, tmp_path / "other")
     assert not (tmp_path / "other").exists() or not any((tmp_path / "other").iterdir())
+
+
+def _as_nifti(root: Path, out: Path, case: str = "kidney_1") -> np.ndarray:
+    """The stack case as NIfTI files under out/images, out/labels, stored with x and z reversed
+    (affine diag(-0.7, 0.7, -2.0)): returns that affine."""
+    affine = np.array([[-0.7, 0, 0, 5.0], [0, 0.7, 0, -3.0], [0, 0, -2.0, 10.0], [0, 0, 0, 1]])
+    image, _ = load_image(root / case / "images")
+    label, _ = load_image(root / case / "labels", label=True)
+    for folder, array in (("images", image.astype(np.int16)), ("labels", label.astype(np.uint8))):
+        (out / folder).mkdir(parents=True)
+        save_nifti(np.flip(array, (0, 2)), affine, out / folder / f"{case}.nii.gz")
+    return affine
+
+
+def test_test_py_streams_a_large_nifti_volume_into_its_own_geometry(stack_run, tmp_path):
+    """A NIfTI above infer.stream_voxels is read slab by slab in RAS order (x and z flipped back),
+    predicted, written as predictions/<case>.nii.gz in the file's own geometry and scored slab by
+    slab: the label map, its affine and every metric equal the whole-volume path's."""
+    root, run = stack_run
+    affine = _as_nifti(root, tmp_path / "nifti")
+    common = ("test.py", "--run", str(run), "--images", str(tmp_path / "nifti" / "images"),
+              "--labels", str(tmp_path / "nifti" / "labels"))
+    whole = run_cli(*common, "--out", str(tmp_path / "whole"))
+    streamed = run_cli(*common, "--out", str(tmp_path / "streamed"), "--set", "infer.stream_voxels=0")
+    assert whole.returncode == 0 and streamed.returncode == 0, streamed.stderr[-800:]
+    assert "predicted slab by slab" in streamed.stderr and "predicted slab by slab" not in whole.stderr
+    a, b = (nib.load(tmp_path / run_dir / "predictions" / "kidney_1.nii.gz") for run_dir in ("whole", "streamed"))
+    assert np.array_equal(np.asanyarray(b.dataobj), np.asanyarray(a.dataobj)) and np.asanyarray(b.dataobj).any()
+    np.testing.assert_allclose(b.affine, affine, atol=1e-6)
+    assert b.header.binaryblock == a.header.binaryblock
+    assert not (tmp_path / "streamed" / "partial" / "kidney_1").exists()  # the slices were assembled and removed
+    rows_whole, rows_streamed = (read_metrics_csv(tmp_path / d / "metrics.csv") for d in ("whole", "streamed"))
+    for x, y in zip(rows_whole, rows_streamed):
+        for metric in ("dice", "nsd", "jaccard", "hd95", "asd"):
+            assert x[metric] == pytest.approx(y[metric], abs=1e-9), metric

@@ -23,7 +23,9 @@ from ..errors import UserError, exit_on_user_error
 from .io import kind_of, load_image, reader_options, spacing_from_affine
 from .cases import Case, Dataset
 from .layouts import load_dataset
-from .stack import SliceStack, stack_statistics
+from .stack import stack_statistics
+from .store import check_same_grid
+from .volume_slabs import STREAMED_KINDS, VolumeSlabs, slab_source, volume_voxels
 
 
 @dataclass(frozen=True)
@@ -125,9 +127,11 @@ def _from_error(err: UserError) -> Problem:
 
 def check_stack_case(case: Case, dataset: Dataset, data: DataConfig,
                      need_label: bool) -> tuple[list[Problem], CaseStats | None]:
-    """``check_case`` for a slice-stack case, in bounded memory: headers first, then one slab at a time."""
+    """``check_case`` for a slice stack or a large NIfTI / HDF5 volume, in bounded memory: headers
+    first, then one slab at a time."""
     try:
-        image = stack_statistics(SliceStack(case.image))
+        source = slab_source(case.image, data)
+        image = stack_statistics(source)
     except UserError as err:
         return [_from_error(err)], None
     problems, counts = _intensity_problems(case, image.nonfinite, *image.intensity), {}
@@ -135,25 +139,37 @@ def check_stack_case(case: Case, dataset: Dataset, data: DataConfig,
         problems.append(_missing_label(case))
     elif case.label is not None:
         try:
-            label = stack_statistics(SliceStack(case.label), label=True)
+            label_source = slab_source(case.label, data, label=True)
+            check_same_grid(source, label_source)
+            label = stack_statistics(label_source, label=True)
         except UserError as err:
             problems.append(_from_error(err))
         else:
-            if label.shape != image.shape:
-                problems.append(Problem("error", str(case.label), f"shape {label.shape} differs from image shape "
-                                        f"{image.shape}", f"it must be on the grid of {case.image.name} (a missing "
-                                        "or extra slice?)"))
-            else:
-                counts = label.counts
-                problems += _label_problems(case, counts, dataset)
-    spacing = tuple(float(v) for v in (data.default_spacing or (1.0, 1.0, 1.0)))
+            counts = label.counts
+            problems += _label_problems(case, counts, dataset)
+    spacing = source.spacing if isinstance(source, VolumeSlabs) else \
+        tuple(float(v) for v in (data.default_spacing or (1.0, 1.0, 1.0)))
     return problems, CaseStats(image.shape, spacing, 1, image.intensity, counts)
+
+
+def _read_by_slab(case: Case, data: DataConfig) -> bool:
+    """Slice stacks always; NIfTI and HDF5 volumes above ``data.lazy_voxels`` voxels whose axes allow it."""
+    if case.image.is_dir():
+        return kind_of(case.image) == "stack"
+    voxels = volume_voxels(case.image, data.h5_image_key)
+    if voxels is None or voxels <= data.lazy_voxels or kind_of(case.image) not in STREAMED_KINDS:
+        return False
+    try:
+        slab_source(case.image, data)
+    except UserError:  # e.g. permuted axes: read whole, as before
+        return False
+    return True
 
 
 def check_case(case: Case, dataset: Dataset, data: DataConfig, need_label: bool) -> tuple[list[Problem], CaseStats | None]:
     """Every problem of one case, and its statistics (None when the image cannot be read).
-    Slice stacks are streamed (``check_stack_case``); other formats are read whole."""
-    if case.image.is_dir() and kind_of(case.image) == "stack":
+    Slice stacks and large volumes are streamed (``check_stack_case``); other cases are read whole."""
+    if _read_by_slab(case, data):
         return check_stack_case(case, dataset, data, need_label)
     image, affine, problems = _read(case.image, reader_options(data), "re-export or remove the case")
     if image is None:

@@ -1,8 +1,9 @@
 """Lazy volumes: a large case converted once into a chunked on-disk store that training reads by window.
 
-A slice stack of a whole kidney (2.7 G voxels) cannot be loaded, cropped and
-normalised in memory for every run. Instead each large case is converted once,
-slab by slab, into a Zarr store (the chunked format of HiP-CT and OME-Zarr) under
+A slice stack of a whole kidney (2.7 G voxels), or a NIfTI / HDF5 volume of that
+size, cannot be loaded, cropped and normalised in memory for every run. Instead
+each large case is converted once, slab by slab (``SliceStack``, ``VolumeSlabs``:
+in the RAS orientation the in-memory path uses), into a Zarr store (the chunked format of HiP-CT and OME-Zarr) under
 ``data.store_dir``:
 
 - ``image.zarr``: intensities already normalised as ``data.modality`` says, float16;
@@ -34,6 +35,7 @@ from ..errors import UserError
 from .cases import Case
 from .io import kind_of
 from .stack import SLAB, SliceStack, normalised_reader, stack_statistics
+from .volume_slabs import VolumeSlabs, slab_source, volume_voxels
 
 log = logging.getLogger(__name__)
 
@@ -74,27 +76,30 @@ class VolumeStore:
 
 
 def lazy_cases(cfg: Config, cases: list[Case]) -> bool:
-    """Whether these cases train from stores: ``data.lazy`` always, or auto and a slice stack has more
-    than ``data.lazy_voxels`` voxels. Stores are built from slice stacks only."""
+    """Whether these cases train from stores: ``data.lazy`` always, or auto and a case (slice stack,
+    NIfTI or HDF5 volume) has more than ``data.lazy_voxels`` voxels (read from headers)."""
     if cfg.data.lazy == "never":
         return False
-    stacks = [c for c in cases if c.image.is_dir() and kind_of(c.image) == "stack"]
-    if cfg.data.lazy == "auto":
-        large = [c for c in stacks if int(np.prod(SliceStack(c.image).shape, dtype=np.int64)) > cfg.data.lazy_voxels]
-        if not large:
-            return False
-    others = [c.id for c in cases if c not in stacks]
-    if others:
-        raise UserError(f"{others[0]}: lazy volumes are built from slice stacks, and this case is not one; "
-                        "set data.lazy: never, or store every case as a folder of slices")
+    if cfg.data.lazy == "auto" and not any(_voxels(c, cfg) > cfg.data.lazy_voxels for c in cases):
+        return False
+    for case in cases:  # every case of a lazy run is read slab by slab: refuse the ones that cannot be, naming why
+        slab_source(case.image, cfg.data)
     return True
+
+
+def _voxels(case: Case, cfg: Config) -> int:
+    if case.image.is_dir():
+        return int(np.prod(SliceStack(case.image).shape, dtype=np.int64)) if kind_of(case.image) == "stack" else 0
+    return volume_voxels(case.image, cfg.data.h5_image_key) or 0
 
 
 def store_key(case: Case, cfg: Config) -> str:
     """A hash of what the store's content depends on: the source files and the preprocessing settings."""
-    files = [p for folder in (case.image, case.label) for p in sorted(Path(folder).iterdir()) if p.is_file()]
+    files = [p for source in (case.image, case.label)
+             for p in (sorted(Path(source).iterdir()) if Path(source).is_dir() else [Path(source)]) if p.is_file()]
     d = cfg.data
-    settings = [FORMAT, d.modality, list(d.intensity_range), list(d.default_spacing or ()), list(CHUNK)]
+    settings = [FORMAT, d.modality, list(d.intensity_range), list(d.default_spacing or ()), list(CHUNK),
+                d.h5_image_key, d.h5_label_key]
     sources = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     return hashlib.sha256(json.dumps([settings, sources]).encode()).hexdigest()[:16]
 
@@ -114,10 +119,9 @@ def open_store(case: Case, cfg: Config, root: Path) -> VolumeStore:
 
 
 def build_store(case: Case, cfg: Config, folder: Path) -> None:
-    """Convert a stack case into a store at ``folder``, one slab at a time, renamed into place when whole."""
-    image, label = SliceStack(case.image), SliceStack(case.label)
-    if image.shape != label.shape:
-        raise UserError(f"{case.label}: label stack shape {label.shape} differs from image stack {image.shape}")
+    """Convert a case into a store at ``folder``, one slab at a time, renamed into place when whole."""
+    image, label = slab_source(case.image, cfg.data), slab_source(case.label, cfg.data, label=True)
+    check_same_grid(image, label)
     folder.parent.mkdir(parents=True, exist_ok=True)
     needed = int(np.prod(image.shape, dtype=np.int64)) * 3  # float16 image and uint8 label
     free = shutil.disk_usage(folder.parent).free
@@ -129,7 +133,8 @@ def build_store(case: Case, cfg: Config, folder: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         _write_arrays(image, label, cfg, tmp)
-        spacing = [float(s) for s in (cfg.data.default_spacing or (1.0, 1.0, 1.0))]
+        spacing = list(image.spacing) if isinstance(image, VolumeSlabs) else \
+            [float(s) for s in (cfg.data.default_spacing or (1.0, 1.0, 1.0))]
         meta = {"case": case.id, "shape": list(image.shape), "spacing": spacing, "format": FORMAT,
                 "image": str(case.image), "label": str(case.label)}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
@@ -142,7 +147,18 @@ def build_store(case: Case, cfg: Config, folder: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write_arrays(image: SliceStack, label: SliceStack, cfg: Config, out: Path) -> None:
+def check_same_grid(image: SliceStack | VolumeSlabs, label: SliceStack | VolumeSlabs) -> None:
+    """Refuse a label whose voxel grid is not its image's: another shape, or (volumes) another affine."""
+    if image.shape != label.shape:
+        raise UserError(f"{label.folder}: shape {label.shape} differs from image shape {image.shape}; it must be on "
+                        f"the grid of {image.folder.name} (a missing or extra slice?)")
+    if isinstance(image, VolumeSlabs) and isinstance(label, VolumeSlabs) and \
+            not np.allclose(image.affine, label.affine, atol=1e-3):
+        raise UserError(f"{label.folder}: label geometry (affine) differs from the image's ({image.folder}); "
+                        "resample the label onto the image grid (nearest neighbour) first")
+
+
+def _write_arrays(image: SliceStack | VolumeSlabs, label: SliceStack | VolumeSlabs, cfg: Config, out: Path) -> None:
     shape = image.shape
     chunks = tuple(min(c, s) for c, s in zip(CHUNK, shape))
     images = zarr.create_array(out / "image.zarr", shape=shape, chunks=chunks, dtype="float16", compressors=None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+from collections.abc import Iterable
 from pathlib import Path
 
 import nibabel as nib
@@ -63,3 +65,41 @@ def save_nifti(array: np.ndarray, affine: np.ndarray, out: str | Path) -> Path:
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
     return atomic_write(out, lambda tmp: nib.save(image, str(tmp)))
+
+
+def write_label_planes(planes: Iterable[np.ndarray], shape: tuple[int, int, int], reference: str | Path,
+                       affine: np.ndarray, out: str | Path) -> Path:
+    """Save a uint8 label volume of ``shape`` given as its (x, y) planes in stored slice order, one plane
+    at a time, as ``out`` (.nii.gz) with the geometry of the NIfTI ``reference`` (other references:
+    ``affine``), as ``write_label_like`` would write the whole array: memory is one plane.
+
+    A NIfTI file is a 352-byte header followed by the voxels, x fastest: so the header nibabel makes
+    for the volume, then each plane in Fortran order, go through one gzip stream.
+    """
+    reference, out = Path(reference), Path(out)
+    if kind_of(reference) == "nifti":
+        ref = nib.load(str(reference))
+        image = nib.Nifti1Image(np.zeros((1, 1, 1), np.uint8), ref.affine, ref.header.copy())
+        image.set_qform(ref.header.get_qform(), code=int(ref.header["qform_code"]))
+        image.set_sform(ref.header.get_sform(), code=int(ref.header["sform_code"]))
+    else:
+        image = nib.Nifti1Image(np.zeros((1, 1, 1), np.uint8), affine)
+        image.set_qform(affine, code=1)
+        image.set_sform(affine, code=1)
+    header = image.header
+    header.set_data_dtype(np.uint8)
+    header.set_data_shape(shape)
+    header.set_slope_inter(1.0, 0.0)
+    header.set_data_offset(352)
+    header.extensions.clear()
+
+    def write(tmp: Path) -> None:
+        with gzip.open(tmp, "wb", compresslevel=1) as f:
+            f.write(header.binaryblock + b"\0" * 4)  # 348-byte header, then 4 bytes: no extensions
+            for plane in planes:
+                if plane.shape != shape[:2]:
+                    raise ValueError(f"plane shape {plane.shape} differs from the volume's {shape[:2]}")
+                f.write(np.asarray(plane, dtype=np.uint8).tobytes(order="F"))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(out, write)

@@ -9,6 +9,7 @@ so ``--resume`` and torchrun ranks work case by case.
 from __future__ import annotations
 
 import json
+import shutil
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,8 @@ from ..data.cases import Case
 from ..data.io import ALL_SUFFIXES, case_id, list_images, load_image, reader_options
 from ..data.layouts import load_dataset
 from ..data.stack import SliceStack
+from ..data.store import check_same_grid
+from ..data.volume_slabs import VolumeSlabs, slab_source
 from ..data.writers import save_nifti, write_label_like
 from ..distributed import Dist, barrier, on_every_rank, on_main, shard, slice_share
 from ..errors import UserError
@@ -29,7 +32,7 @@ from ..evaluate.report import read_case_rows, write_case_rows, write_reports
 from ..evaluate.rows import MetricOptions, evaluate_case, summarize
 from ..evaluate.slabs import score_stack
 from .predictor import Predictor
-from .stack_job import predict_stack, stack_thumbnail, streamed_stack
+from .stack_job import predict_stack, stack_thumbnail, streamed_stack, write_volume_prediction
 
 log = logging.getLogger(__name__)
 
@@ -102,43 +105,55 @@ def new_output_dir(run_dir: Path, out: str | None, resume: bool = False) -> Path
     raise UserError(f"{run_dir}: too many test folders; pass --out")
 
 
-def check_streamed(cfg: Config, case: Case, stack: SliceStack) -> None:
+def check_streamed(cfg: Config, case: Case, stack: SliceStack | VolumeSlabs) -> None:
     """Refuse options the slab-by-slab path cannot honour, naming them and the way out."""
     unsupported = [k for k, on in (("infer.auc", cfg.infer.auc),
                                    ("infer.largest_component", cfg.infer.largest_component),
-                                   ("data.spacing", cfg.data.spacing is not None)) if on]
+                                   ("data.spacing", cfg.data.spacing is not None),
+                                   ("infer.probabilities", cfg.infer.probabilities and isinstance(stack, VolumeSlabs)))
+                  if on]
     if unsupported:
-        raise UserError(f"{case.image}: {', '.join(unsupported)} not available for stacks predicted slab by slab; "
+        raise UserError(f"{case.image}: {', '.join(unsupported)} not available for volumes predicted slab by slab; "
                         f"turn it off or raise infer.stream_voxels above {int(np.prod(stack.shape))}")
 
 
-def _test_streamed_case(predictor: Predictor, case: Case, stack: SliceStack, out_dir: Path, info: Dist) -> list[dict]:
-    """A slice stack above ``infer.stream_voxels``, in bounded memory, its slices shared by the ranks:
-    label slices in ``predictions/<case>/``; on rank 0 metrics counted slab by slab and slices of a
-    subsampled copy (other ranks return no rows)."""
+def _test_streamed_case(predictor: Predictor, case: Case, stack: SliceStack | VolumeSlabs, out_dir: Path,
+                        info: Dist) -> list[dict]:
+    """A slice stack or volume above ``infer.stream_voxels``, in bounded memory, its slices shared by the
+    ranks: label slices in ``predictions/<case>/`` (a volume: slices in ``partial/<case>/``, then
+    ``predictions/<case>.nii.gz`` in its own geometry); on rank 0 metrics counted slab by slab and
+    slices of a subsampled copy (other ranks return no rows)."""
     cfg = predictor.cfg
     check_streamed(cfg, case, stack)
+    volume = isinstance(stack, VolumeSlabs)
+    ref = slab_source(case.label, cfg.data, label=True) if case.label is not None else None
+    if ref is not None:
+        check_same_grid(stack, ref)
     if info.is_main:
         log.info("%s: %s voxels, predicted slab by slab", case.id, "x".join(map(str, stack.shape)))
-    folder = out_dir / "predictions" / case.id
+    folder = out_dir / ("partial" if volume else "predictions") / case.id
     probabilities = out_dir / "probabilities" / case.id if cfg.infer.probabilities else None
     on_every_rank(lambda: predict_stack(predictor, stack, folder, slice_share(stack.shape[2], info), probabilities), info)
     if not info.is_main:
         return []
     pred = SliceStack(folder)
-    ref = SliceStack(case.label) if case.label is not None else None
+    if volume:
+        write_volume_prediction(folder, stack, out_dir / "predictions" / f"{case.id}.nii.gz")
     options = MetricOptions.from_config(cfg)
     if options.tubular and options.wants("cldice"):
         log.warning("%s: clDice is not computed for stacks predicted slab by slab (a skeleton needs the whole "
                     "volume); NSD and the other metrics are", case.id)
-    rows = score_stack(pred, ref, case.id, predictor.labels, _spacing(cfg), options) if ref is not None else []
+    spacing = stack.spacing if volume else _spacing(cfg)
+    rows = score_stack(pred, ref, case.id, predictor.labels, spacing, options) if ref is not None else []
     (image, factor), pred_thumb = stack_thumbnail(stack), stack_thumbnail(pred)[0]
     ref_thumb = stack_thumbnail(ref)[0] if ref is not None else None
     if ref_thumb is not None and set(np.unique(ref_thumb).tolist()) <= {0, 255}:
         ref_thumb = ref_thumb // 255  # a 0/255 mask
-    spacing = tuple(factor * s for s in _spacing(cfg))
+    spacing = tuple(factor * s for s in spacing)
     slice_figure(image, ref_thumb, pred_thumb, spacing, out_dir / "slices" / f"{case.id}.png",
                  title=f"{case.id} (every {factor}. voxel)" if factor > 1 else case.id)
+    if volume:  # the NIfTI is written and scored: its slices are no longer needed for a resume
+        shutil.rmtree(folder)
     return rows
 
 

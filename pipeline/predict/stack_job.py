@@ -26,6 +26,8 @@ from ..config import Config
 from ..data.io import kind_of
 from ..data.stack import SliceStack, normalised_reader
 from ..data.store import VolumeStore
+from ..data.volume_slabs import VolumeSlabs, slab_source, volume_voxels
+from ..data.writers import write_label_planes
 from ..errors import UserError
 from ..evaluate.metrics import overlap_from_counts
 from ..files import atomic_write
@@ -51,14 +53,14 @@ def predict_stack(predictor: Predictor, stack: SliceStack, out: Path, part: tupl
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
     a, b = part if part is not None else (0, stack.shape[2])
-    names = [f.with_suffix(".tif").name for f in stack.files]
+    names = slice_names(stack)
     missing = [z for z in range(a, b) if not all((folder / names[z]).is_file() for folder in folders)]
     if len(missing) < b - a:
         log.info("%s: %d of %d slices already written, predicting the other %d", out, b - a - len(missing), b - a,
                  len(missing))
     check_free_space(out, len(missing) * _slice_bytes(stack) * (1 + 4 * (len(folders) - 1)))
     read = normalised_reader(stack, cfg.data) if missing else None
-    with tqdm(total=len(missing), desc=f"  {stack.folder.parent.name or stack.folder.name}", unit="slice", leave=False) as bar:
+    with tqdm(total=len(missing), desc=f"  {out.name}", unit="slice", leave=False) as bar:
         for first, stop in _runs(missing):
             slabs = stream_logits(predictor.model, read, stack.shape, cfg.train.patch_size, cfg.infer,
                                   max(predictor.labels) + 1, predictor.amp_dtype, slices=(first, stop))
@@ -73,6 +75,13 @@ def predict_stack(predictor: Predictor, stack: SliceStack, out: Path, part: tupl
                     _write_slice(out / names[slab.start + k], labels[..., k], done, b - a)  # last: marks it done
                     bar.update(1)
     return out
+
+
+def slice_names(stack: SliceStack | VolumeSlabs) -> list[str]:
+    """File names of the label slices: the input's slice names as .tif, or 00000.tif ... for a volume."""
+    if isinstance(stack, SliceStack):
+        return [f.with_suffix(".tif").name for f in stack.files]
+    return [f"{z:05d}.tif" for z in range(stack.shape[2])]
 
 
 def _runs(indices: list[int]) -> list[tuple[int, int]]:
@@ -111,15 +120,40 @@ def _write_slice(path: Path, plane: np.ndarray, done: int, total: int) -> None:
                         "free space and rerun the same command with --resume") from None
 
 
-def streamed_stack(case_image: Path, cfg: Config) -> SliceStack | None:
-    """The slice stack of ``case_image`` when it is to be predicted slab by slab: more voxels than
-    ``infer.stream_voxels`` and at least one patch along every axis (smaller stacks are padded by the
-    in-memory path); None otherwise. Reads slice headers only."""
-    if not (case_image.is_dir() and kind_of(case_image) == "stack"):
+def streamed_stack(case_image: Path, cfg: Config) -> SliceStack | VolumeSlabs | None:
+    """The slab reader of ``case_image`` when it is to be predicted slab by slab: a slice stack, NIfTI
+    or HDF5 volume with more voxels than ``infer.stream_voxels`` and at least one patch along every axis
+    (smaller ones are padded by the in-memory path); None otherwise. Reads headers only.
+
+    A volume that cannot be read by slab (permuted axes, MHA / NRRD) is read whole, as before, with a warning.
+    """
+    if case_image.is_dir():
+        if kind_of(case_image) != "stack":
+            return None
+        voxels = int(np.prod(SliceStack(case_image).shape, dtype=np.int64))
+    else:
+        voxels = volume_voxels(case_image, cfg.data.h5_image_key) or 0
+    if voxels <= cfg.infer.stream_voxels:
         return None
-    stack = SliceStack(case_image)
-    large = int(np.prod(stack.shape, dtype=np.int64)) > cfg.infer.stream_voxels
-    return stack if large and all(s >= p for s, p in zip(stack.shape, cfg.train.patch_size)) else None
+    try:
+        source = slab_source(case_image, cfg.data)
+    except UserError as err:
+        log.warning("%s; reading it whole", err)
+        return None
+    return source if all(s >= p for s, p in zip(source.shape, cfg.train.patch_size)) else None
+
+
+def write_volume_prediction(slices: Path, source: VolumeSlabs, out: Path) -> Path:
+    """The label slices of a volume predicted slab by slab (RAS order, ``slice_names``) as ``out``
+    (.nii.gz) in the source file's own geometry, streamed: the flips to RAS are undone plane by plane."""
+    stack, depth = SliceStack(slices), source.shape[2]
+
+    def planes():
+        for z in range(depth):  # stored order
+            plane = stack.slab(depth - 1 - z, depth - z)[..., 0] if source.flips[2] else stack.slab(z, z + 1)[..., 0]
+            yield np.flip(plane, tuple(a for a in range(2) if source.flips[a]))
+
+    return write_label_planes(planes(), source.shape, source.path, source.affine, out)
 
 
 def stack_thumbnail(stack: SliceStack, size: int = 256) -> tuple[np.ndarray, int]:

@@ -1,0 +1,124 @@
+"""Volume files read slab by slab: a NIfTI or HDF5 case larger than memory, never loaded whole.
+
+``VolumeSlabs`` reads consecutive slices along the last axis as ``SliceStack``
+does for folders of slices, so the dataset check, the lazy stores, streamed
+prediction and slab-by-slab metrics take either. The slabs come in the
+orientation the in-memory path gives the network (MONAI's ``Orientationd`` to
+RAS): an axis stored reversed is flipped, in-plane per slab and along the slice
+axis by reading the slices from the other end. A volume whose axes are stored
+permuted (a sagittal acquisition, say) cannot be reoriented slab by slab and is
+refused with the way out.
+
+Only formats whose library reads a slab without the rest stream: NIfTI
+(nibabel's array proxy; a ``.nii.gz`` is decompressed once, front to back, with
+the file kept open) and HDF5 (h5py). MHA and NRRD are refused above the
+streaming threshold, naming a conversion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import nibabel as nib
+import numpy as np
+
+from ..config import DataConfig
+from ..errors import UserError
+from .io import kind_of, read_geometry
+from .stack import SLAB, SliceStack
+
+STREAMED_KINDS = ("nifti", "h5")
+
+
+class VolumeSlabs:
+    """The voxels of a NIfTI or HDF5 file as an (x, y, z) RAS volume read by slab.
+
+    ``affine`` is the file's own voxel-to-world matrix (its stored axis order), for writing outputs in the
+    source geometry; ``flips`` says which axes the slabs reverse relative to it.
+    """
+
+    def __init__(self, path: str | Path, h5_key: str = "image", default_spacing=(1.0, 1.0, 1.0)):
+        self.path = self.folder = Path(path)  # ``folder``: the name messages use for any slab source
+        kind = kind_of(self.path)
+        if kind not in STREAMED_KINDS:
+            raise UserError(f"{self.path}: only NIfTI and HDF5 volumes are read slab by slab; convert it once, e.g. "
+                            "SimpleITK.WriteImage(SimpleITK.ReadImage(path), 'case.nii.gz'), or lower the size "
+                            "settings (data.lazy: never, infer.stream_voxels) to read it whole")
+        if kind == "nifti":
+            image = nib.load(str(self.path), keep_file_open=True)
+            self._data, self.affine = image.dataobj, np.asarray(image.affine, dtype=np.float64)
+        else:
+            self._file = h5py.File(self.path, "r")
+            if h5_key not in self._file or not isinstance(self._file[h5_key], h5py.Dataset):
+                raise UserError(f"{self.path}: no dataset {h5_key!r}; set data.h5_image_key / data.h5_label_key")
+            self._data = self._file[h5_key]
+            spacing = self._data.attrs.get("spacing", self._file.attrs.get("spacing", default_spacing))
+            self.affine = np.diag([*[float(v) for v in np.atleast_1d(spacing)][:3], 1.0])
+        shape = tuple(int(n) for n in self._data.shape)
+        if len(shape) == 4 and shape[3] == 1:
+            shape = shape[:3]
+        if len(shape) != 3:
+            raise UserError(f"{self.path}: expected one 3D volume to read slab by slab, got shape {shape}")
+        self.shape = shape
+        self.flips = _flips_to_ras(self.affine, self.path)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size (mm) along each axis."""
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+    def slab(self, start: int, stop: int) -> np.ndarray:
+        """RAS slices ``start`` to ``stop`` (exclusive) as an (x, y, stop - start) array."""
+        depth = self.shape[2]
+        lo, hi = (depth - stop, depth - start) if self.flips[2] else (start, stop)
+        data = np.asarray(self._data[:, :, lo:hi] if len(self._data.shape) == 3 else self._data[:, :, lo:hi, 0])
+        axes = tuple(a for a in range(3) if self.flips[a])
+        return np.ascontiguousarray(np.flip(data, axes)) if axes else data
+
+    def slabs(self, thickness: int = SLAB) -> Iterator[tuple[int, np.ndarray]]:
+        """(first slice, slab) for consecutive slabs covering the volume."""
+        for start in range(0, self.shape[2], thickness):
+            yield start, self.slab(start, min(start + thickness, self.shape[2]))
+
+    def ras_affine(self) -> np.ndarray:
+        """The voxel-to-world matrix of the slabs' (flipped) grid."""
+        flip = np.eye(4)
+        for axis in range(3):
+            if self.flips[axis]:
+                flip[axis, axis], flip[axis, 3] = -1.0, self.shape[axis] - 1
+        return self.affine @ flip
+
+
+def _flips_to_ras(affine: np.ndarray, path: Path) -> tuple[bool, bool, bool]:
+    """Which stored axes run against RAS; UserError when the axes are permuted (not streamable)."""
+    ornt = nib.orientations.io_orientation(affine)
+    if list(ornt[:, 0]) != [0, 1, 2]:
+        codes = "".join(nib.orientations.aff2axcodes(affine))
+        raise UserError(f"{path}: its axes are stored in {codes} order, which cannot be reoriented to RAS slab by "
+                        "slab; resample it once to an axial (R/L, A/P, S/I) axis order, or read it whole "
+                        "(data.lazy: never, a larger infer.stream_voxels)")
+    return tuple(bool(v < 0) for v in ornt[:, 1])
+
+
+def volume_voxels(path: Path, h5_key: str = "image") -> int | None:
+    """Voxel count of a volume file from its header alone (None for folders and 2D images)."""
+    kind = kind_of(path)
+    if kind == "nifti":
+        return int(np.prod(nib.load(str(path)).shape[:3], dtype=np.int64))
+    if kind == "h5":
+        with h5py.File(path, "r") as f:
+            return int(f[h5_key].size) if isinstance(f.get(h5_key), h5py.Dataset) else None
+    if kind == "itk":
+        return int(np.prod(read_geometry(path).shape, dtype=np.int64))
+    return None
+
+
+def slab_source(path: Path, d: DataConfig, label: bool = False) -> SliceStack | VolumeSlabs:
+    """A case's image or label read by slab: a folder of slices, or a NIfTI / HDF5 volume in RAS
+    orientation; UserError naming the file and the way out for anything else."""
+    path = Path(path)
+    if path.is_dir() and kind_of(path) == "stack":
+        return SliceStack(path)
+    return VolumeSlabs(path, d.h5_label_key if label else d.h5_image_key, d.default_spacing or (1.0, 1.0, 1.0))
