@@ -49,8 +49,8 @@ class DataConfig:
     cache_rate: float = 1.0  # fraction of preprocessed training volumes kept in memory
     cache_memory_gb: float = 8.0  # above this estimate the preprocessed volumes are cached on disk instead
     workers: int = 1  # loader threads (CPU) or processes (CUDA)
-    lazy: str = "auto"  # train slice stacks from chunked on-disk stores read by window: auto (above lazy_voxels), always, never
-    lazy_voxels: int = 2**28  # auto: a stack with more voxels makes every case of the run lazy
+    lazy: str = "auto"  # train from chunked on-disk stores read by window: auto (above lazy_voxels), always, never
+    lazy_voxels: int = 2**28  # auto: a stack / NIfTI / HDF5 case with more voxels makes every case of the run lazy
     store_dir: str | None = None  # where lazy stores live, reused across runs (None: <output_dir>/stores)
     tubular_classes: tuple[int, ...] = ()  # label ids of vessels, airways, neurites: reports add clDice for them
 
@@ -109,7 +109,7 @@ class InferConfig:
     tta: bool = False  # average the logits of every flip of the volume along the patch's axes (2D: 4, 3D: 8)
     largest_component: bool = False  # keep only the largest connected component of each foreground class
     auc: bool = False  # ROC AUC per class from the probabilities (2D-sized problems: it sorts every voxel)
-    stream_voxels: int = 2**28  # slice stacks with more voxels are predicted and scored slab by slab (0: always)
+    stream_voxels: int = 2**28  # stacks, NIfTI, HDF5 with more voxels: predicted and scored slab by slab (0: always)
 
 
 # Every metric a report can hold (``evaluate.metrics``); clDice only for ``data.tubular_classes``.
