@@ -184,3 +184,48 @@ def test_the_check_reads_large_nifti_volumes_by_slab_with_the_same_report(tiny_d
         other = streamed.stats[case]
         assert (other.shape, other.intensity, other.label_counts) == (stats.shape, stats.intensity, stats.label_counts)
         assert other.spacing == pytest.approx(stats.spacing)
+
+
+def test_a_disk_full_while_building_a_store_is_one_line_and_leaves_nothing(kidney, tmp_path, monkeypatch):
+    import errno
+
+    from pipeline.data import store as store_module
+
+    calls = []
+
+    def full(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # a few slabs in
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+
+    real = store_module._block_counts
+    monkeypatch.setattr(store_module, "_block_counts", full)
+    with pytest.raises(UserError, match="disk full while building the lazy store of kidney_1 .the partial store was "
+                                        "removed.; free space or set data.store_dir"):
+        open_store(kidney, _cfg(), tmp_path / "stores")
+    assert list((tmp_path / "stores").iterdir()) == []  # no partial store left behind
+    monkeypatch.setattr(store_module, "_block_counts", real)
+    assert open_store(kidney, _cfg(), tmp_path / "stores").shape == (70, 66, 37)  # the next run builds it whole
+
+
+def test_validation_dice_of_a_store_equals_monais_whole_volume_prediction(stack_run, tmp_path):
+    from monai.inferers import sliding_window_inference
+
+    from pipeline import metrics
+    from pipeline.predict import Predictor
+    from pipeline.predict.stack_job import store_dice
+
+    root, run = stack_run
+    predictor = Predictor.from_run(run, "last")
+    store = open_store(Case("kidney_2", root / "kidney_2" / "images", root / "kidney_2" / "labels"), predictor.cfg,
+                       tmp_path)
+    image = torch.from_numpy(np.asarray(store.image[:], dtype=np.float32))[None, None]
+    infer = predictor.cfg.infer
+    with torch.inference_mode():
+        logits = sliding_window_inference(image, predictor.cfg.train.patch_size, 1, predictor.model,
+                                          overlap=infer.overlap, mode=infer.blend)
+    pred, label = logits[0].argmax(0).numpy(), np.asarray(store.label[:])
+    (dice,) = store_dice(predictor, store, 2)
+    assert dice == pytest.approx(metrics.dice(pred == 1, label == 1), abs=1e-9)
+    assert label.any() and pred.any() and 0 < dice < 1  # a comparison of two non-trivial masks

@@ -19,6 +19,7 @@ touches only the chunks it overlaps.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -132,7 +133,13 @@ def build_store(case: Case, cfg: Config, folder: Path) -> None:
     tmp = folder.with_name(f".tmp-{os.getpid()}-{folder.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _write_arrays(image, label, cfg, tmp)
+        try:
+            _write_arrays(image, label, cfg, tmp)
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            raise UserError(f"{folder.parent}: disk full while building the lazy store of {case.id} (the partial "
+                            "store was removed); free space or set data.store_dir to another disk") from None
         spacing = list(image.spacing) if isinstance(image, VolumeSlabs) else \
             [float(s) for s in (cfg.data.default_spacing or (1.0, 1.0, 1.0))]
         meta = {"case": case.id, "shape": list(image.shape), "spacing": spacing, "format": FORMAT,

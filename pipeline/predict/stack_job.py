@@ -29,7 +29,8 @@ from ..data.store import VolumeStore
 from ..data.volume_slabs import VolumeSlabs, slab_source, volume_voxels
 from ..data.writers import write_label_planes
 from ..errors import UserError
-from ..evaluate.metrics import overlap_from_counts
+from ..evaluate.rows import MetricOptions
+from ..evaluate.slabs import tally_slabs
 from ..files import atomic_write
 from .predictor import Predictor
 from .streamed import stream_logits
@@ -171,11 +172,12 @@ def store_dice(predictor: Predictor, store: VolumeStore, n_classes: int) -> list
     def read(start: int, stop: int) -> torch.Tensor:
         return torch.from_numpy(np.asarray(store.image[:, :, start:stop], dtype=np.float32))[None]
 
-    counts = np.zeros((n_classes, 3), dtype=np.int64)  # (both, prediction, reference) voxels per class
-    for slab in stream_logits(predictor.model, read, store.shape, predictor.cfg.train.patch_size,
-                              predictor.cfg.infer, n_classes, predictor.amp_dtype):
-        pred = slab.logits.argmax(dim=0).cpu().numpy()
-        ref = np.asarray(store.label[:, :, slab.start : slab.start + pred.shape[-1]])
-        for k in range(1, n_classes):
-            counts[k] += (np.count_nonzero((pred == k) & (ref == k)), np.count_nonzero(pred == k), np.count_nonzero(ref == k))
-    return [overlap_from_counts(int(b), int(p - b), int(r - b), 0)["dice"] for b, p, r in counts[1:]]
+    def pairs():
+        for slab in stream_logits(predictor.model, read, store.shape, predictor.cfg.train.patch_size,
+                                  predictor.cfg.infer, n_classes, predictor.amp_dtype):
+            pred = slab.logits.argmax(dim=0).to(torch.uint8).cpu().numpy()  # a copy: the slab is a buffer view
+            yield slab.start, pred, np.asarray(store.label[:, :, slab.start : slab.start + pred.shape[-1]])
+
+    tallies = tally_slabs(pairs(), range(1, n_classes), MetricOptions(names=("dice",)))
+    return [tallies[k].metrics((1.0, 1.0, 1.0), options=MetricOptions(names=("dice",)))["dice"]
+            for k in range(1, n_classes)]
