@@ -102,9 +102,10 @@ def test_lazy_is_chosen_by_size_and_refused_for_cases_that_cannot_be_read_by_sla
     nifti = tiny_dataset / "imagesTr" / sorted(os.listdir(tiny_dataset / "imagesTr"))[0]
     volume = Case("v", nifti, None)
     assert lazy_cases(_cfg("data.lazy_voxels=1000"), [volume])  # 48 x 48 x 24 voxels, from the header
-    sitk.WriteImage(sitk.ReadImage(str(nifti)), str(tmp_path / "v.mha"))
-    with pytest.raises(UserError, match="v.mha: only NIfTI and HDF5 volumes are read slab by slab; convert it once"):
-        lazy_cases(_cfg("data.lazy=always"), [kidney, Case("m", tmp_path / "v.mha", None)])
+    sitk.WriteImage(sitk.ReadImage(str(nifti)), str(tmp_path / "v.nrrd"))
+    with pytest.raises(UserError, match="v.nrrd: only NIfTI, HDF5 and MetaImage volumes are read slab by slab; "
+                                        "convert it once"):
+        lazy_cases(_cfg("data.lazy=always"), [kidney, Case("m", tmp_path / "v.nrrd", None)])
     permuted = tmp_path / "p.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((8, 9, 10), np.int16), np.array([[0, 0, 1.0, 0], [1, 0, 0, 0], [0, 1, 0, 0],
                                                                        [0, 0, 0, 1]])), permuted)
@@ -229,3 +230,36 @@ def test_validation_dice_of_a_store_equals_monais_whole_volume_prediction(stack_
     (dice,) = store_dice(predictor, store, 2)
     assert dice == pytest.approx(metrics.dice(pred == 1, label == 1), abs=1e-9)
     assert label.any() and pred.any() and 0 < dice < 1  # a comparison of two non-trivial masks
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".mha", ".h5"])
+def test_volume_slabs_equal_the_in_memory_ras_volume(suffix, tmp_path):
+    """Slabs of every streamed format, stored with axes reversed (HDF5 carries no orientation), equal the
+    array MONAI's Orientationd gives the in-memory path, with its affine."""
+    from monai.data import MetaTensor
+
+    from pipeline.data.volume_slabs import VolumeSlabs
+
+    array = np.random.default_rng(1).integers(-500, 500, (21, 17, 35)).astype(np.int16)
+    affine = np.array([[-0.8, 0, 0, 4.0], [0, 0.7, 0, -2.0], [0, 0, -2.5, 9.0], [0, 0, 0, 1]])
+    path = tmp_path / f"v{suffix}"
+    if suffix == ".h5":
+        import h5py
+        with h5py.File(path, "w") as f:
+            f.create_dataset("image", data=array).attrs["spacing"] = (0.8, 0.7, 2.5)
+    elif suffix == ".mha":
+        image = sitk.GetImageFromArray(array.transpose(2, 1, 0))
+        image.SetSpacing((0.8, 0.7, 2.5))
+        image.SetOrigin((-4.0, 2.0, 9.0))  # LPS: the RAS origin (4, -2, 9)
+        image.SetDirection((1, 0, 0, 0, -1, 0, 0, 0, -1))  # x runs R->L (as RAS -x), y P->A, z S->I
+        sitk.WriteImage(image, str(path), useCompression=True)
+    else:
+        nib.save(nib.Nifti1Image(array, affine), path)
+    loaded, loaded_affine = load_image(path)
+    ras = mt.Orientation(axcodes="RAS", labels=None)(MetaTensor(torch.from_numpy(loaded[None]),
+                                                                affine=torch.from_numpy(loaded_affine)))
+    volume = VolumeSlabs(path)
+    assert np.array_equal(np.concatenate([slab for _, slab in volume.slabs(8)], axis=-1), ras[0].numpy())
+    np.testing.assert_allclose(volume.ras_affine(), ras.affine.numpy(), atol=1e-6)
+    assert volume.spacing == pytest.approx((0.8, 0.7, 2.5))
+    assert sum(volume.flips) == (0 if suffix == ".h5" else 2)

@@ -320,3 +320,41 @@ def test_test_py_streams_a_large_nifti_volume_into_its_own_geometry(stack_run, t
     for x, y in zip(rows_whole, rows_streamed):
         for metric in ("dice", "nsd", "jaccard", "hd95", "asd"):
             assert x[metric] == pytest.approx(y[metric], abs=1e-9), metric
+
+
+@pytest.mark.parametrize("suffix", [".mha", ".h5", ".nii"])
+def test_a_volume_predicted_by_slab_is_written_in_its_sources_geometry(suffix, tmp_path):
+    """RAS label slices of a source stored with x and z reversed (MetaImage, NIfTI) or plain (HDF5) become
+    a NIfTI whose voxels and affine equal the source's own grid: read back and oriented to RAS, the slices."""
+    import SimpleITK as sitk
+    from monai.data import MetaTensor
+    from monai.transforms import Orientation
+
+    from pipeline.data.volume_slabs import VolumeSlabs
+    from pipeline.predict.stack_job import slice_names, write_volume_prediction
+
+    shape = (13, 11, 9)
+    path = tmp_path / f"source{suffix}"
+    if suffix == ".mha":
+        image = sitk.GetImageFromArray(np.zeros(shape[::-1], np.int16))
+        image.SetSpacing((0.8, 0.7, 2.5))
+        image.SetOrigin((3.0, -1.0, 7.0))
+        image.SetDirection((1, 0, 0, 0, -1, 0, 0, 0, -1))
+        sitk.WriteImage(image, str(path))
+    elif suffix == ".h5":
+        import h5py
+        with h5py.File(path, "w") as f:
+            f.create_dataset("image", data=np.zeros(shape, np.int16)).attrs["spacing"] = (0.8, 0.7, 2.5)
+    else:
+        nib.save(nib.Nifti1Image(np.zeros(shape, np.int16), np.diag([-0.8, 0.7, -2.5, 1.0])), path)
+    source = VolumeSlabs(path)
+    ras = np.random.default_rng(2).integers(0, 3, shape).astype(np.uint8)
+    (tmp_path / "slices").mkdir()
+    for z, name in enumerate(slice_names(source)):
+        Image.fromarray(ras[..., z]).save(tmp_path / "slices" / name)
+    out = write_volume_prediction(tmp_path / "slices", source, tmp_path / "pred.nii.gz")
+    written, written_affine = load_image(out, label=True)
+    np.testing.assert_allclose(written_affine, load_image(path)[1], atol=1e-5)  # the source's own grid
+    oriented = Orientation(axcodes="RAS", labels=None)(MetaTensor(torch.from_numpy(written[None]),
+                                                                  affine=torch.from_numpy(written_affine)))
+    assert np.array_equal(oriented[0].numpy(), ras)

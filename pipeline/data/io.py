@@ -198,7 +198,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asanyarray(image.dataobj), image.affine
 
 
-def _affine_from_itk(spacing, origin, direction) -> np.ndarray:
+def affine_from_itk(spacing, origin, direction) -> np.ndarray:
     """ITK geometry (LPS) -> voxel-to-RAS affine, as nibabel writes it."""
     affine = np.eye(4)
     affine[:3, :3] = np.asarray(direction, dtype=np.float64).reshape(3, 3) * np.asarray(spacing)
@@ -211,7 +211,7 @@ def _itk_to_array(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
         image = sitk.JoinSeries(image)
     array = sitk.GetArrayFromImage(image)  # (z, y, x[, c])
     array = array.transpose(2, 1, 0, 3) if array.ndim == 4 else array.transpose(2, 1, 0)
-    return array, _affine_from_itk(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+    return array, affine_from_itk(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
 
 
 def _read_itk(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Volume files read slab by slab: a NIfTI or HDF5 case larger than memory, never loaded whole.
+"""Volume files read slab by slab: a NIfTI, HDF5 or MetaImage case larger than memory, never loaded whole.
 
 ``VolumeSlabs`` reads consecutive slices along the last axis as ``SliceStack``
 does for folders of slices, so the dataset check, the lazy stores, streamed
@@ -11,8 +11,10 @@ refused with the way out.
 
 Only formats whose library reads a slab without the rest stream: NIfTI
 (nibabel's array proxy; a ``.nii.gz`` is decompressed once, front to back, with
-the file kept open) and HDF5 (h5py). MHA and NRRD are refused above the
-streaming threshold, naming a conversion.
+the file kept open), HDF5 (h5py) and MetaImage (``.mha`` / ``.mhd``: ITK's reader
+extracts a slab; a compressed one is decompressed from its start for every
+slab). NRRD is refused above the streaming threshold, naming a conversion: ITK
+reads a whole NRRD to extract any part of it.
 """
 
 from __future__ import annotations
@@ -23,17 +25,19 @@ from pathlib import Path
 import h5py
 import nibabel as nib
 import numpy as np
+import SimpleITK as sitk
 
 from ..config import DataConfig
 from ..errors import UserError
-from .io import kind_of, read_geometry
+from .io import affine_from_itk, kind_of, read_geometry
 from .stack import SLAB, SliceStack
 
-STREAMED_KINDS = ("nifti", "h5")
+STREAMED_KINDS = ("nifti", "h5", "itk")
+METAIMAGE_SUFFIXES = (".mha", ".mhd")
 
 
 class VolumeSlabs:
-    """The voxels of a NIfTI or HDF5 file as an (x, y, z) RAS volume read by slab.
+    """The voxels of a NIfTI, HDF5 or MetaImage file as an (x, y, z) RAS volume read by slab.
 
     ``affine`` is the file's own voxel-to-world matrix (its stored axis order), for writing outputs in the
     source geometry; ``flips`` says which axes the slabs reverse relative to it.
@@ -42,11 +46,14 @@ class VolumeSlabs:
     def __init__(self, path: str | Path, h5_key: str = "image", default_spacing=(1.0, 1.0, 1.0)):
         self.path = self.folder = Path(path)  # ``folder``: the name messages use for any slab source
         kind = kind_of(self.path)
-        if kind not in STREAMED_KINDS:
-            raise UserError(f"{self.path}: only NIfTI and HDF5 volumes are read slab by slab; convert it once, e.g. "
-                            "SimpleITK.WriteImage(SimpleITK.ReadImage(path), 'case.nii.gz'), or lower the size "
-                            "settings (data.lazy: never, infer.stream_voxels) to read it whole")
-        if kind == "nifti":
+        if kind not in STREAMED_KINDS or (kind == "itk" and not self.path.name.lower().endswith(METAIMAGE_SUFFIXES)):
+            raise UserError(f"{self.path}: only NIfTI, HDF5 and MetaImage volumes are read slab by slab; convert it "
+                            "once, e.g. SimpleITK.WriteImage(SimpleITK.ReadImage(path), 'case.nii.gz'), or raise the "
+                            "size settings (data.lazy: never, infer.stream_voxels) to read it whole")
+        if kind == "itk":
+            self._data = _MetaImageSlabs(self.path)
+            self.affine = self._data.affine
+        elif kind == "nifti":
             image = nib.load(str(self.path), keep_file_open=True)
             self._data, self.affine = image.dataobj, np.asarray(image.affine, dtype=np.float64)
         else:
@@ -89,6 +96,26 @@ class VolumeSlabs:
             if self.flips[axis]:
                 flip[axis, axis], flip[axis, 3] = -1.0, self.shape[axis] - 1
         return self.affine @ flip
+
+
+class _MetaImageSlabs:
+    """A MetaImage file as an (x, y, z) array proxy whose ``[:, :, lo:hi]`` ITK reads without the rest."""
+
+    def __init__(self, path: Path):
+        self._reader = sitk.ImageFileReader()
+        self._reader.SetFileName(str(path))
+        self._reader.ReadImageInformation()
+        if self._reader.GetDimension() != 3 or self._reader.GetNumberOfComponents() != 1:
+            raise UserError(f"{path}: expected one 3D volume to read slab by slab, got {self._reader.GetDimension()}D "
+                            f"with {self._reader.GetNumberOfComponents()} component(s)")
+        self.shape = tuple(self._reader.GetSize())
+        self.affine = affine_from_itk(self._reader.GetSpacing(), self._reader.GetOrigin(), self._reader.GetDirection())
+
+    def __getitem__(self, index: tuple[slice, slice, slice]) -> np.ndarray:
+        lo, hi, _ = index[2].indices(self.shape[2])
+        self._reader.SetExtractIndex((0, 0, lo))
+        self._reader.SetExtractSize((self.shape[0], self.shape[1], hi - lo))
+        return sitk.GetArrayFromImage(self._reader.Execute()).transpose(2, 1, 0)  # (z, y, x) -> (x, y, z)
 
 
 def _flips_to_ras(affine: np.ndarray, path: Path) -> tuple[bool, bool, bool]:
