@@ -250,7 +250,26 @@ def test_probabilities_and_auc_on_request(trained, tiny_dataset, tmp_path):
 def test_test_py_refuses_to_change_training_keys(trained):
     run, _ = trained
     line = _one_line_error(run_cli("test.py", "--run", str(run), "--set", "train.epochs=9"))
-    assert "test.py changes only infer.* keys" in line
+    assert "test.py changes only infer.*, evaluate.* and data.tubular_classes" in line
+
+
+def test_test_py_chooses_the_metrics_of_its_report(trained, tiny_dataset, tmp_path):
+    from pipeline import metrics
+    from pipeline.data.io import read_volume
+
+    run, _ = trained
+    out = tmp_path / "chosen"
+    result = run_cli("test.py", "--run", str(run), "--out", str(out), "--set", "evaluate.metrics=[nsd,cldice]",
+                     "evaluate.nsd_tolerance_mm=[1.5,3]", "data.tubular_classes=[2]")
+    assert result.returncode == 0, result.stderr[-800:]
+    rows = {(r["case"], r["class"]): r for r in read_metrics_csv(out / "metrics.csv")}
+    organ, vessel = rows[("case_004", 1)], rows[("case_004", 2)]
+    assert set(organ) == {"case", "class", "name", "dice", "nsd"} and set(vessel) == set(organ) | {"cldice"}
+    pred, _ = read_volume(out / "predictions" / "case_004.nii.gz")
+    ref, spacing = read_volume(tiny_dataset / "labelsTs" / "case_004.nii.gz")
+    assert vessel["nsd"] == pytest.approx(metrics.nsd(pred == 2, ref == 2, spacing, 3.0), abs=1e-6)
+    assert organ["nsd"] == pytest.approx(metrics.nsd(pred == 1, ref == 1, spacing, 1.5), abs=1e-6)
+    assert vessel["cldice"] == pytest.approx(metrics.cldice(pred == 2, ref == 2), abs=1e-6)
 
 
 def test_largest_component_and_flips_at_test_time(trained, tiny_dataset, tmp_path):

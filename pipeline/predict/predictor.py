@@ -64,12 +64,14 @@ class Predictor:
     def from_run(cls, run_dir: str | Path, checkpoint: str = "best", overrides: Sequence[str] = (),
                  device: torch.device | None = None) -> Predictor:
         """The network of a run from ``best``, ``last`` or a checkpoint path; ``overrides``
-        (``infer.overlap=0.5`` ...) change the run's inference settings, nothing else."""
+        (``infer.overlap=0.5``, ``evaluate.nsd_tolerance_mm=2`` ...) change the run's inference and
+        evaluation settings, nothing else."""
         path = Path(run_dir) / "checkpoints" / f"{checkpoint}.pt" if checkpoint in ("best", "last") else Path(checkpoint)
         state = load_checkpoint(path)
-        bad = [o for o in overrides if not o.strip().startswith("infer.")]
+        bad = [o for o in overrides if not o.strip().startswith(("infer.", "evaluate.", "data.tubular_classes="))]
         if bad:
-            raise UserError(f"--set {bad[0]!r}: test.py changes only infer.* keys; the rest belongs to the trained run")
+            raise UserError(f"--set {bad[0]!r}: test.py changes only infer.*, evaluate.* and data.tubular_classes; "
+                            "the rest belongs to the trained run")
         raw = merge_overrides(state["config"], overrides) if overrides else state["config"]
         cfg = config_from_dict(raw, f"{path} (config)" + (" + --set" if overrides else ""))
         labels = {int(k): v for k, v in state["labels"].items()}
