@@ -17,6 +17,7 @@ from conftest import REPO, run_cli, smoke_args
 from pipeline.config import load_config
 from pipeline.data.io import load_image, read_volume
 from pipeline.evaluate.report import read_metrics_csv
+from pipeline.metrics import cldice, nsd, roc_auc
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -69,12 +70,10 @@ def test_predictions_keep_the_input_geometry(trained, tiny_dataset):
     for case in ("case_004", "case_005"):
         image = sitk.ReadImage(str(tiny_dataset / "imagesTs" / f"{case}.nii.gz"))
         pred = sitk.ReadImage(str(run / "test" / "predictions" / f"{case}.nii.gz"))
-        assert pred.GetSize() == image.GetSize()
-        assert np.allclose(pred.GetSpacing(), image.GetSpacing(), atol=1e-6)
+        assert pred.GetSize() == image.GetSize() and np.allclose(pred.GetSpacing(), image.GetSpacing(), atol=1e-6)
         assert np.allclose(pred.GetOrigin(), image.GetOrigin(), atol=1e-5)
         assert np.allclose(pred.GetDirection(), image.GetDirection(), atol=1e-6)
-        values = set(np.unique(sitk.GetArrayFromImage(pred)).tolist())
-        assert values <= {0, 1, 2}
+        assert set(np.unique(sitk.GetArrayFromImage(pred)).tolist()) <= {0, 1, 2}
 
 
 def test_metrics_summary_and_report_agree(trained, tiny_dataset):
@@ -82,15 +81,15 @@ def test_metrics_summary_and_report_agree(trained, tiny_dataset):
     test_dir = run / "test"
     rows = read_metrics_csv(test_dir / "metrics.csv")
     assert [(r["case"], r["class"]) for r in rows] == [("case_004", 1), ("case_004", 2), ("case_005", 1), ("case_005", 2)]
-    assert {"dice", "jaccard", "asd", "assd", "hd95"} <= set(rows[0])
+    assert {"dice", "jaccard", "nsd", "asd", "assd", "hd95"} <= set(rows[0])
     summary = json.loads((test_dir / "summary.json").read_text(encoding="utf-8"))
     class_means = [np.mean([r["dice"] for r in rows if r["class"] == c]) for c in (1, 2)]
     assert summary["mean_dice"] == pytest.approx(np.mean(class_means), abs=1e-5)
     assert summary["classes"]["2"]["name"] == "vessel"
     assert f"mean foreground Dice: {summary['mean_dice']:.4f}" in stdout
     # the dice in metrics.csv is the dice of the saved prediction against the label file
-    pred, _ = read_volume(test_dir / "predictions" / "case_004.nii.gz")
-    ref, _ = read_volume(tiny_dataset / "labelsTs" / "case_004.nii.gz")
+    (pred, _), (ref, _) = (read_volume(p) for p in (test_dir / "predictions" / "case_004.nii.gz",
+                                                      tiny_dataset / "labelsTs" / "case_004.nii.gz"))
     inter = np.sum((pred == 1) & (ref == 1))
     assert rows[0]["dice"] == pytest.approx(2 * inter / (np.sum(pred == 1) + np.sum(ref == 1)), rel=1e-5)
     report = (test_dir / "report.md").read_text(encoding="utf-8")
@@ -103,11 +102,10 @@ def test_batch_evaluation_reproduces_the_test_metrics(trained, tiny_dataset, tmp
     result = run_cli("-m", "pipeline.evaluate", "--pred", str(run / "test" / "predictions"),
                      "--ref", str(tiny_dataset / "labelsTs"), "--out", str(tmp_path / "eval"), "--workers", "2")
     assert result.returncode == 0, result.stderr
-    ours = read_metrics_csv(tmp_path / "eval" / "metrics.csv")
-    theirs = read_metrics_csv(run / "test" / "metrics.csv")
+    ours, theirs = read_metrics_csv(tmp_path / "eval" / "metrics.csv"), read_metrics_csv(run / "test" / "metrics.csv")
     assert [r["name"] for r in ours] == [r["name"] for r in theirs]  # names from dataset.json
     for a, b in zip(ours, theirs):
-        for key in ("dice", "jaccard", "asd", "assd", "hd95"):
+        for key in ("dice", "jaccard", "nsd", "asd", "assd", "hd95"):
             assert a[key] == pytest.approx(b[key], rel=1e-5), key
 
 
@@ -129,7 +127,6 @@ def test_each_training_run_gets_a_new_folder_and_resume_appends(tiny_dataset, tm
     assert second.returncode == 0, second.stderr
     run2 = (tmp_path / "latest").resolve()
     assert run2 != run1 and (run1 / "log.csv").read_text(encoding="utf-8") == log1
-
     resumed = run_cli("train.py", "--resume", str(run1), "--set", "train.epochs=2")
     assert resumed.returncode == 0, resumed.stderr
     epochs = [line.split(",")[0] for line in (run1 / "log.csv").read_text(encoding="utf-8").splitlines()[1:]]
@@ -242,34 +239,23 @@ def test_probabilities_and_auc_on_request(trained, tiny_dataset, tmp_path):
     ref, _ = read_volume(tiny_dataset / "labelsTs" / "case_004.nii.gz")
     assert prob.shape == (*ref.shape, 2) and prob.min() >= 0 and prob.max() <= 1  # organ, vessel
     rows = read_metrics_csv(out / "metrics.csv")
-    from pipeline.metrics import roc_auc
     assert rows[0]["auc"] == pytest.approx(roc_auc(prob[..., 0], ref == 1), abs=1e-4)
     assert "auc" in json.loads((out / "summary.json").read_text(encoding="utf-8"))["classes"]["1"]["metrics"]
 
 
-def test_test_py_refuses_to_change_training_keys(trained):
-    run, _ = trained
+def test_test_py_chooses_the_metrics_of_its_report_and_refuses_training_keys(trained, tiny_dataset, tmp_path):
+    run, out = trained[0], tmp_path / "chosen"
     line = _one_line_error(run_cli("test.py", "--run", str(run), "--set", "train.epochs=9"))
     assert "test.py changes only infer.*, evaluate.* and data.tubular_classes" in line
-
-
-def test_test_py_chooses_the_metrics_of_its_report(trained, tiny_dataset, tmp_path):
-    from pipeline import metrics
-    from pipeline.data.io import read_volume
-
-    run, _ = trained
-    out = tmp_path / "chosen"
     result = run_cli("test.py", "--run", str(run), "--out", str(out), "--set", "evaluate.metrics=[nsd,cldice]",
                      "evaluate.nsd_tolerance_mm=[1.5,3]", "data.tubular_classes=[2]")
     assert result.returncode == 0, result.stderr[-800:]
-    rows = {(r["case"], r["class"]): r for r in read_metrics_csv(out / "metrics.csv")}
-    organ, vessel = rows[("case_004", 1)], rows[("case_004", 2)]
+    organ, vessel = (r for r in read_metrics_csv(out / "metrics.csv") if r["case"] == "case_004")
     assert set(organ) == {"case", "class", "name", "dice", "nsd"} and set(vessel) == set(organ) | {"cldice"}
-    pred, _ = read_volume(out / "predictions" / "case_004.nii.gz")
-    ref, spacing = read_volume(tiny_dataset / "labelsTs" / "case_004.nii.gz")
-    assert vessel["nsd"] == pytest.approx(metrics.nsd(pred == 2, ref == 2, spacing, 3.0), abs=1e-6)
-    assert organ["nsd"] == pytest.approx(metrics.nsd(pred == 1, ref == 1, spacing, 1.5), abs=1e-6)
-    assert vessel["cldice"] == pytest.approx(metrics.cldice(pred == 2, ref == 2), abs=1e-6)
+    (pred, _), (ref, spacing) = read_volume(out / "predictions" / "case_004.nii.gz"), read_volume(
+        tiny_dataset / "labelsTs" / "case_004.nii.gz")
+    assert (organ["nsd"], vessel["nsd"], vessel["cldice"]) == pytest.approx(
+        (nsd(pred == 1, ref == 1, spacing, 1.5), nsd(pred == 2, ref == 2, spacing, 3.0), cldice(pred == 2, ref == 2)))
 
 
 def test_largest_component_and_flips_at_test_time(trained, tiny_dataset, tmp_path):

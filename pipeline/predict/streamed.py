@@ -64,14 +64,11 @@ def stream_logits(model: nn.Module, read: Reader, shape: tuple[int, int, int], r
     starts[2] = [z for z in starts[2] if z < b and z + roi[2] > a]  # the windows that reach slices a..b
     if not starts[2]:
         return
-    weight = compute_importance_map(roi, mode=infer.blend, device=device, dtype=torch.float32)[None]  # (1, *roi)
-    depth = roi[2]
-    total, count = _buffer(shape, depth, n_classes, device), _buffer(shape, depth, 1, device)
-    weighted = infer.blend != "constant"  # constant blending weighs every voxel 1: no products needed
+    blend = _Blend(shape, roi, starts, infer.blend, n_classes, device)
     first = starts[2][0]  # the slice at index 0 of the buffers
     model.eval()
     for i, z in enumerate(starts[2]):
-        block = read(z, z + depth).to(device)  # (C, H, W, depth)
+        block = read(z, z + roi[2]).to(device)  # (C, H, W, depth)
         windows = [(x, y) for x in starts[0] for y in starts[1]]
         for k in range(0, len(windows), infer.sw_batch_size):
             batch = windows[k : k + infer.sw_batch_size]
@@ -79,17 +76,50 @@ def stream_logits(model: nn.Module, read: Reader, shape: tuple[int, int, int], r
             logits = _window_logits(model, crops.contiguous(memory_format=torch.channels_last_3d), roi, infer.tta,
                                     amp_dtype)
             for (x, y), out in zip(batch, logits):
-                box = (slice(None), slice(x, x + roi[0]), slice(y, y + roi[1]), slice(z - first, None))
-                total[box] += out * weight if weighted else out
-                count[box] += weight
+                blend.add(out, (slice(None), slice(x, x + roi[0]), slice(y, y + roi[1]), slice(z - first, None)))
         del block  # before the next slab is read
-        done = (starts[2][i + 1] if i + 1 < len(starts[2]) else z + depth) - first  # no later window reaches these
+        done = (starts[2][i + 1] if i + 1 < len(starts[2]) else z + roi[2]) - first  # no later window reaches these
         lo, hi = max(a - first, 0), min(b - first, done)  # the finished slices inside a..b
         if hi > lo:
-            total[..., lo:hi] /= count[..., lo:hi]
-            yield Slab(first + lo, total[..., lo:hi])
-        total, count = _shift(total, done), _shift(count, done)
+            yield Slab(first + lo, blend.finish(lo, hi, first))
+        blend.shift(done)
         first += done
+
+
+class _Blend:
+    """The rolling buffers of blended logits (K, H, W, depth) and of their weights.
+
+    Constant blending weighs every voxel 1: no products, and each voxel's weight sum is the number
+    of windows covering it, a product of per-axis counts (exact integers, as the summed ones would
+    be), so no weight buffer is kept."""
+
+    def __init__(self, shape, roi, starts, mode: str, n_classes: int, device: torch.device):
+        self.weighted, self.starts, self.depth, self.device = mode != "constant", starts, roi[2], device
+        self.weight = compute_importance_map(roi, mode=mode, device=device, dtype=torch.float32)[None]  # (1, *roi)
+        self.total = _buffer(shape, roi[2], n_classes, device)
+        self.count = _buffer(shape, roi[2], 1, device) if self.weighted else _coverage(starts[:2], roi, shape, device)
+
+    def add(self, out: torch.Tensor, box: tuple[slice, ...]) -> None:
+        """Add one window's logits (K, *roi), possibly bf16 (the in-place add upcasts them exactly)."""
+        if self.weighted:
+            self.total[box] += out * self.weight
+            self.count[box] += self.weight
+        else:
+            self.total[box] += out
+
+    def finish(self, lo: int, hi: int, first: int) -> torch.Tensor:
+        """Buffer slices lo..hi (volume slices first + lo ...) divided by their weights: a view."""
+        if self.weighted:
+            self.total[..., lo:hi] /= self.count[..., lo:hi]
+        else:  # slice by slice: no temporary larger than a slice
+            for j, c in enumerate(_covering(self.starts[2], self.depth, first + lo, first + hi, self.device).tolist()):
+                self.total[..., lo + j] /= self.count[..., 0] * c
+        return self.total[..., lo:hi]
+
+    def shift(self, n: int) -> None:
+        self.total = _shift(self.total, n)
+        if self.weighted:
+            self.count = _shift(self.count, n)
 
 
 def _buffer(shape: tuple[int, int, int], depth: int, channels: int, device: torch.device) -> torch.Tensor:
@@ -100,8 +130,12 @@ def _buffer(shape: tuple[int, int, int], depth: int, channels: int, device: torc
 
 
 def _window_logits(model: nn.Module, crops: torch.Tensor, roi, tta: bool, amp_dtype) -> torch.Tensor:
-    """Logits (B, K, *roi) float32 of window crops (B, C, *roi), averaged over flips with ``tta``."""
-    axes = [2 + a for a, size in enumerate(roi) if size > 1] if tta else []
+    """Logits (B, K, *roi) of window crops (B, C, *roi), averaged in float32 over flips with ``tta``;
+    without, the network's own output (bf16 under autocast: no float32 copy of each window)."""
+    if not tta:
+        with torch.inference_mode(), autocast(crops.device, amp_dtype):
+            return model(crops)
+    axes = [2 + a for a, size in enumerate(roi) if size > 1]
     flips = [()] + [tuple(d for j, d in enumerate(axes) if mask >> j & 1) for mask in range(1, 2 ** len(axes))]
     total = None
     with torch.inference_mode(), autocast(crops.device, amp_dtype):
@@ -110,6 +144,23 @@ def _window_logits(model: nn.Module, crops: torch.Tensor, roi, tta: bool, amp_dt
             out = out.flip(dims) if dims else out
             total = out if total is None else total + out
     return total / len(flips)
+
+
+def _coverage(starts: list[list[int]], roi: tuple[int, int, int], shape: tuple[int, int, int],
+              device: torch.device) -> torch.Tensor:
+    """(1, H, W, 1) float32: how many windows cover each in-plane position."""
+    rows, cols = (_covering(s, r, 0, n, device) for s, r, n in zip(starts, roi, shape))
+    return (rows[:, None] * cols[None, :])[None, :, :, None]
+
+
+def _covering(starts: list[int], size: int, lo: int, hi: int, device: torch.device) -> torch.Tensor:
+    """(hi - lo,) float32: how many of the windows starting at ``starts`` (``size`` long) cover each of lo..hi."""
+    counts = torch.zeros(hi - lo, dtype=torch.float32, device=device)
+    for s in starts:
+        a, b = max(s, lo), min(s + size, hi)
+        if b > a:
+            counts[a - lo : b - lo] += 1
+    return counts
 
 
 def _shift(buffer: torch.Tensor, n: int) -> torch.Tensor:
