@@ -151,8 +151,10 @@ def test_options_choose_the_columns_tolerances_and_tubular_classes():
     labels = {0: "background", 1: "vessel", 2: "organ"}
     options = MetricOptions(names=("nsd", "cldice", "hd95"), tolerance=(0.5, 2.0), tubular=frozenset({1}))
     vessel, organ = evaluate_case("c", pred, ref, labels, spacing, options=options)
-    assert list(vessel) == ["case", "class", "name", "dice", "nsd", "cldice", "hd95"]
-    assert list(organ) == ["case", "class", "name", "dice", "nsd", "hd95"]  # not tubular: no clDice
+    counts = ["pred_voxels", "ref_voxels"]
+    assert list(vessel) == ["case", "class", "name", "dice", "nsd", "cldice", "hd95", *counts]
+    assert list(organ) == ["case", "class", "name", "dice", "nsd", "hd95", *counts]  # not tubular: no clDice
+    assert (organ["pred_voxels"], organ["ref_voxels"]) == (np.count_nonzero(pred == 2), np.count_nonzero(ref == 2))
     assert vessel["nsd"] == metrics.nsd(pred == 1, ref == 1, spacing, 0.5)
     assert organ["nsd"] == metrics.nsd(pred == 2, ref == 2, spacing, 2.0)
     assert vessel["cldice"] == metrics.cldice(pred == 1, ref == 1)
@@ -207,7 +209,7 @@ def test_evaluate_cli_takes_the_options_as_flags(tmp_path):
                    "--tubular", "1")
     assert done.returncode == 0, done.stderr
     (row,) = read_metrics_csv(tmp_path / "out" / "metrics.csv")
-    assert set(row) == {"case", "class", "name", "dice", "nsd", "cldice"}
+    assert set(row) == {"case", "class", "name", "dice", "nsd", "cldice", "pred_voxels", "ref_voxels"}
     assert row["nsd"] == pytest.approx(metrics.nsd(pred == 1, ref == 1, (0.5, 0.5, 2.0), 0.5), abs=1e-6)
     assert row["cldice"] == pytest.approx(metrics.cldice(pred == 1, ref == 1), abs=1e-6)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())

@@ -46,7 +46,7 @@ def binary_pair(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None) -> t
     return pred, ref
 
 
-def _confusion(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None) -> tuple[int, int, int, int]:
+def confusion(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None) -> tuple[int, int, int, int]:
     """(tp, fp, fn, tn) counted inside ``mask`` (everywhere when None)."""
     pred, ref = binary_pair(pred, ref, mask)
     n = int(mask.sum()) if mask is not None else pred.size
@@ -75,7 +75,7 @@ _FROM_COUNTS = {
 
 def overlap_metrics(pred, ref, mask=None) -> dict[str, float]:
     """All overlap metrics (dice, jaccard, precision, sensitivity, specificity, accuracy) at once."""
-    return overlap_from_counts(*_confusion(pred, ref, mask))
+    return overlap_from_counts(*confusion(pred, ref, mask))
 
 
 def overlap_from_counts(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
@@ -85,32 +85,32 @@ def overlap_from_counts(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
 
 def dice(pred, ref, spacing: Spacing = None, mask=None) -> float:
     """Dice coefficient 2|P∩R| / (|P| + |R|) (medpy ``dc``); 1 when both are empty."""
-    return _FROM_COUNTS["dice"](*_confusion(pred, ref, mask))
+    return _FROM_COUNTS["dice"](*confusion(pred, ref, mask))
 
 
 def jaccard(pred, ref, spacing: Spacing = None, mask=None) -> float:
     """Jaccard index |P∩R| / |P∪R| (medpy ``jc``); 1 when both are empty."""
-    return _FROM_COUNTS["jaccard"](*_confusion(pred, ref, mask))
+    return _FROM_COUNTS["jaccard"](*confusion(pred, ref, mask))
 
 
 def precision(pred, ref, spacing: Spacing = None, mask=None) -> float:
     """TP / (TP + FP) (medpy ``precision``); 1 when both are empty, 0 when only P is."""
-    return _FROM_COUNTS["precision"](*_confusion(pred, ref, mask))
+    return _FROM_COUNTS["precision"](*confusion(pred, ref, mask))
 
 
 def sensitivity(pred, ref, spacing: Spacing = None, mask=None) -> float:
     """TP / (TP + FN), the recall (medpy ``sensitivity``); 1 when both are empty, 0 when only R is."""
-    return _FROM_COUNTS["sensitivity"](*_confusion(pred, ref, mask))
+    return _FROM_COUNTS["sensitivity"](*confusion(pred, ref, mask))
 
 
 def specificity(pred, ref, spacing: Spacing = None, mask=None) -> float:
     """TN / (TN + FP) (medpy ``specificity``); 1 when there are no negatives."""
-    return _FROM_COUNTS["specificity"](*_confusion(pred, ref, mask))
+    return _FROM_COUNTS["specificity"](*confusion(pred, ref, mask))
 
 
 def accuracy(pred, ref, spacing: Spacing = None, mask=None) -> float:
     """(TP + TN) / N, the fraction of voxels (inside ``mask``) labelled correctly."""
-    return _FROM_COUNTS["accuracy"](*_confusion(pred, ref, mask))
+    return _FROM_COUNTS["accuracy"](*confusion(pred, ref, mask))
 
 
 def _normalize_spacing(spacing: Spacing, ndim: int) -> np.ndarray:

@@ -56,7 +56,10 @@ def render_markdown(summary: dict, rows: Sequence[dict], images: Mapping[str, st
               "where the value is finite; cases where a structure is missing from the prediction or the "
               "reference have infinite distances and are counted as not finite.", ""]
     for label_id, cls in summary["classes"].items():
-        lines += [f"## Class {label_id}: {cls['name']}", "", "| metric | value |", "| --- | --- |"]
+        lines += [f"## Class {label_id}: {cls['name']}", ""]
+        if cls.get("n_absent"):
+            lines += [f"Absent from both prediction and reference in {cls['n_absent']} case(s): not counted below.", ""]
+        lines += ["| metric | value |", "| --- | --- |"]
         lines += [f"| {name} | {_md_value(stat)} |" for name, stat in cls["metrics"].items()]
         lines.append("")
     shown = [m for m in PER_CASE if any(m in row for row in rows)]

@@ -1,10 +1,14 @@
 """Rows per case and class, and the summary over cases.
 
-A row holds every metric of ``pipeline.metrics`` for one case and one
-foreground class. The summary gives, per class and metric, mean / std / median
-over the finite values and ``n_nonfinite``, the number of cases where the metric
-was infinite (one mask empty) or undefined, so a model that misses a structure
-cannot look better than one that finds it.
+A row holds the chosen metrics of ``pipeline.metrics`` for one case and one
+foreground class, and its voxel counts (``pred_voxels``, ``ref_voxels``). The
+summary gives, per class and metric, mean / std / median over the finite values
+and ``n_nonfinite``, the number of cases where the metric was infinite (one mask
+empty) or undefined, so a model that misses a structure cannot look better than
+one that finds it. A class absent from both the prediction and the reference of
+a case scores 1 in its row (nothing to find, nothing found) but is left out of
+the summary and counted as ``n_absent``: a label map with classes nobody drew
+cannot raise the mean Dice.
 """
 
 from __future__ import annotations
@@ -61,14 +65,28 @@ class MetricOptions:
 
 def binary_metrics(p: np.ndarray, r: np.ndarray, spacing, mask: np.ndarray | None, tolerance: float,
                    options: MetricOptions, tubular: bool) -> dict[str, float]:
-    """The chosen metrics of one binary pair; the distance sets and NSD share one crop."""
-    values = metrics.overlap_metrics(p, r, mask)
+    """The chosen metrics of one binary pair and its voxel counts; the distance sets and NSD share one crop."""
+    tp, fp, fn, tn = metrics.confusion(p, r, mask)
+    values = metrics.overlap_from_counts(tp, fp, fn, tn)
     values.update(metrics.surface_distance_metrics(
         p, r, spacing, mask, tolerance if options.wants("nsd") else None,
         distances=options.wants(*metrics.DISTANCE_METRICS)))
     if tubular and options.wants("cldice"):
         values["cldice"] = cldice(p, r, mask)
-    return options.keep(values)
+    return {**options.keep(values), **voxel_counts(tp, fp, fn)}
+
+
+VOXEL_COUNTS = ("pred_voxels", "ref_voxels")
+
+
+def voxel_counts(tp: int, fp: int, fn: int) -> dict[str, int]:
+    """A row's class size: voxels of the class in the prediction and in the reference."""
+    return {"pred_voxels": int(tp + fp), "ref_voxels": int(tp + fn)}
+
+
+def absent(row: Mapping) -> bool:
+    """Whether the row's class is in neither mask (rows written before the counts existed: present)."""
+    return row.get("pred_voxels", 1) == 0 and row.get("ref_voxels", 1) == 0
 
 
 def _flat(*arrays: np.ndarray | None, spacing=None) -> tuple:
@@ -129,15 +147,18 @@ def _stats(values: list[float]) -> dict:
 
 
 def summarize(rows: Iterable[dict]) -> dict:
-    """Per class and metric statistics, plus top-level ``mean_dice`` over foreground classes."""
+    """Per class and metric statistics over the cases where the class is present in the prediction or
+    the reference (``n_absent``: the others), plus top-level ``mean_dice`` over foreground classes."""
     rows = list(rows)
     classes: dict[str, dict] = {}
     for label_id in sorted({r["class"] for r in rows}):
         class_rows = [r for r in rows if r["class"] == label_id]
+        present = [r for r in class_rows if not absent(r)]
         names = [m for m in (*METRIC_NAMES, "auc") if m in class_rows[0]]
         classes[str(label_id)] = {
             "name": class_rows[0]["name"],
-            "metrics": {m: _stats([float(r[m]) for r in class_rows]) for m in names},
+            "n_absent": len(class_rows) - len(present),
+            "metrics": {m: _stats([float(r[m]) for r in present]) for m in names},
         }
     dice_means = [c["metrics"]["dice"]["mean"] for c in classes.values() if c["metrics"]["dice"]["mean"] is not None]
     return {
@@ -151,9 +172,13 @@ def evaluate_files(
     case: str, pred_path: Path, ref_path: Path, labels: Mapping[int, str] | None, mask_path: Path | None = None,
     options: MetricOptions = MetricOptions(),
 ) -> list[dict]:
-    """Rows for one prediction file against its reference; spacing read from the reference."""
-    pred, pred_spacing = read_volume(pred_path)
-    ref, spacing = read_volume(ref_path)
+    """Rows for one prediction file against its reference; spacing read from the reference.
+
+    Both are read as label maps (a uint8 0/255 mask counts as 0/1, as everywhere); a map holding
+    values that are not class ids (fractions, NaN, negatives) is refused. Without ``labels``, the
+    classes are the values present in either file."""
+    pred, pred_spacing = _label_map(pred_path)
+    ref, spacing = _label_map(ref_path)
     if pred.shape != ref.shape:
         raise UserError(f"{pred_path} has shape {pred.shape} but {ref_path} has {ref.shape}; "
                         "predictions must be on the reference grid")
@@ -167,6 +192,21 @@ def evaluate_files(
             raise UserError(f"{mask_path} has shape {mask.shape} but {ref_path} has {ref.shape}")
         mask = mask > 0
     if labels is None:
-        top = int(max(pred.max(initial=0), ref.max(initial=0), 1))
-        labels = {i: f"label {i}" for i in range(1, top + 1)}
-    return evaluate_case(case, pred.astype(np.int64), ref.astype(np.int64), labels, spacing, mask, options=options)
+        found = sorted(set(np.unique(pred).tolist()) | set(np.unique(ref).tolist()) - {0})
+        labels = {i: f"label {i}" for i in found or [1]}
+    return evaluate_case(case, pred, ref, labels, spacing, mask, options=options)
+
+
+def _label_map(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+    """An integer label map and its spacing; UserError naming the file for values that are not class ids."""
+    array, spacing = read_volume(path, label=True)
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise UserError(f"{path}: holds NaN or infinite values; a label map holds class ids 0, 1, 2, ...")
+        fractional = array[array != np.round(array)]
+        if fractional.size:
+            raise UserError(f"{path}: holds values that are not class ids (e.g. {float(fractional[0]):g}); "
+                            "threshold probabilities into class ids first")
+    if array.dtype.kind not in "biuf" or (array.size and array.min() < 0):
+        raise UserError(f"{path}: holds negative or non-numeric values; a label map holds class ids 0, 1, 2, ...")
+    return array.astype(np.int64), spacing

@@ -28,7 +28,7 @@ import numpy as np
 from ..data.stack import SliceStack, stack_statistics
 from ..errors import UserError
 from .metrics import DISTANCE_METRICS, distance_summary, empty_distances, nearest_distances, overlap_from_counts, surface
-from .rows import MetricOptions
+from .rows import MetricOptions, voxel_counts
 from .surface_dice import cell_codes, surfel_dice, surfels
 
 
@@ -46,17 +46,18 @@ class ClassTally:
     def metrics(self, spacing: Sequence[float], tolerance: float = 1.0, options: MetricOptions = MetricOptions()
                 ) -> dict[str, float]:
         """The chosen metrics, equal to ``rows.binary_metrics`` of the whole masks (NSD at ``tolerance`` mm)."""
-        values = overlap_from_counts(*map(int, self.counts))
-        has_pred, has_ref = bool(self.counts[0] + self.counts[1]), bool(self.counts[0] + self.counts[2])
+        tp, fp, fn, tn = map(int, self.counts)
+        values = overlap_from_counts(tp, fp, fn, tn)
+        has_pred, has_ref = bool(tp + fp), bool(tp + fn)
         if not (has_pred and has_ref):
             values.update(empty_distances(has_pred, has_ref), nsd=1.0 if has_pred == has_ref else 0.0)
-            return options.keep(values)
-        if options.wants(*DISTANCE_METRICS):
-            pred, ref = _points(self.pred_surface, spacing), _points(self.ref_surface, spacing)
-            values.update(distance_summary(nearest_distances(pred, ref), nearest_distances(ref, pred)))
-        if options.wants("nsd"):
-            values["nsd"] = surfel_dice(_joined(self.pred_surfels), _joined(self.ref_surfels), spacing, tolerance)
-        return options.keep(values)
+        else:
+            if options.wants(*DISTANCE_METRICS):
+                pred, ref = _points(self.pred_surface, spacing), _points(self.ref_surface, spacing)
+                values.update(distance_summary(nearest_distances(pred, ref), nearest_distances(ref, pred)))
+            if options.wants("nsd"):
+                values["nsd"] = surfel_dice(_joined(self.pred_surfels), _joined(self.ref_surfels), spacing, tolerance)
+        return {**options.keep(values), **voxel_counts(tp, fp, fn)}
 
 
 def _joined(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

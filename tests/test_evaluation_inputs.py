@@ -1,0 +1,75 @@
+"""Evaluation inputs that used to give a plausible, wrong number: classes taken from the maximum value,
+masks stored as 0/255, fractions and NaN cast to class ids, classes nobody drew raising the mean."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.data.writers import save_nifti
+from pipeline.errors import UserError
+from pipeline.evaluate.rows import evaluate_case, evaluate_files, summarize
+
+AFFINE = np.diag([0.8, 0.8, 2.0, 1.0])
+
+
+def _masks() -> tuple[np.ndarray, np.ndarray]:
+    """A reference cube and a prediction cube beside it: no voxel in common."""
+    ref = np.zeros((20, 20, 10), np.uint8)
+    ref[2:8, 2:8, 2:6] = 1
+    return np.roll(ref, 10, axis=0), ref
+
+
+def test_a_0_255_prediction_against_a_0_1_reference_is_scored_as_the_mask_it_is(tmp_path):
+    """Before: classes 1..255 from the maximum value, 254 of them empty on both sides with Dice 1 each:
+    mean Dice 0.996 for two masks with no voxel in common."""
+    pred, ref = _masks()
+    save_nifti(pred * 255, AFFINE, tmp_path / "pred.nii.gz")
+    save_nifti(ref, AFFINE, tmp_path / "ref.nii.gz")
+    rows = evaluate_files("c", tmp_path / "pred.nii.gz", tmp_path / "ref.nii.gz", None)
+    assert [r["class"] for r in rows] == [1] and rows[0]["dice"] == 0.0
+    assert summarize(rows)["mean_dice"] == 0.0
+    save_nifti(ref * 255, AFFINE, tmp_path / "same.nii.gz")  # the reference itself as a 0/255 mask
+    assert evaluate_files("c", tmp_path / "same.nii.gz", tmp_path / "ref.nii.gz", None)[0]["dice"] == 1.0
+
+
+def test_classes_come_from_the_values_present(tmp_path):
+    pred, ref = _masks()
+    save_nifti(pred * 7, AFFINE, tmp_path / "pred.nii.gz")  # class 7 where the reference has class 1
+    save_nifti(ref, AFFINE, tmp_path / "ref.nii.gz")
+    rows = evaluate_files("c", tmp_path / "pred.nii.gz", tmp_path / "ref.nii.gz", None)
+    assert [(r["class"], r["dice"]) for r in rows] == [(1, 0.0), (7, 0.0)]  # not 1..7 with five empty classes
+    assert summarize(rows)["mean_dice"] == 0.0
+
+
+@pytest.mark.parametrize("value, message", [(0.9, "holds values that are not class ids .e.g. 0.9.; threshold"),
+                                            (np.nan, "holds NaN or infinite values")])
+def test_values_that_are_not_class_ids_are_refused_not_cast(tmp_path, value, message):
+    """Before: a float 0.9 became class 0 and NaN an arbitrary integer, without a word."""
+    pred, ref = _masks()
+    bad = ref.astype(np.float32)
+    bad[bad > 0] = value
+    save_nifti(bad, AFFINE, tmp_path / "bad.nii.gz")
+    save_nifti(ref, AFFINE, tmp_path / "ref.nii.gz")
+    with pytest.raises(UserError, match=f"bad.nii.gz: {message}"):
+        evaluate_files("c", tmp_path / "bad.nii.gz", tmp_path / "ref.nii.gz", None)
+    with pytest.raises(UserError, match=f"bad.nii.gz: {message}"):
+        evaluate_files("c", tmp_path / "ref.nii.gz", tmp_path / "bad.nii.gz", None)
+    save_nifti(ref.astype(np.float32), AFFINE, tmp_path / "whole.nii.gz")  # whole numbers stored as floats are fine
+    assert evaluate_files("c", tmp_path / "whole.nii.gz", tmp_path / "ref.nii.gz", None)[0]["dice"] == 1.0
+
+
+def test_a_class_absent_from_both_sides_is_counted_not_averaged():
+    """Two cases, three classes named by the dataset; class 3 is drawn in neither, class 2 only in case b.
+    Before: each absent pair scored Dice 1 in the means (mean Dice 0.83 here instead of 0.5)."""
+    pred, ref = _masks()
+    a = evaluate_case("a", pred.astype(np.int64), ref.astype(np.int64), {1: "x", 2: "y", 3: "z"})
+    both = ref.astype(np.int64) * 2
+    b = evaluate_case("b", both, both, {1: "x", 2: "y", 3: "z"})
+    assert [r["dice"] for r in a + b] == [0.0, 1.0, 1.0, 1.0, 1.0, 1.0]  # the rows keep the empty-mask rule
+    summary = summarize(a + b)
+    classes = summary["classes"]
+    assert [classes[k]["n_absent"] for k in "123"] == [1, 1, 2]
+    assert classes["1"]["metrics"]["dice"]["mean"] == 0.0 and classes["1"]["metrics"]["dice"]["n"] == 1
+    assert classes["2"]["metrics"]["dice"]["mean"] == 1.0 and classes["3"]["metrics"]["dice"]["n"] == 0
+    assert summary["mean_dice"] == pytest.approx(0.5)  # classes 1 and 2; class 3 has no case to average
