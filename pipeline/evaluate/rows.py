@@ -193,13 +193,18 @@ def evaluate_files(
         mask = mask > 0
     if labels is None:
         found = sorted(set(np.unique(pred).tolist()) | set(np.unique(ref).tolist()) - {0})
-        labels = {i: f"label {i}" for i in found or [1]}
+        labels = {int(i): f"label {i}" for i in found or [1]}
     return evaluate_case(case, pred, ref, labels, spacing, mask, options=options)
 
 
 def _label_map(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    """An integer label map and its spacing; UserError naming the file for values that are not class ids."""
     array, spacing = read_volume(path, label=True)
+    return class_ids(array, path), spacing
+
+
+def class_ids(array: np.ndarray, path: Path) -> np.ndarray:
+    """``array`` as integer class ids (integer arrays unchanged, without a copy); UserError naming ``path``
+    for values that are not class ids (fractions, NaN, negatives)."""
     if array.dtype.kind == "f":
         if not np.isfinite(array).all():
             raise UserError(f"{path}: holds NaN or infinite values; a label map holds class ids 0, 1, 2, ...")
@@ -209,4 +214,4 @@ def _label_map(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
                             "threshold probabilities into class ids first")
     if array.dtype.kind not in "biuf" or (array.size and array.min() < 0):
         raise UserError(f"{path}: holds negative or non-numeric values; a label map holds class ids 0, 1, 2, ...")
-    return array.astype(np.int64), spacing
+    return array if array.dtype.kind in "biu" else array.astype(np.int64)

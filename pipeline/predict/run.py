@@ -29,7 +29,7 @@ from ..distributed import Dist, barrier, on_every_rank, on_main, shard, slice_sh
 from ..errors import UserError
 from ..evaluate.figures import slice_figure
 from ..evaluate.report import read_case_rows, write_case_rows, write_reports
-from ..evaluate.rows import MetricOptions, evaluate_case, summarize
+from ..evaluate.rows import MetricOptions, class_ids, evaluate_case, summarize
 from ..evaluate.slabs import score_stack
 from .predictor import Predictor
 from .stack_job import predict_stack, stack_thumbnail, streamed_stack, write_volume_prediction
@@ -175,7 +175,7 @@ def _test_case(predictor: Predictor, case: Case, out_dir: Path) -> list[dict]:
     ref, rows = None, []
     if case.label is not None:
         ref, _ = load_image(case.label, **reader_options(cfg.data, label=True))
-        ref = ref if np.issubdtype(ref.dtype, np.integer) else ref.astype(np.int64)  # no 8-byte copy of integer labels
+        ref = class_ids(ref, case.label)  # integer labels as they are (no 8-byte copy); NaN, fractions refused
         rows = evaluate_case(case.id, result.label, ref, predictor.labels, result.spacing,
                              result.mask, prob=result.probabilities if cfg.infer.auc else None,
                              options=MetricOptions.from_config(cfg))
