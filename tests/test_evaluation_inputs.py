@@ -73,3 +73,26 @@ def test_a_class_absent_from_both_sides_is_counted_not_averaged():
     assert classes["1"]["metrics"]["dice"]["mean"] == 0.0 and classes["1"]["metrics"]["dice"]["n"] == 1
     assert classes["2"]["metrics"]["dice"]["mean"] == 1.0 and classes["3"]["metrics"]["dice"]["n"] == 0
     assert summary["mean_dice"] == pytest.approx(0.5)  # classes 1 and 2; class 3 has no case to average
+
+
+def test_a_label_stored_with_its_axes_flipped_is_refused_not_mirrored(tmp_path):
+    """The same voxels with the label's x axis reversed in its header: right in world space, mirrored voxel
+    by voxel. Before: a warning in the check (then trained mirrored) and a silent score in evaluation."""
+    from pipeline.config import DataConfig
+    from pipeline.data.check import check_dataset
+    from pipeline.data.layouts import load_dataset
+
+    pred, ref = _masks()
+    image = np.random.default_rng(0).normal(size=ref.shape).astype(np.float32)
+    flipped = np.diag([-0.8, 0.8, 2.0, 1.0])
+    for name, array, affine in (("imagesTr/c.nii.gz", image, AFFINE), ("labelsTr/c.nii.gz", ref, flipped)):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        save_nifti(array, affine, tmp_path / name)
+    (tmp_path / "dataset.json").write_text('{"labels": {"0": "background", "1": "cube"}, "modality": {"0": "CT"}, '
+                                           '"training": [{"image": "./imagesTr/c.nii.gz", "label": "./labelsTr/c.nii.gz"}]}')
+    report = check_dataset(load_dataset(tmp_path), DataConfig())
+    (problem,) = report.errors
+    assert problem.file == str(tmp_path / "labelsTr" / "c.nii.gz") and "its axes run LAS, the image's RAS" in problem.message
+    save_nifti(ref, AFFINE, tmp_path / "ref.nii.gz")
+    with pytest.raises(UserError, match="its axes run LAS but .* run RAS; predictions must be on the reference grid"):
+        evaluate_files("c", tmp_path / "labelsTr" / "c.nii.gz", tmp_path / "ref.nii.gz", None)

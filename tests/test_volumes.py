@@ -88,3 +88,18 @@ def test_a_volume_predicted_by_slab_is_written_in_its_sources_geometry(suffix, t
     oriented = Orientation(axcodes="RAS", labels=None)(MetaTensor(torch.from_numpy(written[None]),
                                                                   affine=torch.from_numpy(written_affine)))
     assert np.array_equal(oriented[0].numpy(), ras)
+
+
+def test_test_py_refuses_a_label_whose_axes_run_otherwise(stack_run, tmp_path):
+    """A label stored with x reversed relative to its image: compared voxel by voxel it would be mirrored."""
+    root, run = stack_run
+    _as_nifti(root, tmp_path / "nifti")
+    label = tmp_path / "nifti" / "labels" / "kidney_1.nii.gz"
+    image = nib.load(label)
+    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), image.affine @ np.diag([-1.0, 1, 1, 1])), label)
+    for extra in ([], ["--set", "infer.stream_voxels=0"]):  # whole and slab by slab
+        done = run_cli("test.py", "--run", str(run), "--images", str(tmp_path / "nifti" / "images"),
+                       "--labels", str(tmp_path / "nifti" / "labels"), "--out", str(tmp_path / f"out{len(extra)}"), *extra)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-600:]
+        (line,) = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+        assert str(label) in line and ("not on the grid of kidney_1.nii.gz" in line or "affine" in line)

@@ -295,6 +295,11 @@ def spacing_from_affine(affine: np.ndarray) -> tuple[float, ...]:
     return tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
 
 
+def axis_codes(affine: np.ndarray) -> str:
+    """The direction each voxel axis runs in world space, e.g. ``RAS`` or ``LPS`` (nibabel's codes)."""
+    return "".join(nib.orientations.aff2axcodes(np.asarray(affine, dtype=np.float64)))
+
+
 def _first_line(err: BaseException) -> str:
     text = " ".join(str(err).split())
     return text[:200] if text else type(err).__name__

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import REPORT_METRICS, Config
-from ..data.io import read_volume
+from ..data.io import axis_codes, load_image, read_volume, spacing_from_affine
 from ..errors import UserError
 from . import metrics
 from .centreline import cldice
@@ -177,8 +177,12 @@ def evaluate_files(
     Both are read as label maps (a uint8 0/255 mask counts as 0/1, as everywhere); a map holding
     values that are not class ids (fractions, NaN, negatives) is refused. Without ``labels``, the
     classes are the values present in either file."""
-    pred, pred_spacing = _label_map(pred_path)
-    ref, spacing = _label_map(ref_path)
+    pred, pred_affine = _label_map(pred_path)
+    ref, ref_affine = _label_map(ref_path)
+    pred_spacing, spacing = spacing_from_affine(pred_affine), spacing_from_affine(ref_affine)
+    if axis_codes(pred_affine) != axis_codes(ref_affine):  # compared voxel by voxel, one would be mirrored
+        raise UserError(f"{pred_path}: its axes run {axis_codes(pred_affine)} but {ref_path}'s run "
+                        f"{axis_codes(ref_affine)}; predictions must be on the reference grid")
     if pred.shape != ref.shape:
         raise UserError(f"{pred_path} has shape {pred.shape} but {ref_path} has {ref.shape}; "
                         "predictions must be on the reference grid")
@@ -197,9 +201,9 @@ def evaluate_files(
     return evaluate_case(case, pred, ref, labels, spacing, mask, options=options)
 
 
-def _label_map(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    array, spacing = read_volume(path, label=True)
-    return class_ids(array, path), spacing
+def _label_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    array, affine = load_image(path, label=True)
+    return class_ids(array, path), affine
 
 
 def class_ids(array: np.ndarray, path: Path) -> np.ndarray:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ..config import Config, load_config
 from ..data.cases import Case
-from ..data.io import ALL_SUFFIXES, case_id, list_images, load_image, reader_options
+from ..data.io import ALL_SUFFIXES, axis_codes, case_id, list_images, load_image, reader_options
 from ..data.layouts import load_dataset
 from ..data.stack import SliceStack
 from ..data.store import check_same_grid
@@ -174,7 +174,11 @@ def _test_case(predictor: Predictor, case: Case, out_dir: Path) -> list[dict]:
                    out_dir / "probabilities" / f"{case.id}.nii.gz")
     ref, rows = None, []
     if case.label is not None:
-        ref, _ = load_image(case.label, **reader_options(cfg.data, label=True))
+        ref, ref_affine = load_image(case.label, **reader_options(cfg.data, label=True))
+        if axis_codes(ref_affine) != axis_codes(result.affine) or ref.shape != result.label.shape:
+            raise UserError(f"{case.label}: not on the grid of {case.image.name} (shape {ref.shape}, axes "
+                            f"{axis_codes(ref_affine)}; the image: {result.label.shape}, {axis_codes(result.affine)}); "
+                            "resample the label onto the image's grid (nearest neighbour) first")
         ref = class_ids(ref, case.label)  # integer labels as they are (no 8-byte copy); NaN, fractions refused
         rows = evaluate_case(case.id, result.label, ref, predictor.labels, result.spacing,
                              result.mask, prob=result.probabilities if cfg.infer.auc else None,
