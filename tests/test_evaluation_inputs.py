@@ -96,3 +96,20 @@ def test_a_label_stored_with_its_axes_flipped_is_refused_not_mirrored(tmp_path):
     save_nifti(ref, AFFINE, tmp_path / "ref.nii.gz")
     with pytest.raises(UserError, match="its axes run LAS but .* run RAS; predictions must be on the reference grid"):
         evaluate_files("c", tmp_path / "labelsTr" / "c.nii.gz", tmp_path / "ref.nii.gz", None)
+
+
+def test_a_multi_page_tiff_is_read_as_a_volume_and_an_animated_gif_refused(tmp_path):
+    """Before: a 16-page TIFF became 32 x 32 x 1 (its first page) without a word."""
+    import tifffile
+    from PIL import Image
+
+    from pipeline.data.io import load_image
+
+    pages = np.random.default_rng(0).integers(0, 255, (16, 32, 30)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "em.tif", pages)
+    volume, _ = load_image(tmp_path / "em.tif")
+    assert volume.shape == (32, 30, 16) and all(np.array_equal(volume[..., k], pages[k]) for k in range(16))
+    frames = [Image.fromarray(page) for page in pages[:3]]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    with pytest.raises(UserError, match="anim.gif: holds 3 frames; store a volume as a multi-page TIFF"):
+        load_image(tmp_path / "anim.gif")

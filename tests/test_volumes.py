@@ -103,3 +103,18 @@ def test_test_py_refuses_a_label_whose_axes_run_otherwise(stack_run, tmp_path):
         assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-600:]
         (line,) = [x for x in done.stderr.splitlines() if x.startswith("error:")]
         assert str(label) in line and ("not on the grid of kidney_1.nii.gz" in line or "affine" in line)
+
+
+def test_a_nifti_damaged_past_its_header_ends_in_one_line_when_read_by_slab(tmp_path):
+    import gzip
+
+    from pipeline.data.volume_slabs import VolumeSlabs
+    from pipeline.errors import UserError
+
+    save_nifti(np.arange(40 * 30 * 50, dtype=np.int16).reshape(40, 30, 50), np.eye(4), tmp_path / "v.nii.gz")
+    data = gzip.decompress((tmp_path / "v.nii.gz").read_bytes())
+    (tmp_path / "cut.nii.gz").write_bytes(gzip.compress(data)[: len(gzip.compress(data)) // 2])  # half the stream
+    volume = VolumeSlabs(tmp_path / "cut.nii.gz")
+    with pytest.raises(UserError, match="cut.nii.gz: cannot read slices .* the file is damaged"):
+        for _ in volume.slabs(8):
+            pass

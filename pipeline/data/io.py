@@ -25,6 +25,7 @@ import h5py
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
+import tifffile
 from PIL import Image
 
 from ..errors import UserError
@@ -170,8 +171,24 @@ def _read_source(path: Path, kind: str, h5_key: str, default_spacing) -> tuple[n
         return _read_dicom(path)
     if kind == "h5":
         return _read_h5(path, h5_key, default_spacing)
-    array = _read_stack(path) if kind == "stack" else read_slice(path)
+    array = _read_stack(path) if kind == "stack" else _read_image2d(path)
     return array, np.diag([*default_spacing, 1.0])
+
+
+def _read_image2d(path: Path) -> np.ndarray:
+    """A 2D image file, or a multi-page TIFF as a (rows, cols, pages) volume (EM stacks are often
+    stored so); a multi-frame image of another kind is refused rather than read as its first frame."""
+    with Image.open(path) as image:
+        pages = getattr(image, "n_frames", 1)
+    if pages == 1:
+        return read_slice(path)
+    if not path.name.lower().endswith((".tif", ".tiff")):
+        raise UserError(f"{path}: holds {pages} frames; store a volume as a multi-page TIFF, a slice folder or NIfTI")
+    array = tifffile.imread(path)  # (pages, rows, cols[, C])
+    if array.ndim != 3 or array.shape[0] != pages:
+        raise UserError(f"{path}: a multi-page TIFF of {pages} pages read as shape {array.shape}; expected one "
+                        "grey-value page per slice")
+    return np.moveaxis(array, 0, -1)
 
 
 def _spacing_or_default(spacing) -> tuple[float, float, float]:
@@ -185,17 +202,22 @@ def _spacing_or_default(spacing) -> tuple[float, float, float]:
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     image = nib.load(str(path))
+    if int(np.prod(image.shape, dtype=np.int64)) > MAX_VOXELS:
+        raise UserError(f"{path}: header declares {image.shape} voxels, more than this tool accepts")
+    check_nifti_size(path, image)
+    return np.asanyarray(image.dataobj), image.affine
+
+
+def check_nifti_size(path: Path, image: nib.Nifti1Image) -> None:
+    """Refuse a NIfTI whose header declares more data than the file can hold (corrupt or truncated)."""
     shape = image.shape
     n_bytes = int(np.prod(shape, dtype=np.int64)) * image.get_data_dtype().itemsize
-    if int(np.prod(shape, dtype=np.int64)) > MAX_VOXELS:
-        raise UserError(f"{path}: header declares {shape} voxels, more than this tool accepts")
     size = path.stat().st_size
     if str(path).lower().endswith(".gz") and n_bytes > MAX_GZIP_RATIO * size:
         raise UserError(f"{path}: header declares {shape} voxels ({n_bytes:,} bytes) but the file has only "
                         f"{size:,} bytes; the file is corrupt")
     if not str(path).lower().endswith(".gz") and n_bytes + int(image.dataobj.offset) > size:
         raise UserError(f"{path}: file is truncated ({size:,} bytes, header needs {n_bytes:,})")
-    return np.asanyarray(image.dataobj), image.affine
 
 
 def affine_from_itk(spacing, origin, direction) -> np.ndarray:

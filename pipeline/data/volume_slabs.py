@@ -19,6 +19,7 @@ reads a whole NRRD to extract any part of it.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import SimpleITK as sitk
 
 from ..config import DataConfig
 from ..errors import UserError
-from .io import affine_from_itk, kind_of, read_geometry
+from .io import affine_from_itk, check_nifti_size, kind_of, read_geometry
 from .stack import SLAB, SliceStack
 
 STREAMED_KINDS = ("nifti", "h5", "itk")
@@ -55,6 +56,7 @@ class VolumeSlabs:
             self.affine = self._data.affine
         elif kind == "nifti":
             image = nib.load(str(self.path), keep_file_open=True)
+            check_nifti_size(self.path, image)
             self._data, self.affine = image.dataobj, np.asarray(image.affine, dtype=np.float64)
         else:
             self._file = h5py.File(self.path, "r")
@@ -80,7 +82,11 @@ class VolumeSlabs:
         """RAS slices ``start`` to ``stop`` (exclusive) as an (x, y, stop - start) array."""
         depth = self.shape[2]
         lo, hi = (depth - stop, depth - start) if self.flips[2] else (start, stop)
-        data = np.asarray(self._data[:, :, lo:hi] if len(self._data.shape) == 3 else self._data[:, :, lo:hi, 0])
+        try:
+            data = np.asarray(self._data[:, :, lo:hi] if len(self._data.shape) == 3 else self._data[:, :, lo:hi, 0])
+        except (OSError, EOFError, ValueError, RuntimeError, zlib.error) as err:  # a damaged file, found mid-way
+            raise UserError(f"{self.path}: cannot read slices {lo} to {hi} ({' '.join(str(err).split())[:200]}); "
+                            "the file is damaged") from None
         axes = tuple(a for a in range(3) if self.flips[a])
         return np.ascontiguousarray(np.flip(data, axes)) if axes else data
 
@@ -130,15 +136,19 @@ def _flips_to_ras(affine: np.ndarray, path: Path) -> tuple[bool, bool, bool]:
 
 
 def volume_voxels(path: Path, h5_key: str = "image") -> int | None:
-    """Voxel count of a volume file from its header alone (None for folders and 2D images)."""
-    kind = kind_of(path)
-    if kind == "nifti":
-        return int(np.prod(nib.load(str(path)).shape[:3], dtype=np.int64))
-    if kind == "h5":
-        with h5py.File(path, "r") as f:
-            return int(f[h5_key].size) if isinstance(f.get(h5_key), h5py.Dataset) else None
-    if kind == "itk":
-        return int(np.prod(read_geometry(path).shape, dtype=np.int64))
+    """Voxel count of a volume file from its header alone; None for folders, 2D images and files whose
+    header cannot be read (the whole-volume reader then reports those with its own clear line)."""
+    try:
+        kind = kind_of(path)
+        if kind == "nifti":
+            return int(np.prod(nib.load(str(path)).shape[:3], dtype=np.int64))
+        if kind == "h5":
+            with h5py.File(path, "r") as f:
+                return int(f[h5_key].size) if isinstance(f.get(h5_key), h5py.Dataset) else None
+        if kind == "itk":
+            return int(np.prod(read_geometry(path).shape, dtype=np.int64))
+    except (UserError, OSError, ValueError, MemoryError, EOFError, nib.filebasedimages.ImageFileError):
+        return None
     return None
 
 
