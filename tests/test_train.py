@@ -114,3 +114,23 @@ def test_train_state_checkpoint_round_trip():
     for a, b in zip(state.model.state_dict().values(), restored.model.state_dict().values()):
         assert torch.equal(a, b)
     assert torch.equal(torch.get_rng_state(), checkpoint["rng"]["torch"])
+
+
+def test_a_finished_run_extended_with_more_epochs_trains_on_a_replanned_poly_decay(tiny_dataset, tmp_path):
+    """Before: train.py --resume RUN --set train.epochs=N on a finished run trained every added epoch at
+    learning rate 0 (PyTorch's chained PolynomialLR stays at its final 0) and left the weights as they were."""
+    from conftest import run_cli, smoke_args
+
+    first = run_cli(*smoke_args(tiny_dataset, tmp_path, "train.epochs=2"))
+    assert first.returncode == 0, first.stderr[-800:]
+    run = (tmp_path / "latest").resolve()
+    before = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+    extended = run_cli("train.py", "--resume", str(run), "--set", "train.epochs=4")
+    assert extended.returncode == 0, extended.stderr[-800:]
+    rows = [line.split(",") for line in (run / "log.csv").read_text(encoding="utf-8").splitlines()]
+    lr = {int(row[0]): float(row[rows[0].index("lr")]) for row in rows[1:]}
+    lr0 = load_config(REPO / "configs" / "smoke.yaml").train.lr
+    assert lr[3] == pytest.approx(lr0 * (1 - 2 / 4) ** 0.9, rel=1e-5)  # the decay planned for 4 epochs (log: 6 digits)
+    assert lr[4] == pytest.approx(lr0 * (1 - 3 / 4) ** 0.9, rel=1e-5)
+    after = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert any(not torch.equal(before[k], after[k]) for k in before)

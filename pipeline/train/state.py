@@ -52,6 +52,18 @@ class TrainState:
                 "in_channels": in_channels}
         return cls(model, optimizer, scheduler, scaler, meta)
 
+    def _replan_poly(self, epochs: int) -> None:
+        """A run extended to ``epochs`` (or shortened) continues on the poly decay it would have had with
+        that many epochs from the start: the learning rate of the current epoch is set from the closed
+        form, since PyTorch's chained PolynomialLR multiplies the last rate and would stay at its final 0."""
+        scheduler = self.scheduler
+        scheduler.total_iters = epochs
+        done = min(scheduler.last_epoch, epochs)
+        factor = (1 - done / epochs) ** scheduler.power
+        for group, base in zip(self.optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base * factor
+        scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]  # what get_last_lr reports
+
     def checkpoint(self, partial: dict | None = None, log_row: dict | None = None) -> dict:
         """Everything to resume from (``partial``: the interrupted epoch's step and losses) or to
         predict with; ``log_row`` is the epoch's ``log.csv`` row, written again if the log lost it."""
@@ -68,8 +80,8 @@ class TrainState:
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
-        if isinstance(self.scheduler, torch.optim.lr_scheduler.PolynomialLR):
-            self.scheduler.total_iters = epochs
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.PolynomialLR) and self.scheduler.total_iters != epochs:
+            self._replan_poly(epochs)
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.epoch, self.best = int(checkpoint["epoch"]), float(checkpoint["best_metric"])
         if global_rng:
