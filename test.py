@@ -53,7 +53,7 @@ def main() -> None:
     print(f"predictions and slices: {out_dir}")
     if summary is not None:
         print(f"report: {out_dir / 'report.md'}")
-        print(f"mean foreground Dice: {summary['mean_dice']:.4f}")
+        print(f"mean foreground Dice: {summary['mean_dice']:.4f} (scored: {summary['scored_note']})")
 
 
 if __name__ == "__main__":

@@ -113,3 +113,23 @@ def test_a_multi_page_tiff_is_read_as_a_volume_and_an_animated_gif_refused(tmp_p
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
     with pytest.raises(UserError, match="anim.gif: holds 3 frames; store a volume as a multi-page TIFF"):
         load_image(tmp_path / "anim.gif")
+
+
+@pytest.mark.parametrize("split, kind", [({"train": ["a"], "val": ["b"], "test": ["c"]}, "held-out"),
+                                         ({"train": ["a"], "val": ["b"], "test": ["b"]}, "selection"),
+                                         ({"train": ["a", "b"], "val": [], "test": ["a", "b"]}, "training")])
+def test_reports_say_whether_they_scored_a_test_a_selection_set_or_training_cases(tmp_path, split, kind):
+    """Before: without a test split test.py scored the validation cases (which chose best.pt), or the
+    training cases, and only a log line said so."""
+    import json
+
+    from pipeline.evaluate.report import render_markdown
+    from pipeline.predict.run import SCORED, scored_kind
+
+    (tmp_path / "split.json").write_text(json.dumps({"root": str(tmp_path), **split}))
+    assert scored_kind(tmp_path, None, None) == kind and scored_kind(tmp_path, "other/root", None) == "given"
+    pred, ref = _masks()
+    summary = {**summarize(evaluate_case("a", pred, ref, {1: "x"})), "scored": kind, "scored_note": SCORED[kind]}
+    text = render_markdown(summary, [], title="Test")
+    assert text.splitlines()[2] == f"**Scored: {SCORED[kind]}.**"
+    assert ("not a test" in text) == (kind != "held-out")

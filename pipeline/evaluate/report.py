@@ -51,7 +51,10 @@ def _md_value(stat: dict) -> str:
 def render_markdown(summary: dict, rows: Sequence[dict], images: Mapping[str, str] | None = None, title: str = "Evaluation") -> str:
     """The summary as tables, per-case Dice, and links to slice images."""
     mean = "n/a" if summary["mean_dice"] is None else f"{summary['mean_dice']:.4f}"
-    lines = [f"# {title}", "", f"Cases: {summary['n_cases']}. Mean foreground Dice: {mean}.", ""]
+    lines = [f"# {title}", ""]
+    if "scored_note" in summary:
+        lines += [f"**Scored: {summary['scored_note']}.**", ""]
+    lines += [f"Cases: {summary['n_cases']}. Mean foreground Dice: {mean}.", ""]
     lines += ["Distances in mm (voxels when the files carry no spacing). Mean ± std (median) over cases "
               "where the value is finite; cases where a structure is missing from the prediction or the "
               "reference have infinite distances and are counted as not finite.", ""]

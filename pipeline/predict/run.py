@@ -79,6 +79,24 @@ def run_cases(run_dir: Path, cfg: Config, data: str | None, images: str | None, 
     return [dataset.case(i) for i in split["test"]]
 
 
+SCORED = {
+    "held-out": "held-out test cases, used neither for training nor for choosing the checkpoint",
+    "selection": "the validation cases that chose best.pt: a selection set, optimistic, not a test",
+    "training": "training cases: not a test",
+    "given": "the cases given with --data / --images",
+}
+
+
+def scored_kind(run_dir: Path, data: str | None, images: str | None) -> str:
+    """What ``test.py`` scores (a key of ``SCORED``): the run's test split compared with its training
+    and validation cases, unless cases were given on the command line."""
+    if data is not None or images is not None:
+        return "given"
+    split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
+    test = set(split["test"])
+    return "training" if test & set(split["train"]) else "selection" if test & set(split["val"]) else "held-out"
+
+
 def new_output_dir(run_dir: Path, out: str | None, resume: bool = False) -> Path:
     """``--out`` (must be new or empty) or the first free ``RUN/test``, ``RUN/test-2``, ...
 
@@ -234,6 +252,9 @@ def run_test(
     if not rows:
         log.info("no labels: wrote predictions and slices only")
         return out_dir, None
-    summary = summarize(rows)
+    kind = scored_kind(run_dir, data, images)
+    summary = {**summarize(rows), "scored": kind, "scored_note": SCORED[kind]}
+    if kind in ("selection", "training"):
+        log.warning("scored %s", SCORED[kind])
     write_reports(rows, summary, out_dir, {c.id: f"slices/{c.id}.png" for c in cases}, title=f"Test of {run_dir.name}")
     return out_dir, summary
