@@ -133,3 +133,24 @@ def test_reports_say_whether_they_scored_a_test_a_selection_set_or_training_case
     text = render_markdown(summary, [], title="Test")
     assert text.splitlines()[2] == f"**Scored: {SCORED[kind]}.**"
     assert ("not a test" in text) == (kind != "held-out")
+
+
+def test_validation_and_test_cases_cannot_overlap_or_repeat_and_explicit_test_cases_win(tiny_dataset, tmp_path):
+    """Before: val_cases=[a, b] with test_cases=[b] chose best.pt on the test case; duplicates were accepted;
+    with labelled test cases in dataset.json, data.test_cases was silently ignored."""
+    import json
+
+    from pipeline.config import DataConfig, load_config
+    from pipeline.data.layouts import load_dataset
+    from pipeline.data.splits import split_cases
+    from pipeline.train.run import prepare_run
+
+    cases = list(load_dataset(tiny_dataset).training)
+    ids = [c.id for c in cases]
+    with pytest.raises(UserError, match=f"data.val_cases and data.test_cases share {ids[1]}: a case that chooses"):
+        split_cases(cases, DataConfig(val_cases=(ids[0], ids[1]), test_cases=(ids[1],)), 0)
+    with pytest.raises(UserError, match=f"data.val_cases: case id.s. {ids[0]} listed more than once"):
+        split_cases(cases, DataConfig(val_cases=(ids[0], ids[0])), 0)
+    cfg = load_config(None, [f"data.root={tiny_dataset}", f"output_dir={tmp_path}", f"data.test_cases=[{ids[2]}]"])
+    run, _ = prepare_run(cfg, None)  # the dataset has labelled test cases of its own
+    assert json.loads((run.dir / "split.json").read_text())["test"] == [ids[2]]

@@ -19,6 +19,14 @@ def split_cases(cases: Sequence[Case], data: DataConfig, seed: int) -> tuple[lis
         if unknown:
             raise UserError(f"{key}: unknown case id(s) {', '.join(unknown[:5])}; known: {', '.join(list(by_id)[:8])} ...")
         return [by_id[i] for i in ids]
+    for key, ids in (("data.test_cases", data.test_cases), ("data.val_cases", data.val_cases)):
+        repeated = sorted({i for i in ids or () if list(ids).count(i) > 1})
+        if repeated:
+            raise UserError(f"{key}: case id(s) {', '.join(repeated[:5])} listed more than once")
+    shared = sorted(set(data.test_cases or ()) & set(data.val_cases or ()))
+    if shared:
+        raise UserError(f"data.val_cases and data.test_cases share {', '.join(shared[:5])}: a case that chooses the "
+                        "checkpoint cannot also test it; list each case in one of them")
     test = pick(data.test_cases, "data.test_cases") if data.test_cases else []
     pool = [c for c in cases if c not in test]
     if data.val_cases is not None:

@@ -98,7 +98,7 @@ def _reopen(cfg: Config, run_dir: Path) -> dict:
 def _new_run(cfg: Config, dataset: Dataset) -> Run:
     """A new run folder with ``config.yaml`` and ``split.json`` (train / val / test case ids)."""
     train, val, held_out = split_cases(list(dataset.training), cfg.data, cfg.train.seed)
-    test = [c for c in dataset.test if c.label is not None] or held_out or val
+    test = held_out or [c for c in dataset.test if c.label is not None] or val  # data.test_cases, when set, win
     if not test:
         log.warning("no held-out cases: test.py will evaluate the training cases; use --data for real test data")
         test = train
