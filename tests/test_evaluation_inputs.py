@@ -154,3 +154,21 @@ def test_validation_and_test_cases_cannot_overlap_or_repeat_and_explicit_test_ca
     cfg = load_config(None, [f"data.root={tiny_dataset}", f"output_dir={tmp_path}", f"data.test_cases=[{ids[2]}]"])
     run, _ = prepare_run(cfg, None)  # the dataset has labelled test cases of its own
     assert json.loads((run.dir / "split.json").read_text())["test"] == [ids[2]]
+
+
+def test_a_colour_coded_label_is_refused_and_a_grey_one_stored_as_rgb_read(tmp_path):
+    """Before: red = class 1, green = class 2 was read as its red channel: the green class vanished."""
+    from PIL import Image
+
+    from pipeline.data.io import load_image
+
+    rgb = np.zeros((12, 10, 3), np.uint8)
+    rgb[2:5, 2:5, 0] = 1  # red: class 1
+    rgb[6:9, 2:5, 1] = 2  # green: class 2
+    Image.fromarray(rgb).save(tmp_path / "colour.png")
+    with pytest.raises(UserError, match="colour.png: a colour-coded label .3 channels that differ."):
+        load_image(tmp_path / "colour.png", label=True)
+    grey = np.repeat(rgb.max(axis=-1, keepdims=True), 3, axis=-1)
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    label, _ = load_image(tmp_path / "grey.png", label=True)
+    assert label.shape == (12, 10, 1) and sorted(np.unique(label).tolist()) == [0, 1, 2]

@@ -156,6 +156,9 @@ def load_image(
             raise UserError(f"{path}: data.channel {channel} does not exist (the image has {array.shape[3]} channels)")
         array = array[..., channel]
     if label:
+        if array.ndim == 4 and (array != array[..., :1]).any():
+            raise UserError(f"{path}: a colour-coded label ({array.shape[3]} channels that differ); store one class "
+                            "id per voxel (0, 1, 2, ...), e.g. by mapping each colour to its class first")
         array = array[..., 0] if array.ndim == 4 else array
         if array.dtype == np.uint8 and array.max(initial=0) == 255 and np.isin(array, (0, 255)).all():
             array = (array > 0).astype(np.uint8)  # 0/255 masks (GIF, PNG) are binary labels
