@@ -172,3 +172,19 @@ def test_a_colour_coded_label_is_refused_and_a_grey_one_stored_as_rgb_read(tmp_p
     Image.fromarray(grey).save(tmp_path / "grey.png")
     label, _ = load_image(tmp_path / "grey.png", label=True)
     assert label.shape == (12, 10, 1) and sorted(np.unique(label).tolist()) == [0, 1, 2]
+
+
+def test_labels_stored_as_int16_0_255_do_not_make_a_256_class_network(tmp_path):
+    """Before: no dataset.json, int16 labels 0/255: classes 0..255, and test.py's mean Dice was held up by
+    254 classes empty on both sides."""
+    from pipeline.config import DataConfig
+    from pipeline.data.layouts import load_dataset
+
+    pred, ref = _masks()
+    for folder, array in (("images", ref.astype(np.float32)), ("labels", ref.astype(np.int16) * 255)):
+        (tmp_path / folder).mkdir()
+        save_nifti(array, AFFINE, tmp_path / folder / "c1.nii.gz")
+    with pytest.raises(UserError, match=r"labels: label values \[0, 255\] leave 254 class id\(s\) below 255 unused "
+                                        r"\(e.g. 1\), which would train a 256-class network"):
+        load_dataset(tmp_path)
+    assert load_dataset(tmp_path, DataConfig(labels=("background", "cube"))).labels == {0: "background", 1: "cube"}

@@ -26,6 +26,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from ..config import DataConfig
 from ..yamlfile import read_yaml
 from ..errors import UserError
@@ -216,24 +218,30 @@ def _detect_layout(root: Path) -> str:
                     "set data.layout")
 
 
-def _label_max(path: Path, data: DataConfig) -> int:
-    """The largest value of a label file (a slice stack is streamed slab by slab)."""
+def _label_values(path: Path, data: DataConfig) -> set[int]:
+    """The values of a label file (a slice stack is streamed slab by slab)."""
     if path.is_dir() and _has_slices(path):
-        return max(stack_statistics(SliceStack(path), label=True).counts, default=0)
+        return set(stack_statistics(SliceStack(path), label=True).counts)
     label, _ = load_image(path, **reader_options(data, label=True))
-    return int(label.max(initial=0))
+    return {int(v) for v in np.unique(label)}
 
 
 def _labels_from_data(cases: Sequence[Case], data: DataConfig) -> dict[int, str]:
-    """Class ids 0..max found in the readable label files (names 'label i'); the dataset
-    check names the unreadable ones."""
-    top = 1
+    """Class ids 0..max found in the readable label files (names 'label i'; the check names unreadable ones).
+    Ids no label uses are refused (0/255 masks stored as int16 would train a 256-class network)."""
+    found = {0}
     for case in cases:
         if case.label is not None and case.label.exists():
             try:
-                top = max(top, _label_max(case.label, data))
+                found |= _label_values(case.label, data)
             except UserError:
                 continue
+    top, where = max(max(found), 1), next((c.label.parent for c in cases if c.label is not None), "labels")
+    missing = sorted(set(range(top + 1)) - found) if top > 1 else []
+    if missing:
+        raise UserError(f"{where}: label values {sorted(found)[:8]} leave {len(missing)} class id(s) below {top} "
+                        f"unused (e.g. {missing[0]}), which would train a {top + 1}-class network; number the classes "
+                        "0, 1, 2, ... (a mask as 0/1), or name them with data.labels")
     return {0: "background", **{i: f"label {i}" for i in range(1, top + 1)}}
 
 
