@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from . import config_rules
+from .config_rules import REPORT_METRICS
 from .errors import UserError
 from .yamlfile import UniqueKeySafeLoader, read_yaml
 
@@ -112,11 +114,6 @@ class InferConfig:
     stream_voxels: int = 2**28  # stacks, NIfTI, HDF5 with more voxels: predicted and scored slab by slab (0: always)
 
 
-# Every metric a report can hold (``evaluate.metrics``); clDice only for ``data.tubular_classes``.
-REPORT_METRICS = ("dice", "jaccard", "nsd", "cldice", "asd", "assd", "hd95", "hd", "precision", "sensitivity",
-                  "specificity", "accuracy")
-
-
 @dataclass(frozen=True)
 class EvaluateConfig:
     metrics: tuple[str, ...] = REPORT_METRICS  # which metrics reports compute (dice is always kept)
@@ -133,32 +130,6 @@ class Config:
     infer: InferConfig = field(default_factory=InferConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
-
-CHOICES = {
-    "data.modality": ("CT", "MR", "generic"),
-    "data.layout": ("auto", "msd", "paired", "h5", "stack", "list"),
-    "data.pair_by": ("auto", "name", "number"),
-    "data.contrast": ("none", "clahe"),
-    "data.lazy": ("auto", "always", "never"),
-    "model.norm": ("instance", "batch"),
-    "train.lr_schedule": ("poly", "step"),
-    "train.precision": ("auto", "fp32", "bf16", "fp16"),
-    "infer.precision": ("auto", "fp32", "bf16", "fp16"),
-    "infer.blend": ("gaussian", "constant"),
-}
-
-PROBABILITIES = {"train.pos_fraction", "train.flip_prob", "train.affine_prob", "train.intensity_prob", "train.gamma_prob"}
-
-COUNTS = {"train.epochs", "train.batch_size", "train.samples_per_volume", "train.volumes_per_epoch",
-          "train.val_every"}
-
-# Checks of keys whose values are lists: (holds, what the key must be).
-MEMBER_RULES = {
-    "evaluate.metrics": (lambda v: v and set(v) <= set(REPORT_METRICS), f"must list metrics of {', '.join(REPORT_METRICS)}"),
-    "evaluate.nsd_tolerance_mm": (lambda v: v != () and min(v if isinstance(v, tuple) else (v,)) >= 0,
-                                  "must be a tolerance in mm >= 0, or one per foreground class"),
-    "data.tubular_classes": (lambda v: all(k >= 1 for k in v), "lists foreground label ids (1 or more)"),
-}
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 
@@ -223,16 +194,9 @@ def _build(cls: type, values: dict, prefix: str, source: str) -> Any:
             kwargs[name] = _build(hint, value, f"{key}.", source)
         else:
             kwargs[name] = _coerce(value, hint, f"{source}: {key}")
-            choices = CHOICES.get(key)
-            if choices and kwargs[name] not in choices:
-                raise UserError(f"{source}: {key} must be one of {', '.join(choices)}, got {value!r}")
-            if key in PROBABILITIES and not 0 <= kwargs[name] <= 1:
-                raise UserError(f"{source}: {key} is a probability and must be in [0, 1], got {value!r}")
-            if key in COUNTS and kwargs[name] is not None and kwargs[name] < 1:
-                raise UserError(f"{source}: {key} must be at least 1, got {value!r}")
-            rule = MEMBER_RULES.get(key)
-            if rule and not rule[0](kwargs[name]):
-                raise UserError(f"{source}: {key} {rule[1]}, got {value!r}")
+            problem = config_rules.problem(key, kwargs[name])
+            if problem:
+                raise UserError(f"{source}: {key} {problem}, got {value!r}")
     return cls(**kwargs)
 
 

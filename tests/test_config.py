@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,16 @@ def test_missing_config_file_is_a_user_error(tmp_path):
 
 def test_defaults_need_no_file():
     assert config_from_dict({}) == Config()
+
+
+@pytest.mark.parametrize("item, message", [
+    ("train.seed=-1", "train.seed must be >= 0"), ("train.lr=0", "train.lr must be > 0"),
+    ("train.momentum=-0.5", "train.momentum must be in [0, 1)"), ("train.lr_step_epochs=0", "must be at least 1"),
+    ("infer.overlap=1.0", "infer.overlap must be in [0, 1)"), ("infer.sw_batch_size=0", "must be at least 1"),
+    ("data.intensity_range=[300, -200]", "low < high"), ("name=a/b", "must be a plain folder name"),
+    ("name=../x", "must be a plain folder name"), ("model.channels=[16]", "at least two widths"),
+])
+def test_out_of_range_values_are_refused_when_the_configuration_is_read(item, message):
+    """Before: these passed; infer.* ones failed after a full epoch, name=../x wrote outside output_dir."""
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_config(None, [item])
