@@ -101,7 +101,16 @@ def new_output_dir(run_dir: Path, out: str | None, resume: bool = False) -> Path
     """``--out`` (must be new or empty) or the first free ``RUN/test``, ``RUN/test-2``, ...
 
     With ``resume``: the existing ``--out`` (default ``RUN/test``) of a run that was stopped.
+    A folder that cannot be written (read-only run folder, another user's) is one line naming it.
     """
+    try:
+        return _output_dir(run_dir, out, resume)
+    except PermissionError as err:
+        raise UserError(f"{err.filename or run_dir}: cannot write the test results there (permission denied); "
+                        "pass --out DIR to write them elsewhere") from None
+
+
+def _output_dir(run_dir: Path, out: str | None, resume: bool) -> Path:
     if resume:
         path = Path(out) if out is not None else run_dir / "test"
         if not path.is_dir():

@@ -9,6 +9,7 @@ container of those: NumPy states are stored as tensors for that reason.
 
 from __future__ import annotations
 
+import errno
 import logging
 import pickle
 import random
@@ -65,8 +66,18 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
     a complete checkpoint exists at every instant, whatever kills the process.
     """
     path = Path(path)
-    atomic_write(path, lambda tmp: torch.save(state, tmp), durable=True,
-                 previous=previous_path(path) if keep_previous else None)
+    try:
+        atomic_write(path, lambda tmp: torch.save(state, tmp), durable=True,
+                     previous=previous_path(path) if keep_previous else None)
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError ("... write failed")
+        full = err.errno == errno.ENOSPC if isinstance(err, OSError) else "write failed" in str(err)
+        if not full:
+            raise
+        raise UserError(f"{path}: disk full while saving the checkpoint (the last complete one is kept); free "
+                        f"space and continue with train.py --resume {path.parent.parent}") from None
+
+
+REQUIRED = ("model", "config", "labels", "in_channels", "epoch")  # what prediction and resuming read
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -79,8 +90,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         first = " ".join(str(err).split())[:160]
         raise UserError(f"{path}: not a loadable checkpoint ({first}); it may be truncated or not made by this tool") from None
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise UserError(f"{path}: not a checkpoint of this tool (no model state or config)")
+    missing = [k for k in REQUIRED if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise UserError(f"{path}: not a checkpoint of this tool (no {', '.join(missing)})")
+    if not all(isinstance(state[k], dict) for k in ("model", "config", "labels")):
+        raise UserError(f"{path}: not a checkpoint of this tool (model, config or labels is not a mapping)")
     return state
 
 

@@ -1,5 +1,7 @@
-"""Evaluation inputs that used to give a plausible, wrong number: classes taken from the maximum value,
-masks stored as 0/255, fractions and NaN cast to class ids, classes nobody drew raising the mean."""
+"""Inputs that used to give a plausible, wrong number or a traceback, each with the test that failed before:
+classes taken from the maximum value, masks stored as 0/255, fractions and NaN cast to class ids, classes
+nobody drew raising the mean, mirrored labels, multi-page and colour images, overlapping splits, and
+checkpoints and disks that do not hold what they should."""
 
 from __future__ import annotations
 
@@ -188,3 +190,50 @@ def test_labels_stored_as_int16_0_255_do_not_make_a_256_class_network(tmp_path):
                                         r"\(e.g. 1\), which would train a 256-class network"):
         load_dataset(tmp_path)
     assert load_dataset(tmp_path, DataConfig(labels=("background", "cube"))).labels == {0: "background", 1: "cube"}
+
+
+def test_a_checkpoint_without_the_keys_prediction_needs_is_one_line(tmp_path):
+    """Before: a file that loads under weights_only but lacks 'labels' ended in a KeyError traceback."""
+    import torch
+
+    from pipeline.train.checkpoint import load_checkpoint
+
+    torch.save({"model": {}, "config": {}}, tmp_path / "thin.pt")
+    with pytest.raises(UserError, match="thin.pt: not a checkpoint of this tool .no labels, in_channels, epoch."):
+        load_checkpoint(tmp_path / "thin.pt")
+
+
+def test_a_disk_full_while_saving_a_checkpoint_keeps_the_last_one_and_says_how_to_go_on(tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    from pipeline.train.checkpoint import save_checkpoint
+
+    (tmp_path / "checkpoints").mkdir()
+    path = tmp_path / "checkpoints" / "last.pt"
+    save_checkpoint({"epoch": 1}, path, keep_previous=True)
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(UserError, match=f"last.pt: disk full while saving the checkpoint .the last complete one is "
+                                        f"kept.; free space and continue with train.py --resume {tmp_path}"):
+        save_checkpoint({"epoch": 2}, path, keep_previous=True)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["last.pt"]  # no temporary file left
+
+
+def test_a_run_folder_test_py_cannot_write_is_one_line(tmp_path, monkeypatch):
+    """Before: a read-only run folder ended in a PermissionError traceback (tested by refusing mkdir: root
+    ignores file modes)."""
+    from pathlib import Path
+
+    from pipeline.predict.run import new_output_dir
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    with pytest.raises(UserError, match=f"{tmp_path / 'test'}: cannot write the test results there .permission "
+                                        "denied.; pass --out DIR"):
+        new_output_dir(tmp_path, None)
