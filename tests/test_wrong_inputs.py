@@ -237,3 +237,27 @@ def test_a_run_folder_test_py_cannot_write_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=f"{tmp_path / 'test'}: cannot write the test results there .permission "
                                         "denied.; pass --out DIR"):
         new_output_dir(tmp_path, None)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda f: f.create_group("image").create_dataset("data", data=np.zeros((4, 4, 4))), "'image' is a group, not an array"),
+    (lambda f: f.create_dataset("image", data=np.zeros((4, 4, 4))).attrs.__setitem__("spacing", (1.0, 1.0)),
+     r"spacing attribute \[1.0, 1.0\] is not three positive voxel sizes"),
+    (lambda f: f.create_dataset("image", data=np.zeros((4, 4, 4))).attrs.__setitem__("spacing", (1.0, 0.0, 1.0)),
+     r"spacing attribute \[1.0, 0.0, 1.0\] is not three positive voxel sizes"),
+])
+def test_hdf5_files_that_hold_the_wrong_things_are_one_line(tmp_path, make, message):
+    """Before: a group ended in an AttributeError traceback; a spacing of two values or a zero passed the
+    check and crashed in training."""
+    import h5py
+
+    from pipeline.data.io import load_image
+    from pipeline.data.volume_slabs import VolumeSlabs
+
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        make(f)
+    with pytest.raises(UserError, match=f"c.h5: {message}"):
+        load_image(tmp_path / "c.h5")
+    if "group" not in message:
+        with pytest.raises(UserError, match=f"c.h5: {message}"):
+            VolumeSlabs(tmp_path / "c.h5")

@@ -278,12 +278,26 @@ def _read_h5(path: Path, key: str, default_spacing) -> tuple[np.ndarray, np.ndar
             raise UserError(f"{path}: no dataset {key!r} (it has {', '.join(f.keys()) or 'none'}); "
                             "set data.h5_image_key / data.h5_label_key")
         dataset = f[key]
+        if not isinstance(dataset, h5py.Dataset):
+            raise UserError(f"{path}: {key!r} is a group, not an array; set data.h5_image_key / data.h5_label_key "
+                            "to the array's path (e.g. group/image)")
         if dataset.size > MAX_VOXELS:
             raise UserError(f"{path}: dataset {key!r} declares {dataset.shape} voxels, more than this tool accepts")
         array = dataset[()]
         spacing = dataset.attrs.get("spacing", f.attrs.get("spacing", default_spacing))
-    spacing = [float(v) for v in np.atleast_1d(spacing)]
-    return array, np.diag([*spacing[:3], 1.0])
+    return array, np.diag([*h5_spacing(spacing, path), 1.0])
+
+
+def h5_spacing(value, path: Path) -> list[float]:
+    """The three voxel sizes (mm) of an HDF5 ``spacing`` attribute; UserError unless three positive numbers."""
+    try:
+        spacing = [float(v) for v in np.atleast_1d(value)]
+    except (TypeError, ValueError):
+        spacing = []
+    if len(spacing) != 3 or not all(np.isfinite(v) and v > 0 for v in spacing):
+        raise UserError(f"{path}: spacing attribute {np.atleast_1d(value).tolist()} is not three positive voxel "
+                        "sizes (mm); fix it, or remove it and set data.default_spacing")
+    return spacing
 
 
 def read_slice(path: Path) -> np.ndarray:

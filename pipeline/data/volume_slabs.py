@@ -30,7 +30,7 @@ import SimpleITK as sitk
 
 from ..config import DataConfig
 from ..errors import UserError
-from .io import affine_from_itk, check_nifti_size, kind_of, read_geometry
+from .io import affine_from_itk, check_nifti_size, h5_spacing, kind_of, read_geometry
 from .stack import SLAB, SliceStack
 
 STREAMED_KINDS = ("nifti", "h5", "itk")
@@ -64,7 +64,7 @@ class VolumeSlabs:
                 raise UserError(f"{self.path}: no dataset {h5_key!r}; set data.h5_image_key / data.h5_label_key")
             self._data = self._file[h5_key]
             spacing = self._data.attrs.get("spacing", self._file.attrs.get("spacing", default_spacing))
-            self.affine = np.diag([*[float(v) for v in np.atleast_1d(spacing)][:3], 1.0])
+            self.affine = np.diag([*h5_spacing(spacing, self.path), 1.0])
         shape = tuple(int(n) for n in self._data.shape)
         if len(shape) == 4 and shape[3] == 1:
             shape = shape[:3]
