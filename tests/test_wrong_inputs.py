@@ -5,6 +5,8 @@ checkpoints and disks that do not hold what they should."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -261,3 +263,31 @@ def test_hdf5_files_that_hold_the_wrong_things_are_one_line(tmp_path, make, mess
     if "group" not in message:
         with pytest.raises(UserError, match=f"c.h5: {message}"):
             VolumeSlabs(tmp_path / "c.h5")
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"training": [{"image": 5, "label": "./labelsTr/c.nii.gz"}]}', "5 is not a file path"),
+    ('{"training": [{"image": "./imagesTr/c.nii.gz", "label": null}]}', "None is not a file path"),
+    ('{"labels": {"0": "b", "1": "x"}, "modality": "CT", "training": []}', "'modality' must map channel numbers"),
+    ('{"labels": {"0": "b"}, "labels": {"0": "b", "1": "x"}, "training": []}', "key 'labels' appears twice"),
+])
+def test_a_dataset_json_with_values_of_the_wrong_kind_is_one_line(tmp_path, text, message):
+    """Before: a number or null as a path and a string modality ended in tracebacks; a key given twice
+    was read as its last value without a word (YAML presets already refused duplicates)."""
+    from pipeline.data.layouts import load_dataset
+
+    (tmp_path / "dataset.json").write_text(text.replace('"training": []', '"training": [{"image": '
+                                                        '"./imagesTr/c.nii.gz", "label": "./labelsTr/c.nii.gz"}]'))
+    with pytest.raises(UserError, match=f"dataset.json: .*{re.escape(message)}"):
+        load_dataset(tmp_path)
+
+
+def test_a_symlink_loop_in_a_dataset_path_is_one_line(tmp_path):
+    from pipeline.data.layouts import load_dataset
+
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "imagesTr" / "loop.nii.gz").symlink_to(tmp_path / "imagesTr" / "loop.nii.gz")
+    (tmp_path / "dataset.json").write_text('{"labels": {"0": "b", "1": "x"}, "training": '
+                                           '[{"image": "./imagesTr/loop.nii.gz", "label": "./imagesTr/loop.nii.gz"}]}')
+    with pytest.raises(UserError, match="dataset.json: path './imagesTr/loop.nii.gz' cannot be resolved"):
+        load_dataset(tmp_path)

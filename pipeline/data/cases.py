@@ -37,8 +37,14 @@ class Dataset:
 
 
 def inside_root(root: Path, relative: str | Path, source: Path) -> Path:
-    """``root / relative`` resolved, refused when it leaves the root (../, absolute, links)."""
-    path = (root / relative).resolve()
+    """``root / relative`` resolved, refused when it leaves the root (../, absolute, links), is not a
+    path at all (a number, null) or cannot be resolved (a symlink loop)."""
+    if not isinstance(relative, (str, Path)) or not str(relative):
+        raise UserError(f"{source}: {relative!r} is not a file path; give each image and label as a path string")
+    try:
+        path = (root / relative).resolve()
+    except (RuntimeError, OSError) as err:  # Python reports a symlink loop as RuntimeError
+        raise UserError(f"{source}: path {str(relative)!r} cannot be resolved ({err})") from None
     if not path.is_relative_to(root.resolve()):
         raise UserError(f"{source}: path {str(relative)!r} points outside the dataset root {root}; "
                         "keep every file inside the dataset folder")

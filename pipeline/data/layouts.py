@@ -20,7 +20,6 @@ leave it are refused.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import re
 from collections.abc import Sequence
@@ -33,68 +32,13 @@ from ..yamlfile import read_yaml
 from ..errors import UserError
 from .cases import Case, Dataset, inside_root
 from .io import H5_SUFFIXES, IMAGE_2D_SUFFIXES, case_id, list_images, load_image, natural_key, reader_options
+from .msd import load_msd, msd_folder_cases
 from .stack import SliceStack, stack_statistics
 
 log = logging.getLogger(__name__)
 
 LABEL_DIRS = ("labels", "label", "1st_manual", "manual", "masks", "gt", "groundtruth", "ground_truth")
 FOV_DIRS = ("mask", "fov", "roi")
-
-
-# --- MSD -------------------------------------------------------------------------------------
-
-def _msd_labels(meta: dict, source: Path) -> dict[int, str]:
-    raw = meta.get("labels")
-    if not isinstance(raw, dict) or not raw:
-        raise UserError(f"{source}: 'labels' must map label ids to names, e.g. {{\"0\": \"background\", \"1\": \"organ\"}}")
-    try:
-        labels = {int(k): str(v) for k, v in raw.items()}
-    except ValueError:
-        raise UserError(f"{source}: label ids in 'labels' must be integers, got {list(raw)}") from None
-    if 0 not in labels or sorted(labels) != list(range(len(labels))):
-        raise UserError(f"{source}: label ids must be 0..N-1 with 0 the background, got {sorted(labels)}")
-    return labels
-
-
-def _load_msd(root: Path) -> tuple[list[Case], list[Case], dict[int, str] | None, tuple[str, ...]]:
-    source = root / "dataset.json"
-    try:
-        meta = json.loads(source.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{source}: cannot parse ({err})") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("training"), list):
-        raise UserError(f"{source}: expected a 'training' list of {{\"image\": ..., \"label\": ...}} entries")
-    training = []
-    for entry in meta["training"]:
-        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
-            raise UserError(f"{source}: training entry {entry!r} needs 'image' and 'label'")
-        image = inside_root(root, entry["image"], source)
-        training.append(Case(case_id(image), image, inside_root(root, entry["label"], source)))
-    test = []
-    for entry in meta.get("test", []):
-        rel = entry.get("image") if isinstance(entry, dict) else entry
-        if not isinstance(rel, str):
-            raise UserError(f"{source}: test entry {entry!r} must be a path or have an 'image'")
-        image = inside_root(root, rel, source)
-        if isinstance(entry, dict) and "label" in entry:
-            label = inside_root(root, entry["label"], source)
-        else:
-            guess = root / "labelsTs" / image.name
-            label = guess if guess.is_file() else None
-        test.append(Case(case_id(image), image, label))
-    modality = meta.get("modality") or meta.get("channel_names") or {"0": "CT"}
-    return training, test, _msd_labels(meta, source), tuple(str(v) for _, v in sorted(modality.items()))
-
-
-def _strip_channel(cid: str) -> str:
-    return cid[:-5] if len(cid) > 5 and cid[-5] == "_" and cid[-4:].isdigit() else cid
-
-
-def _msd_folder_cases(root: Path, images: str, labels: str) -> list[Case]:
-    if not (root / images).is_dir():
-        return []
-    label_files = {case_id(p): p for p in list_images(root / labels)} if (root / labels).is_dir() else {}
-    return [Case(_strip_channel(case_id(p)), p, label_files.get(_strip_channel(case_id(p)))) for p in list_images(root / images)]
 
 
 # --- paired folders ----------------------------------------------------------------------------
@@ -260,8 +204,8 @@ def _layout_cases(root: Path, layout: str, data: DataConfig) -> tuple[list[Case]
     """(training, test, labels or None, modalities) of ``root`` read as ``layout``."""
     if layout == "msd":
         if (root / "dataset.json").is_file():
-            return _load_msd(root)
-        return (_msd_folder_cases(root, "imagesTr", "labelsTr"), _msd_folder_cases(root, "imagesTs", "labelsTs"),
+            return load_msd(root)
+        return (msd_folder_cases(root, "imagesTr", "labelsTr"), msd_folder_cases(root, "imagesTs", "labelsTs"),
                 None, ("image",))
     if layout == "paired":
         return _paired_cases(root, data), [], None, ("image",)
