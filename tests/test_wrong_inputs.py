@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -291,3 +292,47 @@ def test_a_symlink_loop_in_a_dataset_path_is_one_line(tmp_path):
                                            '[{"image": "./imagesTr/loop.nii.gz", "label": "./imagesTr/loop.nii.gz"}]}')
     with pytest.raises(UserError, match="dataset.json: path './imagesTr/loop.nii.gz' cannot be resolved"):
         load_dataset(tmp_path)
+
+
+def _nan_label(root):
+    path = sorted((root / "labelsTr").iterdir())[0]
+    image = nib.load(path)
+    array = np.asanyarray(image.dataobj).astype(np.float32)
+    array[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(array, image.affine), path)
+    return path, "holds nan, not a class id"
+
+
+def _two_channels(root):
+    path = sorted((root / "imagesTr").iterdir())[0]
+    image = nib.load(path)
+    array = np.asanyarray(image.dataobj)
+    nib.save(nib.Nifti1Image(np.stack([array, array], axis=-1), image.affine), path)
+    return path, "has 2 channel(s), the dataset declares 1 (CT)"
+
+
+def _unknown_datatype(root):
+    import gzip
+
+    path = sorted((root / "imagesTr").iterdir())[0]
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[70:72] = (1234).to_bytes(2, "little")  # the header's datatype code
+    path.write_bytes(gzip.compress(bytes(raw)))
+    return path, "cannot read image data (data code 1234 not recognized)"
+
+
+@pytest.mark.parametrize("damage", [_nan_label, _two_channels, _unknown_datatype], ids=lambda f: f.__name__)
+def test_the_check_names_nan_labels_extra_channels_and_unknown_datatypes(tiny_dataset, tmp_path, damage):
+    """Before: a NaN label and an unknown NIfTI datatype ended in tracebacks; a 2-channel image in a dataset
+    declaring one modality passed the check (and failed in training)."""
+    import shutil
+
+    from pipeline.config import DataConfig
+    from pipeline.data.check import check_dataset
+    from pipeline.data.layouts import load_dataset
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset, root)
+    path, message = damage(root)
+    report = check_dataset(load_dataset(root), DataConfig())
+    assert [(p.file, message in p.message) for p in report.errors] == [(str(path), True)]

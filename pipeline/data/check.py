@@ -190,8 +190,13 @@ def check_case(case: Case, dataset: Dataset, data: DataConfig, need_label: bool)
             problems += grid
             if not any(p.severity == "error" for p in grid):
                 values, n = np.unique(label, return_counts=True)
-                counts = {int(v): int(c) for v, c in zip(values, n)}
-                problems += _label_problems(case, counts, dataset)
+                if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
+                    bad = next(float(v) for v in values if not np.isfinite(v) or v != np.round(v))
+                    problems.append(Problem("error", str(case.label), f"holds {bad:g}, not a class id",
+                                            "store class ids 0, 1, 2, ... (threshold or round it first)"))
+                else:
+                    counts = {int(v): int(c) for v, c in zip(values, n)}
+                    problems += _label_problems(case, counts, dataset)
     if case.mask is not None:
         mask, mask_affine, found = _read(case.mask, reader_options(data, label=True), "add the mask or remove the case")
         problems += found
@@ -218,6 +223,11 @@ def check_dataset(dataset: Dataset, data: DataConfig | None = None, workers: int
             report.problems.extend(problems)
             if stats is not None:
                 report.stats[case.id] = stats
+                if data.channel is None and stats.channels != len(dataset.modalities):
+                    report.problems.append(Problem(
+                        "error", str(case.image), f"has {stats.channels} channel(s), the dataset declares "
+                        f"{len(dataset.modalities)} ({', '.join(dataset.modalities)})",
+                        "give every case the declared channels, or pick one with data.channel"))
     return report
 
 

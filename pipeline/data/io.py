@@ -145,7 +145,7 @@ def load_image(
     except UserError:
         raise
     except (OSError, EOFError, ValueError, RuntimeError, KeyError, zlib.error, Image.DecompressionBombError,
-            nib.filebasedimages.ImageFileError) as err:
+            nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError) as err:
         raise UserError(f"{path}: cannot read image data ({_first_line(err)})") from None
     if array.ndim == 2:
         array = array[:, :, None]

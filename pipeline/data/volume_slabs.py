@@ -147,7 +147,8 @@ def volume_voxels(path: Path, h5_key: str = "image") -> int | None:
                 return int(f[h5_key].size) if isinstance(f.get(h5_key), h5py.Dataset) else None
         if kind == "itk":
             return int(np.prod(read_geometry(path).shape, dtype=np.int64))
-    except (UserError, OSError, ValueError, MemoryError, EOFError, nib.filebasedimages.ImageFileError):
+    except (UserError, OSError, ValueError, MemoryError, EOFError, nib.filebasedimages.ImageFileError,
+            nib.spatialimages.HeaderDataError):
         return None
     return None
 
