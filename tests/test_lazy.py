@@ -21,7 +21,7 @@ from pipeline.data.io import load_image
 from pipeline.data.kidney import KidneySpec, generate_kidney_stacks
 from pipeline.data.monai_reader import PipelineReader
 from pipeline.data.stack import SliceStack, normalised_reader, stack_statistics
-from pipeline.data.store import CHUNK, VolumeStore, lazy_cases, open_store
+from pipeline.data.store import CHUNK, lazy_cases, open_store
 from pipeline.errors import UserError
 from pipeline.train.lazy_crops import StoredCrops
 

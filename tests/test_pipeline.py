@@ -13,9 +13,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import REPO, run_cli, smoke_args
-from pipeline.config import load_config
-from pipeline.data.io import load_image, read_volume
+from conftest import run_cli, smoke_args
+from pipeline.data.io import read_volume
 from pipeline.evaluate.report import CSV_FIRST, read_metrics_csv
 from pipeline.evaluate.rows import VOXEL_COUNTS
 from pipeline.metrics import cldice, nsd, roc_auc

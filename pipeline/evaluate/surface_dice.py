@@ -29,7 +29,6 @@ so a surfel at exactly the tolerance is counted as the reference counts it.
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Sequence
 
 import numpy as np

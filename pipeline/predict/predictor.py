@@ -20,7 +20,7 @@ from monai.transforms import KeepLargestConnectedComponent
 
 from models3d import build_from_config
 
-from ..config import Config, config_from_dict, config_to_dict, merge_overrides
+from ..config import Config, config_from_dict, merge_overrides
 from ..data.cases import Case
 from ..data.io import load_image, reader_options, spacing_from_affine
 from ..data.monai_reader import to_meta_tensor

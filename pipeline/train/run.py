@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ..config import Config, config_from_dict, save_config
-from ..data.cases import Case, Dataset
+from ..data.cases import Dataset
 from ..data.check import check_dataset
 from ..data.layouts import load_dataset
 from ..data.splits import split_cases
