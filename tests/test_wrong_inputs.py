@@ -203,3 +203,19 @@ def test_a_run_folder_test_py_cannot_write_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=f"{tmp_path / 'test'}: cannot write the test results there .permission "
                                         "denied.; pass --out DIR"):
         new_output_dir(tmp_path, None)
+
+
+def test_train_py_leaves_no_folder_behind_for_a_bad_patch_or_a_latest_folder_in_the_way(tiny_dataset, tmp_path):
+    """Before: a patch the network cannot pool failed after the run folder was made and latest moved to it;
+    a real folder named latest ended in a traceback."""
+    from conftest import run_cli, smoke_args
+
+    bad = run_cli(*smoke_args(tiny_dataset, tmp_path, "train.patch_size=[30, 30, 16]"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "train.patch_size: patch_size must be divisible by" in bad.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no run folder, no latest link
+    (tmp_path / "latest").mkdir()
+    (tmp_path / "latest" / "keep.txt").write_text("mine")
+    blocked = run_cli(*smoke_args(tiny_dataset, tmp_path, "train.epochs=1"))
+    assert blocked.returncode == 2 and "latest: a folder of that name is in the way" in blocked.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest"] and (tmp_path / "latest" / "keep.txt").is_file()

@@ -12,6 +12,8 @@ import os
 from datetime import datetime
 from pathlib import Path
 
+from models3d import build_from_config
+
 from ..config import Config, config_from_dict, save_config
 from ..data.cases import Dataset
 from ..data.check import check_dataset
@@ -37,6 +39,9 @@ def new_run_dir(cfg: Config) -> Path:
         raise UserError(f"output_dir {out}: cannot create ({err.strerror})") from None
     if not os.access(out, os.W_OK):
         raise UserError(f"output_dir {out}: not writable; set output_dir to a folder you can write")
+    if (out / "latest").exists() and not (out / "latest").is_symlink():
+        raise UserError(f"{out / 'latest'}: a folder of that name is in the way of the link to the newest run; "
+                        "rename it (nothing in it is touched)")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     for n in range(1000):
         run_dir = out / (f"{cfg.name}-{stamp}" + (f"-{n}" if n else ""))
@@ -114,7 +119,12 @@ def _new_run(cfg: Config, dataset: Dataset) -> Run:
 def prepare_run(cfg: Config, resume_dir: str | Path | None) -> tuple[Run | None, dict | None]:
     """Checked data and a new (or reopened) run folder; (None, checkpoint) when the resumed run is done."""
     if resume_dir is None:
-        return _new_run(cfg, checked_dataset(cfg)), None
+        dataset = checked_dataset(cfg)
+        try:  # before the run folder exists: a model that cannot be built leaves nothing behind
+            build_from_config(cfg.model, len(dataset.modalities), max(dataset.labels) + 1, cfg.train.patch_size)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        return _new_run(cfg, dataset), None
     run_dir = Path(resume_dir)
     resume = _reopen(cfg, run_dir)
     if _finished(cfg, resume):
