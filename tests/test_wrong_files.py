@@ -142,3 +142,22 @@ def test_the_check_names_nan_labels_extra_channels_and_unknown_datatypes(tiny_da
     path, message = damage(root)
     report = check_dataset(load_dataset(root), DataConfig())
     assert [(p.file, message in p.message) for p in report.errors] == [(str(path), True)]
+
+
+def test_links_that_leave_the_root_are_refused_in_folder_layouts_too(tmp_path):
+    """The docstring said so; folder layouts (no dataset.json) read such links anyway."""
+    from PIL import Image
+
+    from pipeline.data.layouts import load_dataset
+
+    root = tmp_path / "drive"
+    for folder in ("images", "labels"):
+        (root / folder).mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "elsewhere.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "labels" / "a.png")
+    (root / "images" / "a.png").symlink_to(tmp_path / "elsewhere.png")
+    with pytest.raises(UserError, match=f"a.png: a link to {tmp_path / 'elsewhere.png'}, outside the dataset root"):
+        load_dataset(root)
+    (root / "images" / "a.png").unlink()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "images" / "a.png")
+    assert [c.id for c in load_dataset(root).training] == ["a"]

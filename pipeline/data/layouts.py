@@ -13,8 +13,9 @@ Layouts (``data.layout``, detected when ``auto``):
   (the kidney layout), or ``images/`` + ``labels/`` slice folders forming one volume;
 - ``list``: a YAML or CSV list of ``image,label[,mask]`` paths (``data.list``).
 
-Every path must stay inside the root: ``../``, absolute paths and links that
-leave it are refused.
+Every path must stay inside the root, in every layout: ``../``, absolute paths
+and links that leave it are refused (copy such files in, or point ``data.root``
+at the folder that holds them).
 """
 
 from __future__ import annotations
@@ -218,6 +219,19 @@ def _layout_cases(root: Path, layout: str, data: DataConfig) -> tuple[list[Case]
     return _list_cases(root, data.list), [], None, ("image",)
 
 
+def _check_inside(root: Path, cases: Sequence[Case]) -> None:
+    """Every file of every case resolves inside the root, whatever the layout (folders included)."""
+    top = root.resolve()
+    for path in (p for case in cases for p in (case.image, case.label, case.mask) if p is not None):
+        try:
+            target = path.resolve()
+        except (RuntimeError, OSError) as err:  # a symlink loop
+            raise UserError(f"{path}: cannot be resolved ({err})") from None
+        if not target.is_relative_to(top):
+            raise UserError(f"{path}: a link to {target}, outside the dataset root {root}; copy the file in, or set "
+                            "data.root to a folder that holds it")
+
+
 def load_dataset(root: str | Path, data: DataConfig | None = None) -> Dataset:
     """Detect or apply the layout of ``root`` and list its cases; UserError when nothing usable is there."""
     data = data or DataConfig()
@@ -229,6 +243,7 @@ def load_dataset(root: str | Path, data: DataConfig | None = None) -> Dataset:
     training, test, labels, modalities = _layout_cases(root, layout, data)
     if not training and not test:
         raise UserError(f"{root}: no cases found for layout {layout!r}")
+    _check_inside(root, [*training, *test])
     if data.labels is not None:
         labels = {i: name for i, name in enumerate(data.labels)}
     if labels is None:
