@@ -155,7 +155,7 @@ def test_test_py_streams_a_large_stack_and_scores_it_like_the_whole_volume(stack
         assert row[metric] == pytest.approx(rows_streamed[0][metric], abs=1e-9)
     refused = run_cli("test.py", "--run", str(run), "--out", str(tmp_path / "p"), "--set", "infer.stream_voxels=0",
                       "infer.auc=true")
-    assert refused.returncode == 2 and "infer.auc not available for stacks" in refused.stderr
+    assert refused.returncode == 2 and "infer.auc not available for volumes predicted slab by slab" in refused.stderr
 
 
 def test_stack_scores_counted_slab_by_slab_equal_the_whole_volume_rows(tmp_path):

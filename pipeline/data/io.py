@@ -21,7 +21,6 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
@@ -29,6 +28,7 @@ import tifffile
 from PIL import Image
 
 from ..errors import UserError
+from .formats import MAX_VOXELS, itk_to_array, read_dicom, read_h5
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
@@ -36,7 +36,6 @@ VOLUME_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
 H5_SUFFIXES = (".h5", ".hdf5")
 IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp")
 ALL_SUFFIXES = VOLUME_SUFFIXES + H5_SUFFIXES + IMAGE_2D_SUFFIXES
-MAX_VOXELS = 2**31  # refuse headers that declare more voxels than this (8 GB as float32)
 MAX_GZIP_RATIO = 1100  # deflate cannot compress more than ~1032:1; a header claiming more is lying
 
 
@@ -171,9 +170,9 @@ def _read_source(path: Path, kind: str, h5_key: str, default_spacing) -> tuple[n
     if kind == "itk":
         return _read_itk(path)
     if kind == "dicom":
-        return _read_dicom(path)
+        return read_dicom(path)
     if kind == "h5":
-        return _read_h5(path, h5_key, default_spacing)
+        return read_h5(path, h5_key, default_spacing)
     array = _read_stack(path) if kind == "stack" else _read_image2d(path)
     return array, np.diag([*default_spacing, 1.0])
 
@@ -223,81 +222,11 @@ def check_nifti_size(path: Path, image: nib.Nifti1Image) -> None:
         raise UserError(f"{path}: file is truncated ({size:,} bytes, header needs {n_bytes:,})")
 
 
-def affine_from_itk(spacing, origin, direction) -> np.ndarray:
-    """ITK geometry (LPS) -> voxel-to-RAS affine, as nibabel writes it."""
-    affine = np.eye(4)
-    affine[:3, :3] = np.asarray(direction, dtype=np.float64).reshape(3, 3) * np.asarray(spacing)
-    affine[:3, 3] = origin
-    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
-
-
-def _itk_to_array(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
-    if image.GetDimension() == 2:
-        image = sitk.JoinSeries(image)
-    array = sitk.GetArrayFromImage(image)  # (z, y, x[, c])
-    array = array.transpose(2, 1, 0, 3) if array.ndim == 4 else array.transpose(2, 1, 0)
-    return array, affine_from_itk(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
-
-
 def _read_itk(path: Path) -> tuple[np.ndarray, np.ndarray]:
     geometry = read_geometry(path)
     if int(np.prod(geometry.shape, dtype=np.int64)) > MAX_VOXELS:
         raise UserError(f"{path}: header declares {geometry.shape} voxels, more than this tool accepts")
-    return _itk_to_array(sitk.ReadImage(str(path)))
-
-
-def _read_dicom(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One DICOM series; refuses a missing slice or uneven slice spacing, naming the gap."""
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if len(series) != 1:
-        raise UserError(f"{folder}: expected one DICOM series, found {len(series)}; put each series in its own folder")
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
-    positions, normal = [], None
-    for name in files:
-        header = sitk.ImageFileReader()
-        header.SetFileName(name)
-        header.ReadImageInformation()
-        positions.append(np.asarray(header.GetOrigin()))
-        if normal is None:
-            normal = np.asarray(header.GetDirection()).reshape(3, 3)[:, 2]
-    if len(files) > 2:
-        steps = np.diff([float(p @ normal) for p in positions])
-        expected = float(np.median(steps))
-        for i, step in enumerate(steps):
-            if abs(step - expected) > 0.05 * abs(expected) + 1e-3:
-                raise UserError(f"{folder}: slice gap between {Path(files[i]).name} and {Path(files[i + 1]).name}: "
-                                f"{step:.3g} mm where the series has {expected:.3g} mm (missing or duplicate slice?)")
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    return _itk_to_array(reader.Execute())
-
-
-def _read_h5(path: Path, key: str, default_spacing) -> tuple[np.ndarray, np.ndarray]:
-    with h5py.File(path, "r") as f:
-        if key not in f:
-            raise UserError(f"{path}: no dataset {key!r} (it has {', '.join(f.keys()) or 'none'}); "
-                            "set data.h5_image_key / data.h5_label_key")
-        dataset = f[key]
-        if not isinstance(dataset, h5py.Dataset):
-            raise UserError(f"{path}: {key!r} is a group, not an array; set data.h5_image_key / data.h5_label_key "
-                            "to the array's path (e.g. group/image)")
-        if dataset.size > MAX_VOXELS:
-            raise UserError(f"{path}: dataset {key!r} declares {dataset.shape} voxels, more than this tool accepts")
-        array = dataset[()]
-        spacing = dataset.attrs.get("spacing", f.attrs.get("spacing", default_spacing))
-    return array, np.diag([*h5_spacing(spacing, path), 1.0])
-
-
-def h5_spacing(value, path: Path) -> list[float]:
-    """The three voxel sizes (mm) of an HDF5 ``spacing`` attribute; UserError unless three positive numbers."""
-    try:
-        spacing = [float(v) for v in np.atleast_1d(value)]
-    except (TypeError, ValueError):
-        spacing = []
-    if len(spacing) != 3 or not all(np.isfinite(v) and v > 0 for v in spacing):
-        raise UserError(f"{path}: spacing attribute {np.atleast_1d(value).tolist()} is not three positive voxel "
-                        "sizes (mm); fix it, or remove it and set data.default_spacing")
-    return spacing
+    return itk_to_array(sitk.ReadImage(str(path)))
 
 
 def read_slice(path: Path) -> np.ndarray:

@@ -30,7 +30,8 @@ import SimpleITK as sitk
 
 from ..config import DataConfig
 from ..errors import UserError
-from .io import affine_from_itk, check_nifti_size, h5_spacing, kind_of, read_geometry
+from .formats import affine_from_itk, h5_spacing
+from .io import check_nifti_size, kind_of, read_geometry
 from .stack import SLAB, SliceStack
 
 STREAMED_KINDS = ("nifti", "h5", "itk")

@@ -256,14 +256,18 @@ def run_test(
     barrier(info)
     if not info.is_main:
         return out_dir, None
-    done = read_case_rows(out_dir)  # every rank's cases
+    return out_dir, _report(run_dir, out_dir, cases, scored_kind(run_dir, data, images))
+
+
+def _report(run_dir: Path, out_dir: Path, cases: list[Case], kind: str) -> dict | None:
+    """The reports of every rank's cases, saying what was scored; None without labels."""
+    done = read_case_rows(out_dir)
     rows = [row for case in cases for row in done[case.id]]
     if not rows:
         log.info("no labels: wrote predictions and slices only")
-        return out_dir, None
-    kind = scored_kind(run_dir, data, images)
+        return None
     summary = {**summarize(rows), "scored": kind, "scored_note": SCORED[kind]}
     if kind in ("selection", "training"):
         log.warning("scored %s", SCORED[kind])
     write_reports(rows, summary, out_dir, {c.id: f"slices/{c.id}.png" for c in cases}, title=f"Test of {run_dir.name}")
-    return out_dir, summary
+    return summary
