@@ -8,9 +8,9 @@
 The dataset's own test cases are not available, so a seeded quarter-or-so of its
 training cases (4 of 14 LA volumes, 4 of 20 DRIVE images) is held out: the
 network trains on the rest with the preset unchanged, and ``test.py`` scores the
-held-out cases with the *last* checkpoint. The held-out cases are also the
-validation set, so the log shows their Dice over training, but nothing is chosen
-on them (no best-checkpoint selection, no tuning inside this run).
+held-out cases with the *last* checkpoint. Nothing is chosen on them: the run has
+no validation set (a case may not be both a validation and a test case), so no
+best-checkpoint selection and no tuning happen inside it.
 
 Prints one line per metric (mean over the held-out cases) next to the seed's
 published figure and the target, and the training wall time; writes
@@ -159,7 +159,7 @@ def main() -> None:
     out.mkdir(parents=True)
     listed = "[" + ",".join(test_ids) + "]"
     train_cmd = [sys.executable, "train.py", "--config", ref["config"], "--set", f"output_dir={out}",
-                 f"data.root={root}", f"data.test_cases={listed}", f"data.val_cases={listed}", *args.overrides]
+                 f"data.root={root}", f"data.test_cases={listed}", "data.val_fraction=0", *args.overrides]
     print(f"{args.dataset}: training on {len(ids) - len(test_ids)} cases, holding out {', '.join(test_ids)}", flush=True)
     train_seconds = run(train_cmd, out / "train.log")
     run_dir = (out / "latest").resolve()

@@ -114,6 +114,7 @@ def test_reports_say_whether_they_scored_a_test_a_selection_set_or_training_case
 
     (tmp_path / "split.json").write_text(json.dumps({"root": str(tmp_path), **split}))
     assert scored_kind(tmp_path, None, None) == kind and scored_kind(tmp_path, "other/root", None) == "given"
+    assert scored_kind(tmp_path, None, None, "last") == ("held-out" if kind == "selection" else kind)  # nothing chosen
     pred, ref = _masks()
     summary = {**summarize(evaluate_case("a", pred, ref, {1: "x"})), "scored": kind, "scored_note": SCORED[kind]}
     text = render_markdown(summary, [], title="Test")

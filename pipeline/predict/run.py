@@ -87,14 +87,15 @@ SCORED = {
 }
 
 
-def scored_kind(run_dir: Path, data: str | None, images: str | None) -> str:
+def scored_kind(run_dir: Path, data: str | None, images: str | None, checkpoint: str = "best") -> str:
     """What ``test.py`` scores (a key of ``SCORED``): the run's test split compared with its training
-    and validation cases, unless cases were given on the command line."""
+    cases, and with its validation cases when those chose the checkpoint (``best``); ``given`` for
+    cases named on the command line."""
     if data is not None or images is not None:
         return "given"
     split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
-    test = set(split["test"])
-    return "training" if test & set(split["train"]) else "selection" if test & set(split["val"]) else "held-out"
+    test, chosen_on = set(split["test"]), set(split["val"]) if checkpoint == "best" else set()
+    return "training" if test & set(split["train"]) else "selection" if test & chosen_on else "held-out"
 
 
 def new_output_dir(run_dir: Path, out: str | None, resume: bool = False) -> Path:
@@ -256,7 +257,7 @@ def run_test(
     barrier(info)
     if not info.is_main:
         return out_dir, None
-    return out_dir, _report(run_dir, out_dir, cases, scored_kind(run_dir, data, images))
+    return out_dir, _report(run_dir, out_dir, cases, scored_kind(run_dir, data, images, checkpoint))
 
 
 def _report(run_dir: Path, out_dir: Path, cases: list[Case], kind: str) -> dict | None:
