@@ -18,12 +18,19 @@ Empty masks: both empty gives 1 (as Dice does), exactly one empty gives 0.
 The areas per configuration come from scikit-image's marching cubes (Lorensen's
 table) run once on each 2×2×2 configuration. As in the reference, a
 configuration with more than half of its corners inside takes the surfels of its
-complement, so a surface is the same whichever side of it is the object. The
-distance query asks a KD-tree only whether a neighbour lies within tolerance,
-which is far cheaper than a full nearest-neighbour search or a distance
-transform of the crop, and recomputes the distance of the neighbour it finds
-from integer offsets exactly as ``scipy.ndimage.distance_transform_edt`` does,
-so a surfel at exactly the tolerance is counted as the reference counts it.
+complement, so a surface is the same whichever side of it is the object.
+
+Only "is there a surfel of the other mask within tolerance" is asked, never the
+distance itself, which is far cheaper than the reference's distance transforms.
+When few cell offsets lie within the tolerance (up to ``MAX_OFFSETS``: 5 at 1 mm
+and 0.8 x 0.8 x 2.5 mm), each is looked up in the other boundary's grid; otherwise
+a KD-tree query bounded by the tolerance answers, and the distance of the
+neighbour it finds is recomputed from integer offsets. Offset lengths are
+computed exactly as ``scipy.ndimage.distance_transform_edt`` computes distances,
+so a surfel at exactly the tolerance counts as the reference counts it.
+Written by hand because no maintained library computes this NSD (DeepMind's
+package is unmaintained; MONAI's subvoxel mode is 40x slower, see
+``benchmarks/metrics_vs_medpy.py``).
 """
 
 from __future__ import annotations
