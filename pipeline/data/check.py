@@ -25,7 +25,7 @@ from .cases import Case, Dataset
 from .layouts import load_dataset
 from .stack import stack_statistics
 from .store import check_same_grid
-from .volume_slabs import STREAMED_KINDS, VolumeSlabs, slab_source, volume_voxels
+from .volume_slabs import VolumeSlabs, slab_source, volume_voxels
 
 
 @dataclass(frozen=True)
@@ -130,8 +130,8 @@ def _from_error(err: UserError) -> Problem:
 
 def check_stack_case(case: Case, dataset: Dataset, data: DataConfig,
                      need_label: bool) -> tuple[list[Problem], CaseStats | None]:
-    """``check_case`` for a slice stack or a large NIfTI / HDF5 volume, in bounded memory: headers
-    first, then one slab at a time."""
+    """``check_case`` for a slice stack or a large NIfTI / HDF5 / MetaImage volume, in bounded memory:
+    headers first, then one slab at a time."""
     try:
         source = slab_source(case.image, data)
         image = stack_statistics(source)
@@ -156,11 +156,10 @@ def check_stack_case(case: Case, dataset: Dataset, data: DataConfig,
 
 
 def _read_by_slab(case: Case, data: DataConfig) -> bool:
-    """Slice stacks always; NIfTI and HDF5 volumes above ``data.lazy_voxels`` voxels whose axes allow it."""
+    """Slice stacks always; volumes above ``data.lazy_voxels`` voxels that ``slab_source`` can read."""
     if case.image.is_dir():
         return kind_of(case.image) == "stack"
-    voxels = volume_voxels(case.image, data.h5_image_key)
-    if voxels is None or voxels <= data.lazy_voxels or kind_of(case.image) not in STREAMED_KINDS:
+    if (volume_voxels(case.image, data.h5_image_key) or 0) <= data.lazy_voxels:
         return False
     try:
         slab_source(case.image, data)

@@ -34,7 +34,6 @@ import zarr
 from ..config import Config
 from ..errors import UserError
 from .cases import Case
-from .io import kind_of
 from .stack import SLAB, SliceStack, normalised_reader, stack_statistics
 from .volume_slabs import VolumeSlabs, slab_source, volume_voxels
 
@@ -81,17 +80,12 @@ def lazy_cases(cfg: Config, cases: list[Case]) -> bool:
     NIfTI or HDF5 volume) has more than ``data.lazy_voxels`` voxels (read from headers)."""
     if cfg.data.lazy == "never":
         return False
-    if cfg.data.lazy == "auto" and not any(_voxels(c, cfg) > cfg.data.lazy_voxels for c in cases):
+    if cfg.data.lazy == "auto" and not any((volume_voxels(c.image, cfg.data.h5_image_key) or 0) > cfg.data.lazy_voxels
+                                           for c in cases):
         return False
     for case in cases:  # every case of a lazy run is read slab by slab: refuse the ones that cannot be, naming why
         slab_source(case.image, cfg.data)
     return True
-
-
-def _voxels(case: Case, cfg: Config) -> int:
-    if case.image.is_dir():
-        return int(np.prod(SliceStack(case.image).shape, dtype=np.int64)) if kind_of(case.image) == "stack" else 0
-    return volume_voxels(case.image, cfg.data.h5_image_key) or 0
 
 
 def store_key(case: Case, cfg: Config) -> str:

@@ -137,8 +137,11 @@ def _flips_to_ras(affine: np.ndarray, path: Path) -> tuple[bool, bool, bool]:
 
 
 def volume_voxels(path: Path, h5_key: str = "image") -> int | None:
-    """Voxel count of a volume file from its header alone; None for folders, 2D images and files whose
-    header cannot be read (the whole-volume reader then reports those with its own clear line)."""
+    """Voxel count of a slice stack or volume file from headers alone; None for DICOM folders, 2D images
+    and files whose header cannot be read (the whole-volume reader then reports those with its own line)."""
+    path = Path(path)
+    if path.is_dir():  # a stack's slice headers; a bad slice is named here (UserError)
+        return int(np.prod(SliceStack(path).shape, dtype=np.int64)) if kind_of(path) == "stack" else None
     try:
         kind = kind_of(path)
         if kind == "nifti":

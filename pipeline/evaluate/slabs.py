@@ -95,16 +95,17 @@ def tally_slabs(pairs: Iterable[tuple[int, np.ndarray, np.ndarray]], classes: Se
     for start, pred, ref in _with_neighbours(pairs):
         own = slice(pred.offset, pred.offset + pred.size)
         for k, tally in tallies.items():
-            pk, rk = pred.values[..., own] == k, ref.values[..., own] == k
+            pm, rm = pred.values == k, ref.values == k  # the class in the slab and its halo, once
+            pk, rk = pm[..., own], rm[..., own]
             tp = int(np.count_nonzero(pk & rk))
             tally.counts += (tp, int(np.count_nonzero(pk)) - tp, int(np.count_nonzero(rk)) - tp, 0)
             tally.counts[3] += pk.size - int(np.count_nonzero(pk | rk))
             if distances:
-                tally.pred_surface.append(pred.surface_points(k, start))
-                tally.ref_surface.append(ref.surface_points(k, start))
+                tally.pred_surface.append(pred.surface_points(pm, start))
+                tally.ref_surface.append(ref.surface_points(rm, start))
             if nsd:
-                tally.pred_surfels.append(pred.surfels(k, start))
-                tally.ref_surfels.append(ref.surfels(k, start))
+                tally.pred_surfels.append(pred.surfels(pm, start))
+                tally.ref_surfels.append(ref.surfels(rm, start))
     return tallies
 
 
@@ -117,20 +118,19 @@ class _Halo:
     offset: int
     size: int
 
-    def surface_points(self, k: int, start: int) -> np.ndarray:
-        """Volume indices (N, 3) int32 of class ``k``'s surface voxels in the slab's own slices."""
-        mask = self.values == k
+    def surface_points(self, mask: np.ndarray, start: int) -> np.ndarray:
+        """Volume indices (N, 3) int32 of the surface voxels of ``mask`` (a class in ``values``, halo
+        included) in the slab's own slices."""
         if not mask.any():
             return np.zeros((0, 3), dtype=np.int32)
         points = np.argwhere(surface(mask)[..., self.offset : self.offset + self.size]).astype(np.int32)
         points[:, 2] += start
         return points
 
-    def surfels(self, k: int, start: int) -> tuple[np.ndarray, np.ndarray]:
-        """Class ``k``'s boundary cells of the slab (cell indices (N, 3) of the volume padded by one
-        voxel, codes (N,)): the cells between each own slice and the one before, and past the last
-        slice of the volume when the slab ends it."""
-        mask = self.values == k
+    def surfels(self, mask: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
+        """The boundary cells of ``mask`` (a class in ``values``, halo included) in the slab (cell indices
+        (N, 3) of the volume padded by one voxel, codes (N,)): the cells between each own slice and the
+        one before, and past the last slice of the volume when the slab ends it."""
         before = mask[..., :1] if self.offset else np.zeros_like(mask[..., :1])
         own = mask[..., self.offset : self.offset + self.size]
         last = self.offset + self.size == mask.shape[-1]  # no slice after: the slab ends the volume

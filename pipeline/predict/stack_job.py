@@ -23,7 +23,6 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..config import Config
-from ..data.io import kind_of
 from ..data.stack import SliceStack, normalised_reader
 from ..data.store import VolumeStore
 from ..data.volume_slabs import VolumeSlabs, slab_source, volume_voxels
@@ -122,19 +121,13 @@ def _write_slice(path: Path, plane: np.ndarray, done: int, total: int) -> None:
 
 
 def streamed_stack(case_image: Path, cfg: Config) -> SliceStack | VolumeSlabs | None:
-    """The slab reader of ``case_image`` when it is to be predicted slab by slab: a slice stack, NIfTI
-    or HDF5 volume with more voxels than ``infer.stream_voxels`` and at least one patch along every axis
+    """The slab reader of ``case_image`` when it is to be predicted slab by slab: a slice stack, NIfTI,
+    HDF5 or MetaImage volume with more voxels than ``infer.stream_voxels`` and at least one patch along every axis
     (smaller ones are padded by the in-memory path); None otherwise. Reads headers only.
 
-    A volume that cannot be read by slab (permuted axes, MHA / NRRD) is read whole, as before, with a warning.
+    A volume that cannot be read by slab (permuted axes, NRRD) is read whole, as before, with a warning.
     """
-    if case_image.is_dir():
-        if kind_of(case_image) != "stack":
-            return None
-        voxels = int(np.prod(SliceStack(case_image).shape, dtype=np.int64))
-    else:
-        voxels = volume_voxels(case_image, cfg.data.h5_image_key) or 0
-    if voxels <= cfg.infer.stream_voxels:
+    if (volume_voxels(case_image, cfg.data.h5_image_key) or 0) <= cfg.infer.stream_voxels:
         return None
     try:
         source = slab_source(case_image, cfg.data)
