@@ -20,7 +20,7 @@ import numpy as np
 
 from ..config import DataConfig, load_config
 from ..errors import UserError, exit_on_user_error
-from .io import axis_codes, kind_of, load_image, reader_options, spacing_from_affine
+from .io import grid_difference, kind_of, load_image, reader_options, spacing_from_affine
 from .cases import Case, Dataset
 from .layouts import load_dataset
 from .stack import stack_statistics
@@ -95,16 +95,11 @@ def _missing_label(case: Case) -> Problem:
 
 def _grid_problems(case: Case, path, shape, affine, other_shape, other_affine) -> list[Problem]:
     """A label or mask (``path``) must lie on the image's grid: same shape, spacing and axis directions."""
-    if tuple(shape[:3]) != tuple(other_shape[:3]):
-        return [Problem("error", str(path), f"shape {tuple(shape[:3])} differs from image shape {tuple(other_shape[:3])}",
-                        f"it must be on the grid of {case.image.name}")]
-    spacing, image_spacing = spacing_from_affine(affine), spacing_from_affine(other_affine)
-    if not np.allclose(spacing, image_spacing, rtol=1e-3, atol=1e-4):
-        return [Problem("error", str(path), f"spacing {spacing} differs from image spacing {image_spacing}",
-                        f"resample it onto the grid of {case.image.name}")]
-    if axis_codes(affine) != axis_codes(other_affine):  # each is reoriented on its own: the label would be mirrored
-        return [Problem("error", str(path), f"its axes run {axis_codes(affine)}, the image's {axis_codes(other_affine)}",
-                        f"resample it onto the grid of {case.image.name} (nearest neighbour) first")]
+    difference = grid_difference(shape, affine, other_shape, other_affine)
+    if difference is not None:
+        hint = "resample it onto the grid of {} (nearest neighbour) first" if "shape" not in difference else \
+            "it must be on the grid of {}"
+        return [Problem("error", str(path), difference, hint.format(case.image.name))]
     if not np.allclose(affine, other_affine, atol=1e-2):
         return [Problem("warning", str(path), "origin differs from the image's")]
     return []

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import tifffile
 from PIL import Image
 
 from ..errors import UserError
+from .label_maps import grey_label, slice_plane
 from .formats import MAX_VOXELS, itk_to_array, read_dicom, read_h5
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -140,7 +142,7 @@ def load_image(
     if path.is_file() and path.stat().st_size == 0:
         raise UserError(f"{path}: file is empty (0 bytes)")
     try:
-        array, affine = _read_source(path, kind_of(path), h5_key, _spacing_or_default(spacing))
+        array, affine = _read_source(path, kind_of(path), h5_key, _spacing_or_default(spacing), label)
     except UserError:
         raise
     except (OSError, EOFError, ValueError, RuntimeError, KeyError, zlib.error, Image.DecompressionBombError,
@@ -155,16 +157,14 @@ def load_image(
             raise UserError(f"{path}: data.channel {channel} does not exist (the image has {array.shape[3]} channels)")
         array = array[..., channel]
     if label:
-        if array.ndim == 4 and (array != array[..., :1]).any():
-            raise UserError(f"{path}: a colour-coded label ({array.shape[3]} channels that differ); store one class "
-                            "id per voxel (0, 1, 2, ...), e.g. by mapping each colour to its class first")
-        array = array[..., 0] if array.ndim == 4 else array
+        array = grey_label(array, path)
         if array.dtype == np.uint8 and array.max(initial=0) == 255 and np.isin(array, (0, 255)).all():
             array = (array > 0).astype(np.uint8)  # 0/255 masks (GIF, PNG) are binary labels
     return array, np.asarray(affine, dtype=np.float64)
 
 
-def _read_source(path: Path, kind: str, h5_key: str, default_spacing) -> tuple[np.ndarray, np.ndarray]:
+def _read_source(path: Path, kind: str, h5_key: str, default_spacing,
+                 label: bool) -> tuple[np.ndarray, np.ndarray]:
     if kind == "nifti":
         return _read_nifti(path)
     if kind == "itk":
@@ -173,7 +173,7 @@ def _read_source(path: Path, kind: str, h5_key: str, default_spacing) -> tuple[n
         return read_dicom(path)
     if kind == "h5":
         return read_h5(path, h5_key, default_spacing)
-    array = _read_stack(path) if kind == "stack" else _read_image2d(path)
+    array = _read_stack(path, label) if kind == "stack" else _read_image2d(path)
     return array, np.diag([*default_spacing, 1.0])
 
 
@@ -242,7 +242,7 @@ def read_slice(path: Path) -> np.ndarray:
     return array[:, :, None, :] if array.ndim == 3 else array  # (rows, cols) or (rows, cols, 1, C)
 
 
-def _read_stack(folder: Path) -> np.ndarray:
+def _read_stack(folder: Path, label: bool) -> np.ndarray:
     """2D slices of a folder stacked in natural order along the last axis: (rows, cols, slices)."""
     files = list_images(folder, IMAGE_2D_SUFFIXES)
     slices = []
@@ -251,7 +251,7 @@ def _read_stack(folder: Path) -> np.ndarray:
             data = read_slice(file)
         except (OSError, ValueError, Image.DecompressionBombError) as err:
             raise UserError(f"{file}: cannot read slice ({_first_line(err)})") from None
-        data = data[:, :, 0, 0] if data.ndim == 4 else data  # colour slices: first channel
+        data = slice_plane(data, file, label)
         if slices and data.shape != slices[0].shape:
             raise UserError(f"{file}: slice shape {data.shape} differs from {files[0].name} {slices[0].shape}")
         slices.append(data)
@@ -261,6 +261,20 @@ def _read_stack(folder: Path) -> np.ndarray:
 def spacing_from_affine(affine: np.ndarray) -> tuple[float, ...]:
     """Voxel sizes (mm) from the columns of a 4x4 affine."""
     return tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
+
+
+def grid_difference(shape: Sequence[int], affine: np.ndarray, image_shape: Sequence[int],
+                    image_affine: np.ndarray) -> str | None:
+    """How a label's (or mask's) grid differs from its image's, or None when it lies on it: shape, spacing
+    (relative 1e-3) and axis directions (each file is reoriented on its own: a flip would mirror it)."""
+    if tuple(shape[:3]) != tuple(image_shape[:3]):
+        return f"shape {tuple(shape[:3])} differs from image shape {tuple(image_shape[:3])}"
+    spacing, image_spacing = spacing_from_affine(affine), spacing_from_affine(image_affine)
+    if not np.allclose(spacing, image_spacing, rtol=1e-3, atol=1e-4):
+        return f"spacing {spacing} differs from image spacing {image_spacing}"
+    if axis_codes(affine) != axis_codes(image_affine):
+        return f"its axes run {axis_codes(affine)}, the image's {axis_codes(image_affine)}"
+    return None
 
 
 def axis_codes(affine: np.ndarray) -> str:

@@ -32,7 +32,9 @@ from ..config import DataConfig
 from ..yamlfile import read_yaml
 from ..errors import UserError
 from .cases import Case, Dataset, inside_root
-from .io import H5_SUFFIXES, IMAGE_2D_SUFFIXES, case_id, list_images, load_image, natural_key, reader_options
+from .io import (H5_SUFFIXES, IMAGE_2D_SUFFIXES, case_id, list_images, load_image, natural_key,
+                 reader_options)
+from .label_maps import class_ids
 from .msd import load_msd, msd_folder_cases
 from .stack import SliceStack, stack_statistics
 
@@ -166,9 +168,9 @@ def _detect_layout(root: Path) -> str:
 def _label_values(path: Path, data: DataConfig) -> set[int]:
     """The values of a label file (a slice stack is streamed slab by slab)."""
     if path.is_dir() and _has_slices(path):
-        return set(stack_statistics(SliceStack(path), label=True).counts)
+        return set(stack_statistics(SliceStack(path, label=True), label=True).counts)
     label, _ = load_image(path, **reader_options(data, label=True))
-    return {int(v) for v in np.unique(label)}
+    return {int(v) for v in np.unique(class_ids(label, path))}
 
 
 def _labels_from_data(cases: Sequence[Case], data: DataConfig) -> dict[int, str]:
@@ -220,9 +222,10 @@ def _layout_cases(root: Path, layout: str, data: DataConfig) -> tuple[list[Case]
 
 
 def _check_inside(root: Path, cases: Sequence[Case]) -> None:
-    """Every file of every case resolves inside the root, whatever the layout (folders included)."""
+    """Every file of every case resolves inside the root, whatever the layout (folders and their slices included)."""
     top = root.resolve()
-    for path in (p for case in cases for p in (case.image, case.label, case.mask) if p is not None):
+    paths = [p for case in cases for p in (case.image, case.label, case.mask) if p is not None]
+    for path in paths + [f for p in paths if p.is_dir() for f in p.iterdir()]:  # a stack's slices too
         try:
             target = path.resolve()
         except (RuntimeError, OSError) as err:  # a symlink loop

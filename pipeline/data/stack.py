@@ -20,6 +20,7 @@ from PIL import Image
 from ..config import DataConfig
 from ..errors import UserError
 from .io import IMAGE_2D_SUFFIXES, list_images, read_slice
+from .label_maps import slice_plane
 
 SLAB = 16  # slices per slab when streaming
 
@@ -28,11 +29,12 @@ class SliceStack:
     """The slices of ``folder`` (natural order) as a (rows, cols, slices) volume read by slab.
 
     Opening reads each slice's header only and refuses, naming the file, a slice whose
-    size differs from the first one's. Colour slices give their first channel.
+    size differs from the first one's. Colour slices give their first channel; with ``label``, slices
+    must hold class ids (colour-coded, NaN or fractional slices are refused when read).
     """
 
-    def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
+    def __init__(self, folder: str | Path, label: bool = False):
+        self.folder, self.label = Path(folder), label
         self.files = list_images(self.folder, IMAGE_2D_SUFFIXES)
         if not self.files:
             raise UserError(f"{self.folder}: no slices ({', '.join(IMAGE_2D_SUFFIXES)})")
@@ -45,7 +47,7 @@ class SliceStack:
 
     def slab(self, start: int, stop: int) -> np.ndarray:
         """Slices ``start`` to ``stop`` (exclusive) as a (rows, cols, stop - start) array."""
-        slices = [_slice_array(f) for f in self.files[start:stop]]
+        slices = [_slice_array(f, self.label) for f in self.files[start:stop]]
         for file, data in zip(self.files[start:stop], slices):
             if data.shape != self.shape[:2]:
                 raise UserError(f"{file}: slice shape {data.shape} differs from {self.files[0].name} {self.shape[:2]}")
@@ -68,12 +70,12 @@ def _header_size(file: Path) -> tuple[int, int]:
         raise UserError(f"{file}: cannot read slice header ({' '.join(str(err).split())[:200]})") from None
 
 
-def _slice_array(file: Path) -> np.ndarray:
+def _slice_array(file: Path, label: bool) -> np.ndarray:
     try:
         data = read_slice(file)
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise UserError(f"{file}: cannot read slice ({' '.join(str(err).split())[:200]})") from None
-    return data[:, :, 0, 0] if data.ndim == 4 else data  # colour slices: first channel
+    return slice_plane(data, file, label)
 
 
 def normalised_reader(stack: SliceStack, d: DataConfig) -> Callable[[int, int], torch.Tensor]:

@@ -162,5 +162,5 @@ def slab_source(path: Path, d: DataConfig, label: bool = False) -> SliceStack | 
     orientation; UserError naming the file and the way out for anything else."""
     path = Path(path)
     if path.is_dir() and kind_of(path) == "stack":
-        return SliceStack(path)
+        return SliceStack(path, label)
     return VolumeSlabs(path, d.h5_label_key if label else d.h5_image_key, d.default_spacing or (1.0, 1.0, 1.0))

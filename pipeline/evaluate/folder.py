@@ -7,6 +7,7 @@ the reference files. Writes ``metrics.csv``, ``summary.json`` and ``report.md``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -23,19 +24,25 @@ from .report import read_case_rows, write_case_rows, write_reports
 from .rows import MetricOptions, evaluate_files, summarize
 from .slabs import score_stack
 
+log = logging.getLogger(__name__)
+
 
 def _files(folder: Path, what: str) -> dict[str, Path]:
-    """Case id -> volume file, or slice stack: a subfolder of slices (``predictions/<case>/`` of
-    test.py) or a case folder holding ``labels/`` (the SenNet layout)."""
+    """Case id -> volume file, 2D image (a single-slice case, e.g. a retina), or slice stack: a subfolder
+    of slices (``predictions/<case>/`` of test.py) or a case folder holding ``labels/`` (the SenNet layout)."""
     if not folder.is_dir():
         raise UserError(f"{folder}: {what} folder not found")
-    files = {case_id(p): p for p in list_images(folder, VOLUME_SUFFIXES)}
+    files = {case_id(p): p for p in list_images(folder, VOLUME_SUFFIXES + IMAGE_2D_SUFFIXES)}
+    if any(p.suffix.lower() in IMAGE_2D_SUFFIXES for p in files.values()):
+        log.info("%s: 2D images are scored one by one as single-slice cases; to score a slice stack as one "
+                 "volume, pass the folder that holds its folder", folder)
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         stack = sub / "labels" if (sub / "labels").is_dir() else sub
         if any(f.name.lower().endswith(IMAGE_2D_SUFFIXES) for f in stack.iterdir()):
             files[sub.name] = stack
     if not files:
-        raise UserError(f"{folder}: no {what} files (.nii.gz, .nii, .mha, .nrrd) or slice stacks (folders of .tif, .png)")
+        raise UserError(f"{folder}: no {what} files (.nii.gz, .nii, .mha, .nrrd, .png, .tif) or slice stacks "
+                        "(folders of .tif, .png)")
     return files
 
 
@@ -75,7 +82,7 @@ def _evaluate_pair(item: tuple, labels: dict[int, str] | None, spacing: tuple[fl
     if pred.is_dir() or ref.is_dir():  # slice stacks: slab by slab, in bounded memory
         if not (pred.is_dir() and ref.is_dir()) or mask is not None:
             raise UserError(f"{pred}: a slice stack is compared with a slice stack, without masks ({ref})")
-        pred_stack, ref_stack = SliceStack(pred), SliceStack(ref)
+        pred_stack, ref_stack = SliceStack(pred, label=True), SliceStack(ref, label=True)
         if labels is None:
             found = set(stack_statistics(pred_stack, label=True).counts) | set(stack_statistics(ref_stack, label=True).counts)
             labels = {i: f"label {i}" for i in range(1, max(max(found), 1) + 1)}

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..config import REPORT_METRICS, Config
 from ..data.io import axis_codes, load_image, read_volume, spacing_from_affine
+from ..data.label_maps import class_ids
 from ..errors import UserError
 from . import metrics
 from .centreline import cldice
@@ -204,18 +205,3 @@ def evaluate_files(
 def _label_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
     array, affine = load_image(path, label=True)
     return class_ids(array, path), affine
-
-
-def class_ids(array: np.ndarray, path: Path) -> np.ndarray:
-    """``array`` as integer class ids (integer arrays unchanged, without a copy); UserError naming ``path``
-    for values that are not class ids (fractions, NaN, negatives)."""
-    if array.dtype.kind == "f":
-        if not np.isfinite(array).all():
-            raise UserError(f"{path}: holds NaN or infinite values; a label map holds class ids 0, 1, 2, ...")
-        fractional = array[array != np.round(array)]
-        if fractional.size:
-            raise UserError(f"{path}: holds values that are not class ids (e.g. {float(fractional[0]):g}); "
-                            "threshold probabilities into class ids first")
-    if array.dtype.kind not in "biuf" or (array.size and array.min() < 0):
-        raise UserError(f"{path}: holds negative or non-numeric values; a label map holds class ids 0, 1, 2, ...")
-    return array if array.dtype.kind in "biu" else array.astype(np.int64)

@@ -75,15 +75,21 @@ def score_stack(pred: SliceStack, ref: SliceStack, case: str, labels: dict[int, 
                 options: MetricOptions = MetricOptions()) -> list[dict]:
     """Metric rows of a predicted stack against its label stack (voxel ``spacing`` in mm) for the
     foreground classes of ``labels``, gathered slab by slab: equal to the rows of the whole volumes,
-    in memory that does not grow with the number of slices. A 0/255 label mask counts as 0/1."""
+    in memory that does not grow with the number of slices. A 0/255 mask (either side) counts as 0/1."""
     if pred.shape != ref.shape:
         raise UserError(f"{pred.folder}: prediction shape {pred.shape} differs from label shape {ref.shape}")
     tolerances = options.tolerances(labels)
-    binary = stack_statistics(ref, label=True).binary_mask  # a pass over the labels: 0/255 masks count as 0/1
-    pairs = ((z, p, (r > 0).astype(np.uint8) if binary else r) for (z, p), (_, r) in zip(pred.slabs(), ref.slabs()))
+    pairs = ((z, p, r) for (z, p), (_, r) in zip(_class_slabs(pred), _class_slabs(ref)))
     tallies = tally_slabs(pairs, [k for k in labels if k != 0], options)
     return [{"case": case, "class": k, "name": labels[k], **tallies[k].metrics(spacing, tolerances[k], options)}
             for k in sorted(tallies)]
+
+
+def _class_slabs(stack: SliceStack) -> Iterator[tuple[int, np.ndarray]]:
+    """The slabs of a label stack, a 0/255 mask's as 0/1 (that takes one more pass over the stack)."""
+    binary = stack_statistics(stack, label=True).binary_mask
+    for z, slab in stack.slabs():
+        yield z, (slab > 0).astype(np.uint8) if binary else slab
 
 
 def tally_slabs(pairs: Iterable[tuple[int, np.ndarray, np.ndarray]], classes: Sequence[int],

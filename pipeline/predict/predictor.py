@@ -101,11 +101,23 @@ class Predictor:
             label[0, ..., slab.start : slab.start + slab.logits.shape[-1]] = slab.logits.argmax(dim=0).to(torch.uint8).cpu()
         return label
 
+    def _check_input(self, image: np.ndarray, path: Path) -> None:
+        """UserError naming ``path`` for an image (x, y, z[, C]) the network cannot take as it is."""
+        channels = image.shape[3] if image.ndim == 4 else 1
+        expected = next(p for p in self.model.parameters() if p.ndim >= 4).shape[1]  # the first convolution's
+        if channels != expected:
+            raise UserError(f"{path}: {channels} channel(s), but the network was trained on {expected}; "
+                            "give it images of the training data's channels (data.channel picks one)")
+        nonfinite = image.size - np.count_nonzero(np.isfinite(image))
+        if nonfinite:
+            raise UserError(f"{path}: {nonfinite} NaN or infinite voxels; replace them before predicting")
+
     def predict(self, case: Case | str | Path, probabilities: bool = False) -> Prediction:
         """Read one case (image, and its field-of-view mask when it has one) and predict it on its
         own grid: label map, and with ``probabilities`` the softmax; nothing outside the mask."""
         case = case if isinstance(case, Case) else Case(Path(case).name, Path(case))
         image, affine = load_image(case.image, **reader_options(self.cfg.data))
+        self._check_input(image, case.image)
         try:
             data = self.preprocess({IMAGE: to_meta_tensor(image, affine, case.image)})
         except Exception as err:  # MONAI wraps a failing step in RuntimeError naming the transform chain

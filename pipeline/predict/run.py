@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from ..config import Config, load_config
 from ..data.cases import Case
-from ..data.io import ALL_SUFFIXES, axis_codes, case_id, list_images, load_image, reader_options
+from ..data.io import ALL_SUFFIXES, case_id, grid_difference, list_images, load_image, reader_options
+from ..data.label_maps import class_ids
 from ..data.layouts import load_dataset
 from ..data.stack import SliceStack
 from ..data.store import check_same_grid
@@ -29,8 +30,9 @@ from ..distributed import Dist, barrier, on_every_rank, on_main, shard, slice_sh
 from ..errors import UserError
 from ..evaluate.figures import slice_figure
 from ..evaluate.report import read_case_rows, write_case_rows, write_reports
-from ..evaluate.rows import MetricOptions, class_ids, evaluate_case, summarize
+from ..evaluate.rows import MetricOptions, evaluate_case, summarize
 from ..evaluate.slabs import score_stack
+from .outputs import discard_unfinished, new_output_dir
 from .predictor import Predictor
 from .stack_job import predict_stack, stack_thumbnail, streamed_stack, write_volume_prediction
 
@@ -98,41 +100,6 @@ def scored_kind(run_dir: Path, data: str | None, images: str | None, checkpoint:
     return "training" if test & set(split["train"]) else "selection" if test & chosen_on else "held-out"
 
 
-def new_output_dir(run_dir: Path, out: str | None, resume: bool = False) -> Path:
-    """``--out`` (must be new or empty) or the first free ``RUN/test``, ``RUN/test-2``, ...
-
-    With ``resume``: the existing ``--out`` (default ``RUN/test``) of a run that was stopped.
-    A folder that cannot be written (read-only run folder, another user's) is one line naming it.
-    """
-    try:
-        return _output_dir(run_dir, out, resume)
-    except PermissionError as err:
-        raise UserError(f"{err.filename or run_dir}: cannot write the test results there (permission denied); "
-                        "pass --out DIR to write them elsewhere") from None
-
-
-def _output_dir(run_dir: Path, out: str | None, resume: bool) -> Path:
-    if resume:
-        path = Path(out) if out is not None else run_dir / "test"
-        if not path.is_dir():
-            raise UserError(f"{path}: nothing to resume (no such folder); drop --resume")
-        return path
-    if out is not None:
-        path = Path(out)
-        if path.exists() and any(path.iterdir()):
-            raise UserError(f"{path}: output folder exists and is not empty; choose another --out")
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    for n in range(1, 1000):
-        path = run_dir / ("test" if n == 1 else f"test-{n}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise UserError(f"{run_dir}: too many test folders; pass --out")
-
-
 def check_streamed(cfg: Config, case: Case, stack: SliceStack | VolumeSlabs) -> None:
     """Refuse options the slab-by-slab path cannot honour, naming them and the way out."""
     unsupported = [k for k, on in (("infer.auc", cfg.infer.auc),
@@ -164,7 +131,7 @@ def _test_streamed_case(predictor: Predictor, case: Case, stack: SliceStack | Vo
     on_every_rank(lambda: predict_stack(predictor, stack, folder, slice_share(stack.shape[2], info), probabilities), info)
     if not info.is_main:
         return []
-    pred = SliceStack(folder)
+    pred = SliceStack(folder, label=True)
     if volume:
         write_volume_prediction(folder, stack, out_dir / "predictions" / f"{case.id}.nii.gz")
     options = MetricOptions.from_config(cfg)
@@ -203,9 +170,9 @@ def _test_case(predictor: Predictor, case: Case, out_dir: Path) -> list[dict]:
     ref, rows = None, []
     if case.label is not None:
         ref, ref_affine = load_image(case.label, **reader_options(cfg.data, label=True))
-        if axis_codes(ref_affine) != axis_codes(result.affine) or ref.shape != result.label.shape:
-            raise UserError(f"{case.label}: not on the grid of {case.image.name} (shape {ref.shape}, axes "
-                            f"{axis_codes(ref_affine)}; the image: {result.label.shape}, {axis_codes(result.affine)}); "
+        difference = grid_difference(ref.shape, ref_affine, result.label.shape, result.affine)
+        if difference is not None:
+            raise UserError(f"{case.label}: not on the grid of {case.image.name} ({difference}); "
                             "resample the label onto the image's grid (nearest neighbour) first")
         ref = class_ids(ref, case.label)  # integer labels as they are (no 8-byte copy); NaN, fractions refused
         rows = evaluate_case(case.id, result.label, ref, predictor.labels, result.spacing,
@@ -237,7 +204,23 @@ def run_test(
     load_config(run_dir / "config.yaml")  # fail early on a damaged run folder
     predictor = Predictor.from_run(run_dir, checkpoint, overrides, info.device() if info.enabled else None)
     cases = run_cases(run_dir, predictor.cfg, data, images, labels)
+    existed = out is not None and Path(out).exists()
     out_dir = on_main(lambda: new_output_dir(run_dir, out, resume), info)
+    try:
+        _test_cases(predictor, cases, out_dir, resume, info)
+    except UserError:
+        if info.is_main and not resume:
+            discard_unfinished(out_dir, created=not existed)
+        raise
+    barrier(info)
+    if not info.is_main:
+        return out_dir, None
+    return out_dir, _report(run_dir, out_dir, cases, scored_kind(run_dir, data, images, checkpoint))
+
+
+def _test_cases(predictor: Predictor, cases: list[Case], out_dir: Path, resume: bool, info: Dist) -> None:
+    """Predict, draw and score every case not done yet, streamed cases first; each case's rows are
+    written as it finishes (what ``--resume`` reads)."""
     (out_dir / "predictions").mkdir(exist_ok=True)
     (out_dir / "slices").mkdir(exist_ok=True)
     done = read_case_rows(out_dir) if resume else {}
@@ -254,10 +237,6 @@ def run_test(
             if case.id not in done:
                 done[case.id] = _test_case(predictor, case, out_dir)
                 write_case_rows(out_dir, case.id, done[case.id])
-    barrier(info)
-    if not info.is_main:
-        return out_dir, None
-    return out_dir, _report(run_dir, out_dir, cases, scored_kind(run_dir, data, images, checkpoint))
 
 
 def _report(run_dir: Path, out_dir: Path, cases: list[Case], kind: str) -> dict | None:
