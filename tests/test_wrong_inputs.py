@@ -196,7 +196,7 @@ def test_a_run_folder_test_py_cannot_write_is_one_line(tmp_path, monkeypatch):
     ignores file modes)."""
     from pathlib import Path
 
-    from pipeline.predict.run import new_output_dir
+    from pipeline.predict.outputs import new_output_dir
 
     def refuse(self, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(self))
