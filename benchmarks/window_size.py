@@ -43,13 +43,15 @@ def window_seconds(model: torch.nn.Module, roi: tuple[int, int, int], repeats: i
             start = time.perf_counter()
             model(x).float()
             times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times) if times else 0.0
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", type=int, nargs=3, default=(1024, 1024, 200))
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the training patch with the network compiled by torch.compile (inductor)")
     args = parser.parse_args()
     amp = resolve_precision("auto", torch.device("cpu"))
     model = build_model("resunet", 1, 2, channels=(16, 32, 64, 128), patch_size=(112, 112, 80)).eval()
@@ -69,6 +71,21 @@ def main() -> None:
         voxels = roi[0] * roi[1] * roi[2]
         print(f"| {'x'.join(map(str, roi))} | {overlap} | {seconds:.3f} | {voxels / seconds / 1e6:.1f} | {count} | "
               f"{total:.1f} | {base / total:.2f}x |", flush=True)
+    if args.compile:
+        _compiled_row(model, args, amp)
+
+
+def _compiled_row(model: torch.nn.Module, args: argparse.Namespace, amp) -> None:
+    """The training patch at overlap 0.25 with ``torch.compile``: its compile time, and eager timed again
+    right after it (the same process, the same way), so the two sit side by side."""
+    roi = CANDIDATES[0][0]
+    start = time.perf_counter()
+    compiled = torch.compile(model)
+    first = window_seconds(compiled, roi, 0, amp)  # compiles on the warm-up call
+    compile_s = time.perf_counter() - start - first
+    seconds, eager = window_seconds(compiled, roi, args.repeats, amp), window_seconds(model, roi, args.repeats, amp)
+    print(f"torch.compile (inductor), 112x112x80: {seconds:.3f} s / window against eager {eager:.3f} "
+          f"({eager / seconds:.2f}x), after {compile_s:.0f} s of compiling")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from hostile import FORMATS, combinations, write_dataset
 from hostile_run import call, evaluate_combinations, judge_check, judge_evaluate, judge_test, judge_train, train_args
 
 SEED = 19
-SAMPLE = 14  # (format, mutation) pairs per expensive entry point
+SAMPLE = 8  # (format, mutation) pairs per expensive entry point, besides the valid ones
 
 
 def _sample(pairs: list[tuple[str, str]], salt: int) -> list[tuple[str, str]]:
