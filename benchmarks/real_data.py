@@ -4,6 +4,7 @@
     python benchmarks/real_data.py drive        # configs/drive.yaml on ../shared/datasets/DRIVE/training
     python benchmarks/real_data.py drive --set train.epochs=2   # an experiment: files stay in its --out folder
     python benchmarks/real_data.py la_heart --cases ID1 ID2 ID3 ID4   # another held-out split (its own folder too)
+    python benchmarks/real_data.py la_heart --plan 60m   # no preset: planned from the data for a budget
 
 The dataset's own test cases are not available, so a seeded quarter-or-so of its
 training cases (4 of 14 LA volumes, 4 of 20 DRIVE images) is held out: the
@@ -144,6 +145,8 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
                         help="extra train.py overrides (an experiment: its results and figure stay in its --out "
                              "folder; the published numbers use none)")
+    parser.add_argument("--plan", metavar="BUDGET",
+                        help="no preset: train.py plans from the data for this budget (e.g. 60m); results stay in --out")
     args = parser.parse_args()
 
     ref = REFERENCES[args.dataset]
@@ -158,8 +161,10 @@ def main() -> None:
     out = Path(args.out) / f"{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True)
     listed = "[" + ",".join(test_ids) + "]"
-    train_cmd = [sys.executable, "train.py", "--config", ref["config"], "--set", f"output_dir={out}",
-                 f"data.root={root}", f"data.test_cases={listed}", "data.val_fraction=0", *args.overrides]
+    preset = [] if args.plan else ["--config", ref["config"]]  # planned: the split's keys and the budget only
+    budget = [f"train.budget={args.plan}"] if args.plan else []
+    train_cmd = [sys.executable, "train.py", *preset, "--set", f"output_dir={out}", f"data.root={root}",
+                 f"data.test_cases={listed}", "data.val_fraction=0", *budget, *args.overrides]
     print(f"{args.dataset}: training on {len(ids) - len(test_ids)} cases, holding out {', '.join(test_ids)}", flush=True)
     train_seconds = run(train_cmd, out / "train.log")
     run_dir = (out / "latest").resolve()
@@ -211,7 +216,7 @@ def main() -> None:
         print(ceiling)
 
     # published numbers go into the repository; an experiment (--set, --cases) keeps its files in its own folder
-    published = not args.overrides and not args.cases
+    published = not args.overrides and not args.cases and not args.plan
     results_dir = ROOT / "benchmarks" / "results" if published else out
     figure = write_figure(args.dataset, cfg, root, test_ids, run_dir / "test",
                           ROOT / "docs" / "figures" if published else out)

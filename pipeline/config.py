@@ -96,6 +96,7 @@ class TrainConfig:
     #                           Dice is ~0 for any foreground it predicts)
     val_every: int = 1  # epochs between validations
     precision: str = "auto"  # fp32, bf16, fp16 or auto (bf16 where the hardware runs it natively)
+    budget: float | str | None = None  # time for the run (30m, 1.5h, 90s; a number: minutes): a planned run fits it
     deterministic: bool = False  # same weights after kill + resume as uninterrupted (CPU; fp32 recommended)
     max_nonfinite_steps: int = 10  # consecutive NaN/Inf losses before training stops with an error
     sync_batchnorm: bool = False  # under torchrun with model.norm=batch: synchronise batch statistics

@@ -7,6 +7,7 @@ so a bad ``infer.*`` value stops a run before its first epoch rather than after 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,18 @@ COUNTS = ("train.epochs", "train.batch_size", "train.samples_per_volume", "train
           "train.val_every", "train.lr_step_epochs", "infer.sw_batch_size", "train.max_nonfinite_steps")
 
 
+BUDGET = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min|h)?\s*")
+UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def budget_seconds(value: str | float) -> float | None:
+    """Seconds of a time budget (``30m``, ``1.5h``, ``90s``, a number of minutes); None when it is not one."""
+    match = BUDGET.fullmatch(str(value))
+    if match is None or float(match.group(1)) <= 0:
+        return None
+    return float(match.group(1)) * UNITS[match.group(2) or "m"]
+
+
 def _each(value: Any) -> tuple:
     return value if isinstance(value, tuple) else (value,)
 
@@ -43,6 +56,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "name": (lambda v: v not in ("", ".", "..") and not any(c in v for c in "/\\"),
              "must be a plain folder name (no / or \\, not . or ..): runs go into output_dir/<name>-<time>"),
     "train.seed": (lambda v: v >= 0, "must be >= 0"),
+    "train.budget": (lambda v: budget_seconds(v) is not None,
+                     "must be a time such as 30m, 1.5h or 90s (a bare number counts minutes)"),
     "train.lr": (lambda v: v > 0, "must be > 0"),
     "train.momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     "train.weight_decay": (lambda v: v >= 0, "must be >= 0"),

@@ -58,13 +58,14 @@ def new_run_dir(cfg: Config) -> Path:
     return run_dir
 
 
-def run_training(cfg: Config, resume_dir: str | Path | None = None, info: Dist = Dist()) -> Path:
+def run_training(cfg: Config, resume_dir: str | Path | None = None, info: Dist = Dist(), plan: str | None = None) -> Path:
     """Check the data, make (or reopen) the run folder, and fit. Returns the run folder.
 
     Under torchrun rank 0 alone checks the data and writes the run folder; the
     other ranks receive the outcome (or stop quietly on its error, which rank 0 reports).
+    ``plan`` (the planner's YAML, reasons as comments) is kept as ``plan.yaml`` in a new run folder.
     """
-    run, resume = on_main(lambda: prepare_run(cfg, resume_dir), info)
+    run, resume = on_main(lambda: prepare_run(cfg, resume_dir, plan), info)
     if run is not None and (resume is None or not _finished(cfg, resume)):
         fit(cfg, run, resume, info)
     return Path(run.dir if run is not None else resume_dir)
@@ -100,8 +101,8 @@ def _reopen(cfg: Config, run_dir: Path) -> dict:
     return resume
 
 
-def _new_run(cfg: Config, dataset: Dataset) -> Run:
-    """A new run folder with ``config.yaml`` and ``split.json`` (train / val / test case ids)."""
+def _new_run(cfg: Config, dataset: Dataset, plan: str | None = None) -> Run:
+    """A new run folder with ``config.yaml``, ``split.json`` (train / val / test case ids) and the plan."""
     train, val, held_out = split_cases(list(dataset.training), cfg.data, cfg.train.seed)
     test = held_out or [c for c in dataset.test if c.label is not None] or val  # data.test_cases, when set, win
     if not test:
@@ -109,6 +110,8 @@ def _new_run(cfg: Config, dataset: Dataset) -> Run:
         test = train
     run_dir = new_run_dir(cfg)
     save_config(cfg, run_dir / "config.yaml")
+    if plan is not None:
+        (run_dir / "plan.yaml").write_text(plan, encoding="utf-8")
     split = {"root": str(dataset.root), "train": [c.id for c in train], "val": [c.id for c in val],
              "test": [c.id for c in test]}
     (run_dir / "split.json").write_text(json.dumps(split, indent=2), encoding="utf-8")
@@ -116,7 +119,7 @@ def _new_run(cfg: Config, dataset: Dataset) -> Run:
     return Run(run_dir, dataset, train, val)
 
 
-def prepare_run(cfg: Config, resume_dir: str | Path | None) -> tuple[Run | None, dict | None]:
+def prepare_run(cfg: Config, resume_dir: str | Path | None, plan: str | None = None) -> tuple[Run | None, dict | None]:
     """Checked data and a new (or reopened) run folder; (None, checkpoint) when the resumed run is done."""
     if resume_dir is None:
         dataset = checked_dataset(cfg)
@@ -124,7 +127,7 @@ def prepare_run(cfg: Config, resume_dir: str | Path | None) -> tuple[Run | None,
             build_from_config(cfg.model, len(dataset.modalities), max(dataset.labels) + 1, cfg.train.patch_size)
         except ValueError as err:
             raise UserError(str(err)) from None
-        return _new_run(cfg, dataset), None
+        return _new_run(cfg, dataset, plan), None
     run_dir = Path(resume_dir)
     resume = _reopen(cfg, run_dir)
     if _finished(cfg, resume):

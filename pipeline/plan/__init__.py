@@ -1,0 +1,1 @@
+"""Plan a configuration from the data and a time budget (``python -m pipeline.plan``)."""

@@ -1,0 +1,155 @@
+"""The plan: configuration keys chosen from a dataset's fingerprint, each with a one-line reason.
+
+The rules follow nnU-Net's where they concern the data (CT windows from foreground percentiles,
+z-scores for everything else, median target spacing) and this project's CPU measurements where they
+concern cost (a patch of about the 112 x 112 x 80 voxels the presets train at 0.5 s per step on two
+cores; the residual UNet, the cheapest family per step in ``benchmarks/results/models_table.md``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from models3d.blocks import MIN_WIDTH, plan_levels
+from .fingerprint import Fingerprint
+
+CT_NAMES = ("ct",)
+MR_NAMES = ("mr", "mri", "t1", "t2", "flair", "adc", "dwi", "pd", "t1w", "t2w", "t1gd", "t1c", "bold")
+PATCH_VOXELS_3D = 112 * 112 * 80
+PATCH_VOXELS_2D = 256 * 256
+ANISOTROPY = 3.0  # coarsest / finest median spacing from which data counts as anisotropic
+ZERO_BACKGROUND = 0.05  # share of exactly-zero voxels from which 0 is taken as the background
+FEW_CASES = 5  # below this many labelled cases, none is held out for validation
+
+
+@dataclass(frozen=True)
+class Choice:
+    key: str  # dotted configuration key, e.g. data.modality
+    value: Any
+    reason: str
+
+
+def plan_data(found: Fingerprint) -> list[Choice]:
+    """Normalisation, foreground crop, target spacing and the validation split."""
+    choices = _normalisation(found)
+    spacings = found.spacings
+    target = np.median(spacings, axis=0)
+    same = np.allclose(spacings, spacings[0], rtol=1e-3)
+    if same:
+        choices.append(Choice("data.spacing", None, f"every case has spacing {_mm(spacings[0])}: no resampling"))
+    else:
+        coarse = target.max() / target.min() >= ANISOTROPY
+        choices.append(Choice("data.spacing", [float(v) for v in target],
+                              f"the median of spacings from {_mm(spacings.min(0))} to {_mm(spacings.max(0))}"
+                              + ("; anisotropic, so the coarse axis keeps its own median" if coarse else "")))
+    n = len(found.cases)
+    if n < FEW_CASES:
+        choices.append(Choice("data.val_fraction", 0.0, f"{n} labelled cases: too few to hold one out; "
+                              "the last checkpoint is the result"))
+    return choices
+
+
+def _normalisation(found: Fingerprint) -> list[Choice]:
+    names = [m.strip().lower() for m in found.modalities]
+    fg = found.foreground
+    zero_share = float(np.mean([c.zero_share for c in found.cases])) if found.cases else 0.0
+    auto = names == ["image"] or all(n.startswith("channel ") for n in names)  # named by the reader, not the user
+    declared = None if auto else "dataset.json says " + ", ".join(found.modalities)
+    if any(n in CT_NAMES for n in names) or (declared is None and fg.size and np.percentile(fg, 0.5) < -500):
+        low, high = (float(v) for v in np.percentile(fg, [0.5, 99.5])) if fg.size else (-1000.0, 1000.0)
+        why = declared or "foreground values below -500 look like Hounsfield units"
+        return [Choice("data.modality", "CT", f"{why}: clip and rescale a window"),
+                Choice("data.intensity_range", [round(low, 2), round(high, 2)],
+                       "the 0.5-99.5 % percentiles of the labelled foreground (nnU-Net's CT window; rescaled to "
+                       "[0, 1], an affine map of its z-score, which the network's instance norm absorbs)"),
+                Choice("data.crop_foreground", True, "crop to the body (> -500 HU) before sampling")]
+    background = zero_share >= ZERO_BACKGROUND
+    mr = any(n in MR_NAMES for n in names)
+    kind = "MR" if background else "generic"
+    why = (declared or f"no modality declared ({len(names)} channel(s))") + (f"; {zero_share:.0%} of voxels are exactly 0" if background
+                                                  else "; no zero background")
+    reason = "z-score per image over the non-zero voxels (the body)" if background else "z-score per image"
+    choices = [Choice("data.modality", kind, f"{why}: {reason}" + ("" if mr or background else
+                                                                  " (not CT: no intensity window)"))]
+    choices.append(Choice("data.crop_foreground", background,
+                          "crop to the non-zero region before sampling" if background else
+                          "no zero background to crop to (values of either sign)"))
+    return choices
+
+
+def plan_network(found: Fingerprint, target_spacing: Any) -> list[Choice]:
+    """Patch, pooling depth and widths of the residual UNet, crops per step."""
+    spacing = np.asarray(target_spacing if target_spacing is not None else np.median(found.spacings, axis=0))
+    shape = np.median(found.shapes * found.spacings / spacing, axis=0)  # voxels on the target grid
+    patch = _patch(shape, spacing, found.is_2d)
+    depth = _depth(patch)
+    widths = [16 * 2**i for i in range(depth)]
+    fg_share = 1.0 - found.class_share().get(0, 1.0)
+    pos = 0.67 if fg_share < 0.1 else 0.5
+    return [
+        Choice("train.patch_size", patch, f"the median shape {_vox(shape)} shrunk along its longest axis (in mm) "
+               f"to at most {PATCH_VOXELS_2D if found.is_2d else PATCH_VOXELS_3D:,} voxels, divisible for pooling"),
+        Choice("model.name", "resunet", "the residual UNet: 4-5x less time per step than the other families at the "
+               "same widths (benchmarks/results/models_table.md), so more steps fit the budget"),
+        Choice("model.channels", widths, f"{depth} levels: pooled while every axis keeps >= {MIN_WIDTH} voxels"),
+        Choice("train.batch_size", 1, "one volume per step, two crops of it (what a 2-core CPU sustains)"),
+        Choice("train.samples_per_volume", 2, "two crops per volume per step"),
+        Choice("train.pos_fraction", pos, f"foreground is {fg_share:.1%} of voxels: "
+               + ("two crops in three centred on it" if pos > 0.5 else "half the crops centred on it")),
+        Choice("infer.overlap", 0.5, "half-window overlap: ~0.01 Dice over 0.25 on held-out left-atrium cases"),
+        Choice("infer.blend", "gaussian", "windows weighted towards their centres where they overlap"),
+        Choice("infer.tta", True, "mean of the flipped predictions (+0.0065 Dice on DRIVE's held-out images)"),
+    ]
+
+
+def _patch(shape: np.ndarray, spacing: np.ndarray, is_2d: bool) -> list[int]:
+    """The largest patch within the voxel budget: the median shape, cut 10 % at a time along the axis
+    that is longest in mm, then rounded down to what the pooling plan divides."""
+    patch = np.maximum(np.floor(shape), 1).astype(float)
+    if is_2d:
+        patch[2] = 1
+    budget = PATCH_VOXELS_2D if is_2d else PATCH_VOXELS_3D
+    while np.prod(patch) > budget:
+        axis = int(np.argmax(np.where(patch > 1, patch * spacing, -1)))
+        patch[axis] = max(1.0, np.floor(patch[axis] * 0.9))
+    depth = _depth(patch)
+    factors = [_pool_factor(int(s), depth) for s in patch]
+    rounded = [_round(s, f, shape[a]) for a, (s, f) in enumerate(zip(patch, factors))]
+    while np.prod(rounded) > budget * 1.1:  # rounding up may overshoot: take one step off the longest axis
+        axis = int(np.argmax([r * sp if f < r else -1 for r, sp, f in zip(rounded, spacing, factors)]))
+        rounded[axis] -= factors[axis]
+    plan_levels(tuple(rounded), depth)  # the network's own rule: raises if the rounding missed it
+    return rounded
+
+
+def _round(size: float, factor: int, limit: float) -> int:
+    """``size`` to the nearest multiple of ``factor``, down when up would pass the image (``limit``)."""
+    if size <= 1:
+        return 1
+    up = int(round(size / factor)) * factor
+    return max(factor, up if up <= limit else int(size // factor) * factor)
+
+
+def _pool_factor(size: int, depth: int) -> int:
+    """How often ``models3d`` pools an axis of ``size`` voxels in a ``depth``-level network, as a factor."""
+    n = 0
+    while n < depth - 1 and size / 2 ** (n + 1) >= MIN_WIDTH:
+        n += 1
+    return 2**n
+
+
+def _depth(patch) -> int:
+    """Levels (at most 5) such that the longest axis is still pooled at each."""
+    longest = max(patch)
+    return int(min(5, max(2, 1 + np.floor(np.log2(longest / MIN_WIDTH)))))
+
+
+def _mm(values) -> str:
+    return " x ".join(f"{float(v):.3g}" for v in values) + " mm"
+
+
+def _vox(values) -> str:
+    return " x ".join(str(int(round(float(v)))) for v in values)

@@ -1,0 +1,108 @@
+"""From a dataset root and a time budget to a configuration: fingerprint, choices, timed schedule.
+
+Precedence: the plan fills every key it decides; a preset's keys and ``--set`` keys win over it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ..config import Config, config_from_dict, load_config, merge_overrides, read_yaml
+from ..data.layouts import load_dataset
+from ..data.splits import split_cases
+from ..errors import UserError
+from ..predict.streamed import window_starts
+from .budget import fit_schedule, parse_budget, time_steps
+from .choices import Choice, plan_data, plan_network
+from .fingerprint import Fingerprint, fingerprint
+
+DEFAULT_BUDGET = "30m"
+
+
+def plan_dict(choices: Sequence[Choice]) -> dict:
+    """The choices as a raw nested configuration mapping."""
+    raw: dict = {}
+    for choice in choices:
+        *sections, key = choice.key.split(".")
+        node = raw
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[key] = choice.value
+    return raw
+
+
+def plan_yaml(choices: Sequence[Choice]) -> str:
+    """The plan as a YAML preset, each key with its reason as a comment (``train.py --config`` reads it)."""
+    lines = ["# planned by python -m pipeline.plan: each key with the reason it was chosen"]
+    section = None
+    for choice in sorted(choices, key=lambda c: (c.key.count("."), c.key.split(".")[0])):
+        *parts, key = choice.key.split(".")
+        if parts and parts[0] != section:
+            section = parts[0]
+            lines.append(f"{section}:")
+        value = yaml.safe_dump(choice.value, default_flow_style=True).strip().removesuffix("...").strip()
+        lines.append(f"{'  ' if parts else ''}{key}: {value}  # {choice.reason}")
+    return "\n".join(lines) + "\n"
+
+
+def plan(base: Config, overrides: Sequence[str] = (), timing: bool = True,
+         clock: Callable[[], float] = time.perf_counter) -> tuple[Fingerprint, list[Choice]]:
+    """Fingerprint of ``base.data.root`` and the plan for it; the schedule is timed unless ``timing`` is
+    off or the user fixed ``train.epochs``. ``overrides`` are the user's keys (they win, and the timed
+    steps use them)."""
+    dataset = load_dataset(base.data.root, base.data)
+    found = fingerprint(dataset, base.data, base.train.seed)
+    if not found.cases:
+        raise UserError(f"{base.data.root}: no labelled training cases to plan from")
+    choices = plan_data(found)
+    spacing = next(c.value for c in choices if c.key == "data.spacing")
+    choices += plan_network(found, spacing)
+    if timing and not any(o.strip().startswith("train.epochs=") for o in overrides):
+        choices += _schedule(dataset, found, choices, base, overrides, clock)
+    return found, choices
+
+
+def _schedule(dataset, found: Fingerprint, choices: list[Choice], base: Config, overrides: Sequence[str],
+              clock: Callable[[], float]) -> list[Choice]:
+    cfg = config_from_dict(merge_overrides(plan_dict(choices), overrides), "plan + --set")
+    budget = parse_budget(cfg.train.budget or DEFAULT_BUDGET)
+    n_classes = max(dataset.labels) + 1
+    step_s = time_steps(cfg, found.cases[0].channels, n_classes, clock=clock)
+    train, val, _ = split_cases(list(dataset.training), cfg.data, cfg.train.seed)
+    per_epoch = math.ceil((cfg.train.volumes_per_epoch or len(train)) / cfg.train.batch_size)
+    forward_s = step_s / (3 * cfg.train.batch_size * cfg.train.samples_per_volume)  # a forward is ~1/3 of a step
+    flips = 2 ** sum(s > 1 for s in cfg.train.patch_size) if cfg.infer.tta else 1
+    shape = np.median(found.shapes, axis=0)
+    windows = math.prod(len(window_starts(int(s), p, cfg.infer.overlap)) for s, p in zip(shape, cfg.train.patch_size))
+    validation_s = len(val) * windows * flips * forward_s
+    schedule = fit_schedule(budget, step_s, per_epoch, validation_s)
+    return [Choice("train.budget", cfg.train.budget or DEFAULT_BUDGET, "the time this run may take"),
+            Choice("train.epochs", schedule.epochs, schedule.reason),
+            Choice("train.val_every", schedule.val_every, "five validations over the run"),
+            Choice("train.lr_schedule", "poly", "poly decay to 0 over the planned epochs")]
+
+
+def planned_config(overrides: Sequence[str], preset: str | Path | None = None, timing: bool = True) -> tuple[Config, str]:
+    """The configuration ``train.py`` runs when it plans: plan, then the preset's keys, then ``--set``."""
+    base = load_config(preset, overrides)
+    _, choices = plan(base, overrides, timing)
+    if not any(o.strip().startswith("name=") for o in overrides):
+        choices.append(Choice("name", Path(base.data.root).resolve().name, "the dataset folder's name"))
+    raw = plan_dict(choices)
+    if preset is not None:
+        raw = _deep_merge(raw, read_yaml(preset) or {})
+    return config_from_dict(merge_overrides(raw, overrides), "plan + preset + --set"), plan_yaml(choices)
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    merged = dict(base)
+    for key, value in top.items():
+        merged[key] = _deep_merge(merged.get(key, {}), value) if isinstance(value, dict) and isinstance(
+            merged.get(key), dict) else value
+    return merged
