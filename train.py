@@ -4,7 +4,7 @@
     python train.py                                  # demo config on data/demo
     python train.py --config configs/smoke.yaml --set train.epochs=3 model.name=usegnet2
     python train.py --resume outputs/demo-20261123-101500
-    python train.py --set data.root=/data/mine train.budget=30m   # own data: plan from the data, then train
+    python train.py --set data.root=/data/mine train.budget=30m   # own data: planned from the data
     torchrun --nproc_per_node=2 train.py --config configs/smoke.yaml   # data-parallel
 """
 
@@ -16,10 +16,8 @@ import sys
 from pathlib import Path
 
 from pipeline import distributed
-from pipeline.distributed import on_main
-from pipeline.config import load_config
 from pipeline.errors import UserError, exit_on_user_error, setup_logging
-from pipeline.plan.planner import planned_config
+from pipeline.plan.planner import run_config
 from pipeline.train.run import TrainingInterrupted, run_training
 
 DEFAULT_CONFIG = "configs/demo.yaml"
@@ -32,8 +30,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="override config keys, e.g. train.epochs=5 data.root=/data/ct")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run in its own folder from checkpoints/last.pt")
-    parser.add_argument("--plan", action="store_true",
-                        help="plan the keys the preset leaves open (own data with --set data.root=...: always)")
+    parser.add_argument("--plan", action="store_true", help="plan the keys a preset leaves open (own data: always)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
     info = distributed.init()  # torchrun: join the process group; plain python: one process
@@ -41,17 +38,12 @@ def main() -> None:
     logging.getLogger("monai").setLevel(logging.WARNING)
     if not info.is_main:  # rank 0 speaks for the run; the others only warn
         logging.getLogger().setLevel(logging.WARNING)
-
     if args.resume and args.config:
         parser.error("--resume continues with the run's own config.yaml; change keys with --set instead of --config")
     config = Path(args.resume) / "config.yaml" if args.resume else Path(args.config or DEFAULT_CONFIG)
     if args.resume and not config.is_file():
         raise UserError(f"{args.resume}: not a run folder (no config.yaml); pass the folder train.py created")
-    plan = None
-    if args.plan or (not args.resume and not args.config and any(o.startswith("data.root=") for o in args.overrides)):
-        cfg, plan = on_main(lambda: planned_config(args.overrides, args.config), info)  # one plan for every rank
-    else:
-        cfg = load_config(config, args.overrides)
+    cfg, plan = distributed.on_main(lambda: run_config(config, args.overrides, args.resume, args.config, args.plan), info)
     try:
         run_dir = run_training(cfg, resume_dir=args.resume, info=info, plan=plan)
     except TrainingInterrupted as stop:
@@ -61,8 +53,7 @@ def main() -> None:
     finally:
         distributed.shutdown()
     if info.is_main:
-        print(f"run folder: {run_dir}")
-        print(f"next: python test.py --run {run_dir}")
+        print(f"run folder: {run_dir}\nnext: python test.py --run {run_dir}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Precedence: the plan fills every key it decides; a preset's keys and ``--set`` k
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +24,8 @@ from .choices import Choice, plan_data, plan_network
 from .fingerprint import Fingerprint, fingerprint
 
 DEFAULT_BUDGET = "30m"
+
+log = logging.getLogger(__name__)
 
 
 def plan_dict(choices: Sequence[Choice]) -> dict:
@@ -94,10 +97,24 @@ def planned_config(overrides: Sequence[str], preset: str | Path | None = None, t
     _, choices = plan(base, overrides, timing)
     if not any(o.strip().startswith("name=") for o in overrides):
         choices.append(Choice("name", Path(base.data.root).resolve().name, "the dataset folder's name"))
+    given = {o.split("=", 1)[0].strip() for o in overrides}
+    for choice in choices:
+        log.info("plan: %s = %s  (%s)", choice.key, choice.value,
+                 "yours wins" if choice.key in given else choice.reason)
     raw = plan_dict(choices)
     if preset is not None:
         raw = _deep_merge(raw, read_yaml(preset) or {})
     return config_from_dict(merge_overrides(raw, overrides), "plan + preset + --set"), plan_yaml(choices)
+
+
+def run_config(config: str | Path, overrides: Sequence[str], resume: str | None, preset: str | None,
+               plan_flag: bool) -> tuple[Config, str | None]:
+    """``train.py``'s configuration and plan (YAML, or None): a resumed run's own; planned for own data
+    (``data.root`` given without a preset) or with ``--plan``; else the preset (``config``)."""
+    own_data = not resume and not preset and any(o.strip().startswith("data.root=") for o in overrides)
+    if plan_flag or own_data:
+        return planned_config(overrides, preset)
+    return load_config(config, overrides), None
 
 
 def _deep_merge(base: dict, top: dict) -> dict:

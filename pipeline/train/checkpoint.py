@@ -13,12 +13,14 @@ import errno
 import logging
 import pickle
 import random
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..errors import UserError
 from ..files import atomic_write
@@ -108,3 +110,12 @@ def load_resume_checkpoint(path: Path) -> dict[str, Any]:
             raise
         log.warning("%s; resuming from the previous checkpoint %s", err, previous.name)
         return load_checkpoint(previous)
+
+
+def check_room(folder: Path, model: nn.Module) -> None:
+    """Room for a few checkpoints (weights and optimizer state each), else a clear error."""
+    checkpoint = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+    free = shutil.disk_usage(folder).free
+    if free < 4 * checkpoint + 50 * 2**20:
+        raise UserError(f"{folder}: only {free / 2**20:.0f} MB free, training needs about "
+                        f"{(4 * checkpoint) / 2**20 + 50:.0f} MB for checkpoints; free space or set output_dir")

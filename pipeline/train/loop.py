@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -36,7 +35,8 @@ from ..predict.predictor import Predictor
 from ..predict.stack_job import store_dice
 from ..runtime import autocast, resolve_precision, seed_everything, select_device
 from . import history
-from .checkpoint import load_checkpoint, save_checkpoint
+from .budget_clock import BudgetClock
+from .checkpoint import check_room, load_checkpoint, save_checkpoint
 from .loaders import training_loader, validation_items
 from .losses import build_loss
 from .replay import Replay, replay_from, seed_epoch
@@ -54,15 +54,6 @@ class Run:
     dataset: Dataset
     train: list[Case]
     val: list[Case]
-
-
-def check_room(folder: Path, model: nn.Module) -> None:
-    """Room for a few checkpoints (weights and optimizer state each), else a clear error."""
-    checkpoint = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
-    free = shutil.disk_usage(folder).free
-    if free < 4 * checkpoint + 50 * 2**20:
-        raise UserError(f"{folder}: only {free / 2**20:.0f} MB free, training needs about "
-                        f"{(4 * checkpoint) / 2**20 + 50:.0f} MB for checkpoints; free space or set output_dir")
 
 
 @dataclass
@@ -226,11 +217,13 @@ def fit(cfg: Config, run: Run, resume: dict | None = None, info: Dist = Dist()) 
     log.info("training %s on %s (%s), %d train / %d val cases, %d epochs%s", cfg.model.name,
              next(s.model.parameters()).device, str(s.amp_dtype or "fp32").replace("torch.", ""), len(run.train),
              len(run.val), t.epochs, "" if t.volumes_per_epoch is None else f" of {t.volumes_per_epoch} volumes")
-    epochs = tqdm(range(s.state.epoch + 1, t.epochs + 1), desc="epochs", unit="epoch", initial=s.state.epoch,
-                  total=t.epochs, disable=not info.is_main)
+    epochs = tqdm(desc="epochs", unit="epoch", initial=s.state.epoch, total=t.epochs, disable=not info.is_main)
+    clock = BudgetClock(t.budget) if t.budget is not None and resume is None else None  # a planned run's time
+    total, epoch = t.epochs, s.state.epoch
     with stop_requests() as requested, _quiet_warnings():
         should_stop = (lambda: any_rank(requested(), info)) if info.enabled else requested  # ranks stop together
-        for epoch in epochs:
+        while epoch < total:
+            epoch += 1
             start, lr = time.perf_counter(), s.state.optimizer.param_groups[0]["lr"]
             seed_epoch(s.transform, s.loader.generator, t.seed, epoch, info.rank)
             stats = train_one_epoch(s.model, s.loader, s.loss_fn, s.state.optimizer, s.state.scaler, s.amp_dtype,
@@ -240,10 +233,14 @@ def fit(cfg: Config, run: Run, resume: dict | None = None, info: Dist = Dist()) 
                 _save_interrupted(s.state, run, epoch, stats, info)
             s.state.scheduler.step()
             s.state.epoch = epoch
-            due = s.val_items and (epoch % t.val_every == 0 or epoch == t.epochs)
+            due = s.val_items and (epoch % t.val_every == 0 or epoch == total)
             val_dice = validate(s.predictor, s.val_items, run.dataset.n_classes, info) if due else None
             _end_epoch(s.state, run, _log_row(epoch, lr, stats, val_dice, start), val_dice, bool(s.val_items), info)
+            epochs.update(1)
             epochs.set_postfix(loss=f"{stats.loss:.4f}", val_dice="-" if val_dice is None else f"{val_dice:.4f}")
+            if clock is not None:
+                total = epochs.total = clock.refit(cfg, run.dir, s.state, epoch, total, info)
+    epochs.close()
     _finish(s.state, run, info)
     return s.state.best
 

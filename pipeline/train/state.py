@@ -52,7 +52,7 @@ class TrainState:
                 "in_channels": in_channels}
         return cls(model, optimizer, scheduler, scaler, meta)
 
-    def _replan_poly(self, epochs: int) -> None:
+    def replan_poly(self, epochs: int) -> None:
         """A run extended to ``epochs`` (or shortened) continues on the poly decay it would have had with
         that many epochs from the start: the learning rate of the current epoch is set from the closed
         form, since PyTorch's chained PolynomialLR multiplies the last rate and would stay at its final 0."""
@@ -81,7 +81,7 @@ class TrainState:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         if isinstance(self.scheduler, torch.optim.lr_scheduler.PolynomialLR) and self.scheduler.total_iters != epochs:
-            self._replan_poly(epochs)
+            self.replan_poly(epochs)
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.epoch, self.best = int(checkpoint["epoch"]), float(checkpoint["best_metric"])
         if global_rng:

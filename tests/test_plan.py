@@ -1,0 +1,148 @@
+"""The planner: its choices on small synthetic datasets (CT and MR normalisation, anisotropic spacing,
+a 2D set, two channels), the budget arithmetic with a fake clock, and which keys win over the plan."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+
+from conftest import run_cli
+from pipeline.config import load_config
+from pipeline.errors import UserError
+from pipeline.plan.budget import fit_schedule, parse_budget, time_steps
+from pipeline.plan.planner import plan, planned_config
+
+
+def _dataset(root: Path, modality: str, background: float, values: tuple[float, float], shape=(40, 36, 20),
+             spacings=((1.0, 1.0, 1.0),) * 4, channels: int = 1) -> Path:
+    """An MSD dataset of balls: ``background`` outside, uniform ``values`` inside, one spacing per case."""
+    rng = np.random.default_rng(0)
+    training = []
+    for i, spacing in enumerate(spacings):
+        grid = np.indices(shape).astype(float)
+        ball = sum((g - s / 2) ** 2 for g, s in zip(grid, shape)) < (min(s for s in shape if s > 1) / 3) ** 2
+        image = np.where(ball, rng.uniform(*values, shape), background).astype(np.float32)
+        if channels > 1:
+            image = np.stack([image * (c + 1) for c in range(channels)], axis=-1)
+        for folder, array in (("imagesTr", image), ("labelsTr", ball.astype(np.uint8))):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(array, np.diag([*spacing, 1.0])), root / folder / f"c{i}.nii.gz")
+        training.append({"image": f"./imagesTr/c{i}.nii.gz", "label": f"./labelsTr/c{i}.nii.gz"})
+    meta = {"modality": {str(c): modality for c in range(channels)}, "labels": {"0": "background", "1": "ball"},
+            "training": training}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def _choices(root: Path, *keys: str) -> dict:
+    _, choices = plan(load_config(None, [f"data.root={root}", *keys]), timing=False)
+    return {c.key: c.value for c in choices}
+
+
+def test_ct_gets_a_window_from_its_foreground_percentiles(tmp_path):
+    root = _dataset(tmp_path / "ct", "CT", -1000.0, (-100.0, 400.0))
+    chosen = _choices(root)
+    fg = np.concatenate([nib.load(p).get_fdata()[nib.load(str(p).replace("imagesTr", "labelsTr")).get_fdata() > 0]
+                         for p in sorted((root / "imagesTr").iterdir())])
+    assert fg.size < 10_000  # every foreground voxel is in the sample: the percentiles are exact
+    assert chosen["data.modality"] == "CT"
+    np.testing.assert_allclose(chosen["data.intensity_range"], np.percentile(fg, [0.5, 99.5]), atol=0.01)
+
+
+def test_raw_mr_intensities_are_z_scored_not_clipped_to_a_ct_window(tmp_path):
+    """The issue's case: MR stored with scanner values 0-3700 was clipped flat above 300."""
+    chosen = _choices(_dataset(tmp_path / "mr", "MRI", 0.0, (1500.0, 3700.0)))
+    assert chosen["data.modality"] == "MR" and "data.intensity_range" not in chosen
+    assert chosen["data.crop_foreground"] is True  # a zero background to crop to
+    z_scored = _choices(_dataset(tmp_path / "z", "MRI", -0.8, (0.5, 2.0)))
+    assert z_scored["data.modality"] == "generic" and z_scored["data.crop_foreground"] is False
+
+
+def test_anisotropic_spacing_keeps_the_coarse_axis_and_shapes_the_patch(tmp_path):
+    spacings = ((0.7, 0.7, 5.0), (0.8, 0.8, 5.0), (0.75, 0.75, 4.0), (0.9, 0.9, 6.0))
+    chosen = _choices(_dataset(tmp_path / "aniso", "MRI", 0.0, (100.0, 200.0), shape=(160, 160, 24), spacings=spacings))
+    np.testing.assert_allclose(chosen["data.spacing"], np.median(spacings, axis=0))
+    patch = chosen["train.patch_size"]
+    assert patch[2] < patch[0] and patch[2] <= 24 and np.prod(patch) <= 112 * 112 * 80 * 1.1
+
+
+def test_a_single_slice_set_is_planned_in_2d(tmp_path):
+    chosen = _choices(_dataset(tmp_path / "flat", "microscopy", 0.0, (50.0, 250.0), shape=(300, 280, 1)))
+    assert chosen["train.patch_size"][2] == 1 and chosen["train.patch_size"][0] % 16 == 0
+    assert chosen["data.val_fraction"] == 0.0  # four cases: none held out for validation
+
+
+def test_two_channels_are_fingerprinted_and_timed_with_two_inputs(tmp_path):
+    root = _dataset(tmp_path / "two", "MRI", 0.0, (100.0, 300.0), channels=2)
+    found, choices = plan(load_config(None, [f"data.root={root}"]), timing=False)
+    assert [c.channels for c in found.cases] == [2, 2, 2, 2]
+    cfg = load_config(None, ["train.patch_size=[16,16,8]", "model.channels=[4,8]"])
+    assert time_steps(cfg, in_channels=2, n_classes=2, steps=1, warmup=0) > 0
+
+
+def test_the_schedule_fills_the_budget_by_a_fake_clock():
+    ticks = iter(np.arange(0.0, 100.0, 0.25))  # every call 0.25 s later: each step takes 0.25 s
+    cfg = load_config(None, ["train.patch_size=[16,16,8]", "model.channels=[4,8]"])
+    assert time_steps(cfg, 1, 2, steps=3, warmup=1, clock=lambda: next(ticks)) == 0.25
+    schedule = fit_schedule(budget_s=600, step_s=0.25, steps_per_epoch=8)
+    assert schedule.epochs == int(600 * 0.85 / (0.25 * 8)) and schedule.val_every == schedule.epochs // 5
+    with_validation = fit_schedule(600, 0.25, 8, validation_s=10)
+    assert with_validation.epochs == int((600 * 0.85 - 5 * 10) / 2)
+    assert fit_schedule(10, 5.0, 8).epochs == 1  # never less than one epoch
+
+
+@pytest.mark.parametrize("text, seconds", [("30m", 1800), ("1.5h", 5400), ("90s", 90), (45, 2700), ("2 min", 120)])
+def test_budgets_read_as_people_write_them(text, seconds):
+    assert parse_budget(text) == seconds
+
+
+def test_a_budget_that_is_not_a_time_is_one_line():
+    with pytest.raises(UserError, match="train.budget: expected a time such as 30m"):
+        parse_budget("soon")
+    with pytest.raises(UserError, match="train.budget must be a time"):
+        load_config(None, ["train.budget=-5m"])
+
+
+def test_user_and_preset_keys_win_over_the_plan(tmp_path):
+    root = _dataset(tmp_path / "ct", "CT", -1000.0, (-100.0, 400.0))
+    cfg, text = planned_config([f"data.root={root}", "train.patch_size=[32,32,16]", "train.epochs=3"])
+    assert cfg.train.patch_size == (32, 32, 16) and cfg.train.epochs == 3  # the user's keys; no timing needed
+    assert cfg.data.modality == "CT" and cfg.name == "ct"  # planned keys fill the rest
+    assert yaml.safe_load(text)["train"]["patch_size"] != [32, 32, 16]  # plan.yaml keeps what was planned
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("data:\n  modality: generic\ntrain:\n  epochs: 2\n")
+    cfg, _ = planned_config([f"data.root={root}", "train.epochs=4"], preset)
+    assert cfg.data.modality == "generic" and cfg.train.epochs == 4  # preset over plan, --set over both
+
+
+def test_train_py_plans_own_data_and_keeps_the_plan_in_the_run(tmp_path):
+    root = _dataset(tmp_path / "mr", "MRI", 0.0, (1500.0, 3700.0))
+    trained = run_cli("train.py", "--set", f"data.root={root}", f"output_dir={tmp_path / 'runs'}", "train.epochs=1",
+                      "train.patch_size=[16,16,8]", "model.channels=[4,8]")  # no --config: the plan fills the rest
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    run = (tmp_path / "runs" / "latest").resolve()
+    assert run.name.startswith("mr-") and (run / "plan.yaml").is_file()
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["data"]["modality"] == "MR" and saved["train"]["epochs"] == 1
+
+
+def test_the_run_refits_its_epochs_to_the_measured_epoch_time():
+    """Planned from timed steps on random data, a run's real epochs can be slower (reading, checkpoints):
+    after the warm-up epoch the total is fitted to the budget by the measured epoch time."""
+    from pipeline.train.budget_clock import BudgetClock
+
+    now = [0.0]
+    clock = BudgetClock("5m", clock=lambda: now[0])  # ends at 300 s less 5 % = 285 s
+    totals = []
+    for epoch in range(1, 8):
+        now[0] = 20.0 + 10.0 * (epoch - 1)  # the first epoch takes 20 s (caching), the others 10 s
+        totals.append(clock.after_epoch(epoch, totals[-1] if totals else 40))
+    assert totals[:2] == [40, 40]  # nothing measured yet
+    assert totals[2] == 3 + (285 - 40) // 10  # after epoch 3: 24 more epochs of 10 s fit
+    assert totals[6] == totals[2]  # the second look (a quarter in) finds the same pace: no change
+    assert BudgetClock("5m", clock=lambda: 0.0).after_epoch(3, 40) == 40  # no first epoch seen: no measure
