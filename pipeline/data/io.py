@@ -29,8 +29,8 @@ import tifffile
 from PIL import Image
 
 from ..errors import UserError
-from .label_maps import grey_label, slice_plane
 from .formats import MAX_VOXELS, itk_to_array, read_dicom, read_h5
+from .label_maps import grey_label, slice_plane
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")

@@ -129,8 +129,11 @@ def describe(found: Fingerprint) -> Iterator[str]:
         return
     yield f"spacing (mm), median: {' x '.join(f'{v:.3g}' for v in np.median(spacings, axis=0))}; " \
           f"range {' x '.join(f'{a:.3g}-{b:.3g}' for a, b in zip(spacings.min(0), spacings.max(0)))}"
+    median = np.median(spacings, axis=0)
+    yield f"anisotropy (coarsest / finest median spacing): {median.max() / median.min():.2f}"
     yield f"shape (voxels), median: {' x '.join(str(int(v)) for v in np.median(shapes, axis=0))}" \
-          + (" (single-slice: 2D)" if found.is_2d else "")
+          + (" (single-slice: 2D)" if found.is_2d else "") \
+          + f"; on the median spacing: {' x '.join(str(int(v)) for v in np.median(shapes * spacings / median, axis=0))}"
     fg = found.foreground
     if fg.size:
         p = np.percentile(fg, [0.5, 50, 99.5])

@@ -82,7 +82,8 @@ def _schedule(dataset, found: Fingerprint, choices: list[Choice], base: Config, 
     forward_s = step_s / (3 * cfg.train.batch_size * cfg.train.samples_per_volume)  # a forward is ~1/3 of a step
     flips = 2 ** sum(s > 1 for s in cfg.train.patch_size) if cfg.infer.tta else 1
     shape = np.median(found.shapes, axis=0)
-    windows = math.prod(len(window_starts(int(s), p, cfg.infer.overlap)) for s, p in zip(shape, cfg.train.patch_size))
+    windows = math.prod(len(window_starts(max(int(s), p), p, cfg.infer.overlap))  # padded up to the patch
+                        for s, p in zip(shape, cfg.train.patch_size))
     validation_s = len(val) * windows * flips * forward_s
     schedule = fit_schedule(budget, step_s, per_epoch, validation_s)
     return [Choice("train.budget", cfg.train.budget or DEFAULT_BUDGET, "the time this run may take"),
@@ -96,7 +97,10 @@ def planned_config(overrides: Sequence[str], preset: str | Path | None = None, t
     base = load_config(preset, overrides)
     _, choices = plan(base, overrides, timing)
     if not any(o.strip().startswith("name=") for o in overrides):
-        choices.append(Choice("name", Path(base.data.root).resolve().name, "the dataset folder's name"))
+        root = Path(base.data.root).resolve()
+        generic = root.name.lower() in ("train", "training", "data", "dataset", "images")
+        choices.append(Choice("name", f"{root.parent.name}-{root.name}" if generic else root.name,
+                              "the dataset folder's name"))
     given = {o.split("=", 1)[0].strip() for o in overrides}
     for choice in choices:
         log.info("plan: %s = %s  (%s)", choice.key, choice.value,
