@@ -254,7 +254,8 @@ def write_results(results_dir: Path, figure: Path, dataset, ref, lines, metrics,
         table.append(f"| {metric} | {fmt(ours)}{' (' + met.strip() + ')' if met else ''} | {fmt(median)} | "
                      f"{fmt(plain[metric]) if plain else '-'} | {fmt(seed_value)} | {fmt(target)} |")
     text = "\n".join([
-        f"# {dataset}: held-out quality of `{ref['config']}`",
+        f"# {dataset}: held-out quality of " + (f"`{ref['config']}`" if "--config" in train_cmd else
+                                                 "the plan (train.py without a preset)"),
         "",
         f"`python benchmarks/real_data.py {dataset}` on {cpu_name()}, {os.cpu_count()} logical CPUs, no GPU; "
         f"torch {__import__('torch').__version__}, {time.strftime('%Y-%m-%d')}.",
