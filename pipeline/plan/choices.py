@@ -67,17 +67,14 @@ def _normalisation(found: Fingerprint) -> list[Choice]:
                        "[0, 1], an affine map of its z-score, which the network's instance norm absorbs)"),
                 Choice("data.crop_foreground", True, "crop to the body (> -500 HU) before sampling")]
     background = zero_share >= ZERO_BACKGROUND
-    mr = any(n in MR_NAMES for n in names)
-    kind = "MR" if background else "generic"
-    why = (declared or f"no modality declared ({len(names)} channel(s))") + (f"; {zero_share:.0%} of voxels are exactly 0" if background
-                                                  else "; no zero background")
-    reason = "z-score per image over the non-zero voxels (the body)" if background else "z-score per image"
-    choices = [Choice("data.modality", kind, f"{why}: {reason}" + ("" if mr or background else
-                                                                  " (not CT: no intensity window)"))]
-    choices.append(Choice("data.crop_foreground", background,
-                          "crop to the non-zero region before sampling" if background else
-                          "no zero background to crop to (values of either sign)"))
-    return choices
+    why = declared or f"no modality declared ({len(names)} channel(s))"
+    if background:
+        return [Choice("data.modality", "MR", f"{why}; {zero_share:.0%} of voxels are exactly 0: z-score per image "
+                       "over the non-zero voxels (the body)"),
+                Choice("data.crop_foreground", True, "crop to the non-zero region before sampling")]
+    not_ct = "" if any(n in MR_NAMES for n in names) else " (not CT: no intensity window)"
+    return [Choice("data.modality", "generic", f"{why}; no zero background: z-score per image{not_ct}"),
+            Choice("data.crop_foreground", False, "no zero background to crop to (values of either sign)")]
 
 
 def plan_network(found: Fingerprint, target_spacing: Any) -> list[Choice]:
@@ -94,7 +91,8 @@ def plan_network(found: Fingerprint, target_spacing: Any) -> list[Choice]:
                f"to at most {PATCH_VOXELS_2D if found.is_2d else PATCH_VOXELS_3D:,} voxels, divisible for pooling"),
         Choice("model.name", "resunet", "the residual UNet: 4-5x less time per step than the other families at the "
                "same widths (benchmarks/results/models_table.md), so more steps fit the budget"),
-        Choice("model.channels", widths, f"{depth} levels: pooled while every axis keeps >= {MIN_WIDTH} voxels"),
+        Choice("model.channels", widths, f"{depth} levels: the longest patch axis pooled while it keeps >= {MIN_WIDTH} voxels "
+               "(shorter axes stop earlier)"),
         Choice("train.batch_size", 1, "one volume per step, two crops of it (what a 2-core CPU sustains)"),
         Choice("train.samples_per_volume", 2, "two crops per volume per step"),
         Choice("train.pos_fraction", pos, f"foreground is {fg_share:.1%} of voxels: "
@@ -107,7 +105,7 @@ def plan_network(found: Fingerprint, target_spacing: Any) -> list[Choice]:
 
 def _patch(shape: np.ndarray, spacing: np.ndarray, is_2d: bool) -> list[int]:
     """The largest patch within the voxel budget: the median shape, cut 10 % at a time along the axis
-    that is longest in mm, then rounded down to what the pooling plan divides."""
+    that is longest in mm, then rounded to what the pooling plan divides (never past the image)."""
     patch = np.maximum(np.floor(shape), 1).astype(float)
     if is_2d:
         patch[2] = 1
