@@ -48,11 +48,21 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def channels_last(model: torch.nn.Module) -> torch.nn.Module:
-    """The model's convolution weights in channels-last layout (``channels_last_3d`` for a 3D
-    network, ``channels_last`` for a 2D one), which the CPU's oneDNN kernels run fastest."""
-    rank = max((p.dim() for p in model.parameters()), default=0)
-    layout = {5: torch.channels_last_3d, 4: torch.channels_last}.get(rank)
-    return model.to(memory_format=layout) if layout is not None else model
+    """A 3D network's convolution weights in ``channels_last_3d`` layout, which the CPU's oneDNN kernels
+    run fastest. 2D networks (single-slice data) stay contiguous: with channels-last inputs, PyTorch
+    2.13's CPU backward of the strided residual UNet in 2D corrupts the heap (glibc aborts with
+    "corrupted size vs. prev_size" within a few steps on DRIVE-sized crops; contiguous runs clean)."""
+    return model.to(memory_format=torch.channels_last_3d) if _rank(model) == 5 else model
+
+
+def input_layout(model: torch.nn.Module) -> torch.memory_format:
+    """The memory format of a (B, C, H, W, D) input for ``model`` on the CPU (see ``channels_last``)."""
+    return torch.channels_last_3d if _rank(model) == 5 else torch.contiguous_format
+
+
+def _rank(model: torch.nn.Module) -> int:
+    """4 for a network of 2D convolutions, 5 for 3D ones."""
+    return max((p.dim() for p in model.parameters()), default=0)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

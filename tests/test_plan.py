@@ -146,3 +146,18 @@ def test_the_run_refits_its_epochs_to_the_measured_epoch_time():
     assert totals[2] == 3 + (285 - 40) // 10  # after epoch 3: 24 more epochs of 10 s fit
     assert totals[6] == totals[2]  # the second look (a quarter in) finds the same pace: no change
     assert BudgetClock("5m", clock=lambda: 0.0).after_epoch(3, 40) == 40  # no first epoch seen: no measure
+
+
+def test_2d_networks_run_contiguous_on_the_cpu():
+    """With channels-last inputs the 2D strided residual UNet's backward corrupted the heap (glibc abort
+    within a few steps of the planned DRIVE run); 3D networks keep channels-last, the faster layout."""
+    import torch
+
+    from models3d import build_model
+    from pipeline.runtime import channels_last, input_layout
+
+    flat = channels_last(build_model("resunet", 3, 2, channels=[4, 8], patch_size=(32, 32, 1)))
+    deep = channels_last(build_model("resunet", 1, 2, channels=[4, 8], patch_size=(16, 16, 8)))
+    assert input_layout(flat) == torch.contiguous_format and input_layout(deep) == torch.channels_last_3d
+    assert all(p.is_contiguous() for p in flat.parameters())
+    assert next(p for p in deep.parameters() if p.dim() == 5).is_contiguous(memory_format=torch.channels_last_3d)

@@ -23,7 +23,7 @@ from monai.data.utils import compute_importance_map, dense_patch_slices
 from torch import nn
 
 from ..config import InferConfig
-from ..runtime import autocast
+from ..runtime import autocast, input_layout
 
 Reader = Callable[[int, int], torch.Tensor]  # (first slice, stop) -> (C, H, W, stop - first) float32
 
@@ -73,7 +73,7 @@ def stream_logits(model: nn.Module, read: Reader, shape: tuple[int, int, int], r
         for k in range(0, len(windows), infer.sw_batch_size):
             batch = windows[k : k + infer.sw_batch_size]
             crops = torch.stack([block[:, x : x + roi[0], y : y + roi[1]] for x, y in batch])
-            logits = _window_logits(model, crops.contiguous(memory_format=torch.channels_last_3d), roi, infer.tta,
+            logits = _window_logits(model, crops.contiguous(memory_format=input_layout(model)), roi, infer.tta,
                                     amp_dtype)
             for (x, y), out in zip(batch, logits):
                 blend.add(out, (slice(None), slice(x, x + roi[0]), slice(y, y + roi[1]), slice(z - first, None)))

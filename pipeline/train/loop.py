@@ -33,7 +33,7 @@ from ..errors import UserError
 from ..evaluate import metrics
 from ..predict.predictor import Predictor
 from ..predict.stack_job import store_dice
-from ..runtime import autocast, resolve_precision, seed_everything, select_device
+from ..runtime import autocast, input_layout, resolve_precision, seed_everything, select_device
 from . import history
 from .budget_clock import BudgetClock
 from .checkpoint import check_room, load_checkpoint, save_checkpoint
@@ -80,7 +80,7 @@ def _step(model: nn.Module, batch: dict, loss_fn: nn.Module, optimizer: torch.op
     """One optimiser step on a batch of crops (B, C, H, W, D); returns the loss (not stepped when
     it is not finite)."""
     device = next(model.parameters()).device
-    memory_format = torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
+    memory_format = input_layout(model) if device.type == "cpu" else torch.contiguous_format
     image = batch[IMAGE].as_tensor().to(device, non_blocking=True, memory_format=memory_format)
     label = batch[LABEL].as_tensor().to(device, non_blocking=True)
     with autocast(device, amp_dtype):
