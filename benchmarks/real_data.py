@@ -176,7 +176,8 @@ def main() -> None:
     means = {name: values["mean"] for name, values in metrics.items()}
 
     lines = []
-    for metric, seed_value, target, higher in ref["rows"]:
+    rows = [row for row in ref["rows"] if row[0] in means]  # a planned run computes no AUC (infer.auc is off)
+    for metric, seed_value, target, higher in rows:
         ours = means[metric]  # None when no held-out case has a finite value (an empty prediction)
         if target is None:
             met = ""
@@ -202,7 +203,7 @@ def main() -> None:
         plain_summary = json.loads((run_dir / "test-without-levers" / "summary.json").read_text(encoding="utf-8"))
         (plain_foreground,) = plain_summary["classes"].values()
         plain = {name: values["mean"] for name, values in plain_foreground["metrics"].items()}
-        for metric, *_ in ref["rows"]:
+        for metric, *_ in rows:
             print(f"{metric:12s} without {'/'.join(levers)}: {fmt(plain[metric]):>8} (with: {fmt(means[metric])})")
 
     ceiling = None
