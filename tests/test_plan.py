@@ -161,3 +161,19 @@ def test_2d_networks_run_contiguous_on_the_cpu():
     assert input_layout(flat) == torch.contiguous_format and input_layout(deep) == torch.channels_last_3d
     assert all(p.is_contiguous() for p in flat.parameters())
     assert next(p for p in deep.parameters() if p.dim() == 5).is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_a_case_read_slab_by_slab_has_the_fingerprint_of_the_whole_case(tmp_path):
+    from pipeline.data.layouts import load_dataset
+    from pipeline.plan.fingerprint import fingerprint
+
+    root = _dataset(tmp_path / "ct", "CT", -1000.0, (-100.0, 400.0), spacings=((0.8, 0.7, 2.5),) * 4)
+    whole_cfg, slab_cfg = load_config(None, [f"data.root={root}"]), load_config(None, [f"data.root={root}",
+                                                                                        "data.lazy_voxels=1"])
+    whole = fingerprint(load_dataset(root, whole_cfg.data), whole_cfg.data).cases
+    slabs = fingerprint(load_dataset(root, slab_cfg.data), slab_cfg.data).cases
+    for a, b in zip(whole, slabs):
+        assert (a.shape, a.class_voxels, a.zero_share) == (b.shape, b.class_voxels, b.zero_share)
+        np.testing.assert_allclose(a.spacing, b.spacing)
+        np.testing.assert_array_equal(np.sort(a.foreground), np.sort(b.foreground))  # < 10,000: every voxel
+    assert whole[0].shape == (40, 36, 20) and whole[0].spacing == pytest.approx((0.8, 0.7, 2.5))

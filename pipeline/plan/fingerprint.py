@@ -16,8 +16,9 @@ import numpy as np
 
 from ..config import DataConfig
 from ..data.cases import Case, Dataset
-from ..data.io import kind_of, load_image, reader_options
+from ..data.io import kind_of, load_image, reader_options, spacing_from_affine
 from ..data.label_maps import class_ids
+from ..data.stack import stack_is_binary_mask
 from ..data.volume_slabs import VolumeSlabs, slab_source, volume_voxels
 
 SAMPLE = 10_000  # foreground intensities kept per case
@@ -91,8 +92,7 @@ def _case_facts(case: Case, data: DataConfig, rng: np.random.Generator) -> CaseF
     first = image[..., 0] if image.ndim == 4 else image
     order = nib.io_orientation(affine)[:, 0].astype(int)  # array axis -> RAS axis
     shape, spacing = np.zeros(3, int), np.zeros(3)
-    shape[order] = first.shape[:3]
-    spacing[order] = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    shape[order], spacing[order] = first.shape[:3], spacing_from_affine(affine)
     values, counts = np.unique(label, return_counts=True)
     return CaseFacts(tuple(int(s) for s in shape), tuple(float(s) for s in spacing), channels,
                      float(np.mean(first == 0)), {int(v): int(n) for v, n in zip(values, counts)},
@@ -102,14 +102,15 @@ def _case_facts(case: Case, data: DataConfig, rng: np.random.Generator) -> CaseF
 def _streamed_facts(case: Case, data: DataConfig, rng: np.random.Generator) -> CaseFacts:
     """``_case_facts`` one slab at a time: memory holds a slab and the samples, not the case."""
     image, label = slab_source(case.image, data), slab_source(case.label, data, label=True)
-    zeros, classes, samples = 0, {}, []
+    zeros, classes, samples, dtype = 0, {}, [], None
     for (_, slab), (_, ref) in zip(image.slabs(), label.slabs()):
+        dtype = ref.dtype
         zeros += int(np.count_nonzero(slab == 0))
         values, counts = np.unique(ref, return_counts=True)
         for v, n in zip(values.tolist(), counts.tolist()):
             classes[int(v)] = classes.get(int(v), 0) + n
         samples.append(_sample(slab[ref > 0], rng))
-    if set(classes) <= {0, 255} and 255 in classes:  # a 0/255 mask, as the readers count it
+    if stack_is_binary_mask(classes, dtype):  # a 0/255 mask, counted as the readers count it
         classes = {0: classes.get(0, 0), 1: classes[255]}
     spacing = image.spacing if isinstance(image, VolumeSlabs) else tuple(data.default_spacing or (1.0, 1.0, 1.0))
     return CaseFacts(tuple(image.shape), tuple(float(s) for s in spacing), 1,
