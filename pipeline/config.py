@@ -97,6 +97,8 @@ class TrainConfig:
     val_every: int = 1  # epochs between validations
     precision: str = "auto"  # fp32, bf16, fp16 or auto (bf16 where the hardware runs it natively)
     budget: float | str | None = None  # time for the run (30m, 1.5h, 90s; a number: minutes): a planned run fits it
+    decide_postprocessing: bool = False  # after training: infer.tta, largest_component, fill_holes per class
+    #                                      where they raise the validation Dice (the run's postprocessing.json)
     deterministic: bool = False  # same weights after kill + resume as uninterrupted (CPU; fp32 recommended)
     max_nonfinite_steps: int = 10  # consecutive NaN/Inf losses before training stops with an error
     sync_batchnorm: bool = False  # under torchrun with model.norm=batch: synchronise batch statistics
@@ -110,7 +112,8 @@ class InferConfig:
     sw_batch_size: int = 1
     probabilities: bool = False  # also write probabilities/<case>.nii.gz (foreground classes, float32)
     tta: bool = False  # average the logits of every flip of the volume along the patch's axes (2D: 4, 3D: 8)
-    largest_component: bool = False  # keep only the largest connected component of each foreground class
+    largest_component: bool | tuple[int, ...] = False  # per class: keep its largest component (a list: those ids)
+    fill_holes: bool | tuple[int, ...] = False  # per class: fill the background it encloses (a list: those ids)
     auc: bool = False  # ROC AUC per class from the probabilities (2D-sized problems: it sorts every voxel)
     stream_voxels: int = 2**28  # stacks, NIfTI, HDF5 with more voxels: predicted and scored slab by slab (0: always)
 
@@ -125,6 +128,7 @@ class EvaluateConfig:
 class Config:
     name: str = "demo"
     output_dir: str = "outputs"
+    plan: bool = False  # a preset with plan: true lists only what differs from the plan; train.py plans the rest
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

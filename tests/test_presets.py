@@ -90,3 +90,30 @@ def test_em_stack_preset_reads_the_slice_folder(tmp_path):
     pred, affine = load_image(run / "test" / "predictions" / "isbi2012_em.nii.gz")
     assert pred.shape == (512, 512, 30)
     assert np.allclose(np.diag(affine)[:3], (4.0, 4.0, 50.0))
+
+
+# the configurations the published preset figures were measured with (benchmarks/results/la_heart.md,
+# drive.md), before the presets shrank to the keys that differ from the plan
+MEASURED = {
+    "la_heart": {"data.modality": "MR", "data.crop_foreground": False, "data.val_fraction": 0.0, "data.spacing": None,
+                 "model.name": "resunet", "model.channels": (16, 32, 64, 128, 256), "train.epochs": 320,
+                 "train.volumes_per_epoch": 10, "train.patch_size": (112, 112, 80), "train.samples_per_volume": 2,
+                 "train.batch_size": 1, "train.pos_fraction": 0.67, "train.lr": 0.1, "train.val_every": 40,
+                 "infer.overlap": 0.5, "infer.blend": "gaussian", "infer.tta": True, "infer.largest_component": True},
+    "drive": {"data.modality": "generic", "data.channel": 1, "data.crop_foreground": False, "data.val_fraction": 0.0,
+              "model.name": "unet", "model.channels": (16, 32, 64, 128, 256), "train.epochs": 300,
+              "train.volumes_per_epoch": 16, "train.patch_size": (256, 256, 1), "train.samples_per_volume": 2,
+              "train.pos_fraction": 0.5, "train.lr": 0.05, "train.val_every": 50, "infer.overlap": 0.5,
+              "infer.blend": "gaussian", "infer.tta": True, "infer.largest_component": False, "infer.auc": True},
+}
+
+
+@pytest.mark.parametrize("preset", sorted(MEASURED))
+def test_a_shrunk_preset_plus_the_plan_is_the_configuration_that_was_measured(preset):
+    from pipeline.plan.planner import run_config
+
+    path = REPO / "configs" / f"{preset}.yaml"
+    cfg, plan = run_config(path, [], None, str(path), False)
+    assert plan is not None  # plan: true
+    resolved = {key: getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1]) for key in MEASURED[preset]}
+    assert resolved == MEASURED[preset]

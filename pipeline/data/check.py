@@ -20,7 +20,8 @@ import numpy as np
 
 from ..config import DataConfig, load_config
 from ..errors import UserError, exit_on_user_error
-from .io import grid_difference, kind_of, load_image, reader_options, spacing_from_affine
+from .grids import grid_difference, spacing_from_affine
+from .io import kind_of, load_image, reader_options
 from .cases import Case, Dataset
 from .layouts import load_dataset
 from .stack import stack_statistics

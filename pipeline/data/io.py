@@ -29,7 +29,9 @@ import tifffile
 from PIL import Image
 
 from ..errors import UserError
+from .channel_files import channel_files, stack_channels
 from .formats import MAX_VOXELS, itk_to_array, read_dicom, read_h5
+from .grids import spacing_from_affine
 from .label_maps import grey_label, slice_plane
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -141,8 +143,13 @@ def load_image(
         raise UserError(f"{path}: file not found")
     if path.is_file() and path.stat().st_size == 0:
         raise UserError(f"{path}: file is empty (0 bytes)")
+    files = [path] if label else channel_files(path, case_id(path))
     try:
-        array, affine = _read_source(path, kind_of(path), h5_key, _spacing_or_default(spacing), label)
+        if len(files) > 1:
+            options = (h5_key, _spacing_or_default(spacing), False)
+            array, affine = stack_channels(files, lambda file: _read_source(file, kind_of(file), *options))
+        else:
+            array, affine = _read_source(path, kind_of(path), h5_key, _spacing_or_default(spacing), label)
     except UserError:
         raise
     except (OSError, EOFError, ValueError, RuntimeError, KeyError, zlib.error, Image.DecompressionBombError,
@@ -256,30 +263,6 @@ def _read_stack(folder: Path, label: bool) -> np.ndarray:
             raise UserError(f"{file}: slice shape {data.shape} differs from {files[0].name} {slices[0].shape}")
         slices.append(data)
     return np.stack(slices, axis=-1)
-
-
-def spacing_from_affine(affine: np.ndarray) -> tuple[float, ...]:
-    """Voxel sizes (mm) from the columns of a 4x4 affine."""
-    return tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
-
-
-def grid_difference(shape: Sequence[int], affine: np.ndarray, image_shape: Sequence[int],
-                    image_affine: np.ndarray) -> str | None:
-    """How a label's (or mask's) grid differs from its image's, or None when it lies on it: shape, spacing
-    (relative 1e-3) and axis directions (each file is reoriented on its own: a flip would mirror it)."""
-    if tuple(shape[:3]) != tuple(image_shape[:3]):
-        return f"shape {tuple(shape[:3])} differs from image shape {tuple(image_shape[:3])}"
-    spacing, image_spacing = spacing_from_affine(affine), spacing_from_affine(image_affine)
-    if not np.allclose(spacing, image_spacing, rtol=1e-3, atol=1e-4):
-        return f"spacing {spacing} differs from image spacing {image_spacing}"
-    if axis_codes(affine) != axis_codes(image_affine):
-        return f"its axes run {axis_codes(affine)}, the image's {axis_codes(image_affine)}"
-    return None
-
-
-def axis_codes(affine: np.ndarray) -> str:
-    """The direction each voxel axis runs in world space, e.g. ``RAS`` or ``LPS`` (nibabel's codes)."""
-    return "".join(nib.orientations.aff2axcodes(np.asarray(affine, dtype=np.float64)))
 
 
 def _first_line(err: BaseException) -> str:

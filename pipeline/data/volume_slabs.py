@@ -31,7 +31,8 @@ import SimpleITK as sitk
 from ..config import DataConfig
 from ..errors import UserError
 from .formats import affine_from_itk, h5_spacing
-from .io import check_nifti_size, kind_of, read_geometry
+from .channel_files import channel_files
+from .io import case_id, check_nifti_size, kind_of, read_geometry
 from .stack import SLAB, SliceStack
 
 STREAMED_KINDS = ("nifti", "h5", "itk")
@@ -163,4 +164,7 @@ def slab_source(path: Path, d: DataConfig, label: bool = False) -> SliceStack | 
     path = Path(path)
     if path.is_dir() and kind_of(path) == "stack":
         return SliceStack(path, label)
+    if not label and len(channel_files(path, case_id(path))) > 1:
+        raise UserError(f"{path}: a case stored one file per channel is read whole, not slab by slab; store its "
+                        "channels in one 4D NIfTI, or raise data.lazy_voxels above its voxel count to read it whole")
     return VolumeSlabs(path, d.h5_label_key if label else d.h5_image_key, d.default_spacing or (1.0, 1.0, 1.0))

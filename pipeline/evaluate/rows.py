@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from ..config import REPORT_METRICS, Config
-from ..data.io import axis_codes, load_image, read_volume, spacing_from_affine
+from ..data.grids import axis_codes, spacing_from_affine
+from ..data.io import load_image, read_volume
 from ..data.label_maps import class_ids
 from ..errors import UserError
 from . import metrics

@@ -69,14 +69,16 @@ class Schedule:
     reason: str
 
 
-def fit_schedule(budget_s: float, step_s: float, steps_per_epoch: int, validation_s: float = 0.0) -> Schedule:
-    """Epochs whose steps, and ``VALIDATIONS`` validations of ``validation_s`` each, fill the budget
-    less its reserve; at least one epoch."""
-    usable = budget_s * (1 - RESERVE) - (VALIDATIONS * validation_s if validation_s else 0.0)
+def fit_schedule(budget_s: float, step_s: float, steps_per_epoch: int, validation_s: float = 0.0,
+                 final_s: float = 0.0) -> Schedule:
+    """Epochs whose steps, ``VALIDATIONS`` validations of ``validation_s`` each and a last pass of ``final_s``
+    (the post-processing decision) fill the budget less its reserve; at least one epoch."""
+    usable = budget_s * (1 - RESERVE) - (VALIDATIONS * validation_s if validation_s else 0.0) - final_s
     epochs = max(1, math.floor(usable / (step_s * steps_per_epoch)))
     val_every = max(1, epochs // VALIDATIONS)
     span = f"{budget_s / 60:.0f} min" if budget_s >= 120 else f"{budget_s:.0f} s"
     reason = (f"{span} less {RESERVE:.0%} reserve"
-              + (f" and {VALIDATIONS} validations of {validation_s:.0f} s" if validation_s else "")
+              + (f", {VALIDATIONS} validations of {validation_s:.0f} s" if validation_s else "")
+              + (f", {final_s:.0f} s to decide the post-processing" if final_s else "")
               + f", at {step_s:.2f} s per step (timed here) and {steps_per_epoch} steps per epoch")
     return Schedule(epochs, val_every, reason)

@@ -49,6 +49,10 @@ def plan_data(found: Fingerprint) -> list[Choice]:
     if n < FEW_CASES:
         choices.append(Choice("data.val_fraction", 0.0, f"{n} labelled cases: too few to hold one out; "
                               "the last checkpoint is the result"))
+    choices.append(Choice("train.decide_postprocessing", True, "flips, then per class largest component and hole "
+                          "filling, each kept where it raises the validation Dice at the end of training (as nnU-Net "
+                          "decides on cross-validation)" + ("; with no validation cases the flips stay on, the "
+                                                            "others off" if n < FEW_CASES else "")))
     return choices
 
 
@@ -58,6 +62,10 @@ def _normalisation(found: Fingerprint) -> list[Choice]:
     zero_share = float(np.mean([c.zero_share for c in found.cases])) if found.cases else 0.0
     auto = names == ["image"] or all(n.startswith("channel ") for n in names)  # named by the reader, not the user
     declared = None if auto else "dataset.json says " + ", ".join(found.modalities)
+    if len({n in CT_NAMES for n in names}) > 1:
+        return [Choice("data.modality", "generic", f"{declared}: z-score each channel on its own (a HU window "
+                       "would flatten the other channels)"),
+                Choice("data.crop_foreground", False, "channels disagree on what background is")]
     if any(n in CT_NAMES for n in names) or (declared is None and fg.size and np.percentile(fg, 0.5) < -500):
         low, high = (float(v) for v in np.percentile(fg, [0.5, 99.5])) if fg.size else (-1000.0, 1000.0)
         why = declared or "foreground values below -500 look like Hounsfield units"

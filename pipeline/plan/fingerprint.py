@@ -16,7 +16,8 @@ import numpy as np
 
 from ..config import DataConfig
 from ..data.cases import Case, Dataset
-from ..data.io import kind_of, load_image, reader_options, spacing_from_affine
+from ..data.grids import spacing_from_affine
+from ..data.io import kind_of, load_image, reader_options
 from ..data.label_maps import class_ids
 from ..data.stack import stack_is_binary_mask
 from ..data.volume_slabs import VolumeSlabs, slab_source, volume_voxels

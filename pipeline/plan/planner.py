@@ -18,6 +18,7 @@ from ..config import Config, config_from_dict, load_config, merge_overrides, rea
 from ..data.layouts import load_dataset
 from ..data.splits import split_cases
 from ..errors import UserError
+from ..predict.postprocess import DECIDED_KEYS
 from ..predict.streamed import window_starts
 from .budget import fit_schedule, parse_budget, time_steps
 from .choices import Choice, plan_data, plan_network
@@ -55,10 +56,10 @@ def plan_yaml(choices: Sequence[Choice]) -> str:
 
 
 def plan(base: Config, overrides: Sequence[str] = (), timing: bool = True,
-         clock: Callable[[], float] = time.perf_counter) -> tuple[Fingerprint, list[Choice]]:
+         clock: Callable[[], float] = time.perf_counter, preset: dict | None = None) -> tuple[Fingerprint, list[Choice]]:
     """Fingerprint of ``base.data.root`` and the plan for it; the schedule is timed unless ``timing`` is
-    off or the user fixed ``train.epochs``. ``overrides`` are the user's keys (they win, and the timed
-    steps use them)."""
+    off or the user (or the raw ``preset``) fixed ``train.epochs``. ``overrides`` are the user's keys,
+    ``preset`` a preset's: they win, and the timed steps use them."""
     dataset = load_dataset(base.data.root, base.data)
     found = fingerprint(dataset, base.data, base.train.seed)
     if not found.cases:
@@ -66,26 +67,29 @@ def plan(base: Config, overrides: Sequence[str] = (), timing: bool = True,
     choices = plan_data(found)
     spacing = next(c.value for c in choices if c.key == "data.spacing")
     choices += plan_network(found, spacing)
-    if timing and not any(o.strip().startswith("train.epochs=") for o in overrides):
-        choices += _schedule(dataset, found, choices, base, overrides, clock)
+    preset = preset or {}
+    fixed = {o.split("=", 1)[0].strip() for o in overrides} | _flat_keys(preset)
+    if timing and "train.epochs" not in fixed:
+        choices += _schedule(dataset, found, choices, base, overrides, clock, preset)
     return found, choices
 
 
 def _schedule(dataset, found: Fingerprint, choices: list[Choice], base: Config, overrides: Sequence[str],
-              clock: Callable[[], float]) -> list[Choice]:
-    cfg = config_from_dict(merge_overrides(plan_dict(choices), overrides), "plan + --set")
+              clock: Callable[[], float], preset: dict) -> list[Choice]:
+    cfg = config_from_dict(merge_overrides(_deep_merge(plan_dict(choices), preset), overrides), "plan + --set")
     budget = parse_budget(cfg.train.budget or DEFAULT_BUDGET)
     n_classes = max(dataset.labels) + 1
     step_s = time_steps(cfg, found.cases[0].channels, n_classes, clock=clock)
     train, val, _ = split_cases(list(dataset.training), cfg.data, cfg.train.seed)
     per_epoch = math.ceil((cfg.train.volumes_per_epoch or len(train)) / cfg.train.batch_size)
     forward_s = step_s / (3 * cfg.train.batch_size * cfg.train.samples_per_volume)  # a forward is ~1/3 of a step
-    flips = 2 ** sum(s > 1 for s in cfg.train.patch_size) if cfg.infer.tta else 1
     shape = np.median(found.shapes, axis=0)
     windows = math.prod(len(window_starts(max(int(s), p), p, cfg.infer.overlap))  # padded up to the patch
                         for s, p in zip(shape, cfg.train.patch_size))
-    validation_s = len(val) * windows * flips * forward_s
-    schedule = fit_schedule(budget, step_s, per_epoch, validation_s)
+    validation_s = len(val) * windows * forward_s  # validation runs without flips
+    flips = 2 ** sum(s > 1 for s in cfg.train.patch_size)
+    decision_s = validation_s * (1 + flips) if cfg.train.decide_postprocessing else 0.0  # a pass without, one with
+    schedule = fit_schedule(budget, step_s, per_epoch, validation_s, decision_s)
     return [Choice("train.budget", cfg.train.budget or DEFAULT_BUDGET, "the time this run may take"),
             Choice("train.epochs", schedule.epochs, schedule.reason),
             Choice("train.val_every", schedule.val_every, "five validations over the run"),
@@ -95,30 +99,42 @@ def _schedule(dataset, found: Fingerprint, choices: list[Choice], base: Config, 
 def planned_config(overrides: Sequence[str], preset: str | Path | None = None, timing: bool = True) -> tuple[Config, str]:
     """The configuration ``train.py`` runs when it plans: plan, then the preset's keys, then ``--set``."""
     base = load_config(preset, overrides)
-    _, choices = plan(base, overrides, timing)
-    if not any(o.strip().startswith("name=") for o in overrides):
+    preset_raw = (read_yaml(preset) or {}) if preset is not None else {}
+    _, choices = plan(base, overrides, timing, preset=preset_raw)
+    given = {o.split("=", 1)[0].strip() for o in overrides}
+    fixed = given | _flat_keys(preset_raw)
+    if "name" not in fixed:
         root = Path(base.data.root).resolve()
         generic = root.name.lower() in ("train", "training", "data", "dataset", "images")
         choices.append(Choice("name", f"{root.parent.name}-{root.name}" if generic else root.name,
                               "the dataset folder's name"))
-    given = {o.split("=", 1)[0].strip() for o in overrides}
+    if fixed & set(DECIDED_KEYS):  # the user's own post-processing: nothing to decide
+        choices = [c for c in choices if c.key != "train.decide_postprocessing"]
     for choice in choices:
-        log.info("plan: %s = %s  (%s)", choice.key, choice.value,
-                 "yours wins" if choice.key in given else choice.reason)
-    raw = plan_dict(choices)
-    if preset is not None:
-        raw = _deep_merge(raw, read_yaml(preset) or {})
+        log.info("plan: %s = %s  (%s)", choice.key, choice.value, "yours wins" if choice.key in given
+                 else "the preset's wins" if choice.key in fixed else choice.reason)
+    raw = _deep_merge(plan_dict(choices), preset_raw)
     return config_from_dict(merge_overrides(raw, overrides), "plan + preset + --set"), plan_yaml(choices)
 
 
 def run_config(config: str | Path, overrides: Sequence[str], resume: str | None, preset: str | None,
                plan_flag: bool) -> tuple[Config, str | None]:
     """``train.py``'s configuration and plan (YAML, or None): a resumed run's own; planned for own data
-    (``data.root`` given without a preset) or with ``--plan``; else the preset (``config``)."""
-    own_data = not resume and not preset and any(o.strip().startswith("data.root=") for o in overrides)
-    if plan_flag or own_data:
+    (``data.root`` given without a preset), with ``--plan`` or a preset saying ``plan: true``; else the
+    preset (``config``)."""
+    cfg = load_config(config, overrides)
+    own_data = not preset and any(o.strip().startswith("data.root=") for o in overrides)
+    if not resume and (plan_flag or own_data or cfg.plan):
         return planned_config(overrides, preset)
-    return load_config(config, overrides), None
+    return cfg, None
+
+
+def _flat_keys(raw: dict, prefix: str = "") -> set[str]:
+    """The dotted keys of a nested configuration mapping."""
+    keys = set()
+    for key, value in raw.items():
+        keys |= _flat_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"}
+    return keys
 
 
 def _deep_merge(base: dict, top: dict) -> dict:

@@ -16,18 +16,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.transforms import KeepLargestConnectedComponent
 
 from models3d import build_from_config
 
 from ..config import Config, config_from_dict, merge_overrides
 from ..data.cases import Case
-from ..data.io import load_image, reader_options, spacing_from_affine
+from ..data.grids import spacing_from_affine
+from ..data.io import load_image, reader_options
 from ..data.monai_reader import to_meta_tensor
 from ..data.transforms import IMAGE, preprocess_transforms
 from ..errors import UserError
 from ..runtime import channels_last, resolve_precision, select_device
 from ..train.checkpoint import load_checkpoint
+from .postprocess import decided_overrides, postprocess
 from .sliding import predict_volume
 from .source_grid import label_to_source_grid, to_source_grid
 from .streamed import stream_logits
@@ -72,6 +73,7 @@ class Predictor:
         if bad:
             raise UserError(f"--set {bad[0]!r}: test.py changes only infer.*, evaluate.* and data.tubular_classes; "
                             "the rest belongs to the trained run")
+        overrides = [*decided_overrides(run_dir), *overrides]  # the run's decision, under the user's keys
         raw = merge_overrides(state["config"], overrides) if overrides else state["config"]
         cfg = config_from_dict(raw, f"{path} (config)" + (" + --set" if overrides else ""))
         labels = {int(k): v for k, v in state["labels"].items()}
@@ -129,10 +131,7 @@ class Predictor:
             del logits
         else:  # the label map alone: never the whole volume's logits
             label, prob = label_to_source_grid(self.label_map(data[IMAGE].as_tensor()), data, self.preprocess), None
-        if self.cfg.infer.largest_component:
-            foreground = sorted(k for k in self.labels if k != 0)
-            label = KeepLargestConnectedComponent(applied_labels=foreground, independent=True)(label)
-        label = np.asarray(label[0])
+        label = postprocess(np.asarray(label[0]), self.cfg.infer, (k for k in self.labels if k != 0))
         prob = np.asarray(prob, dtype=np.float32) if prob is not None else None
         mask = None
         if case.mask is not None:  # field of view (retina): nothing is predicted outside it

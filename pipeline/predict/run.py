@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from ..config import Config, load_config
 from ..data.cases import Case
-from ..data.io import ALL_SUFFIXES, case_id, grid_difference, list_images, load_image, reader_options
+from ..data.grids import grid_difference
+from ..data.io import ALL_SUFFIXES, case_id, list_images, load_image, reader_options
 from ..data.label_maps import class_ids
 from ..data.layouts import load_dataset
 from ..data.stack import SliceStack
@@ -104,6 +105,7 @@ def check_streamed(cfg: Config, case: Case, stack: SliceStack | VolumeSlabs) -> 
     """Refuse options the slab-by-slab path cannot honour, naming them and the way out."""
     unsupported = [k for k, on in (("infer.auc", cfg.infer.auc),
                                    ("infer.largest_component", cfg.infer.largest_component),
+                                   ("infer.fill_holes", cfg.infer.fill_holes),
                                    ("data.spacing", cfg.data.spacing is not None),
                                    ("infer.probabilities", cfg.infer.probabilities and isinstance(stack, VolumeSlabs)))
                   if on]

@@ -23,6 +23,7 @@ from ..distributed import Dist, on_main
 from ..errors import UserError
 from .checkpoint import load_resume_checkpoint
 from .loop import Run, fit
+from .postprocessing import decide_after_training
 from .signals import TrainingInterrupted
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,10 @@ def run_training(cfg: Config, resume_dir: str | Path | None = None, info: Dist =
     run, resume = on_main(lambda: prepare_run(cfg, resume_dir, plan), info)
     if run is not None and (resume is None or not _finished(cfg, resume)):
         fit(cfg, run, resume, info)
-    return Path(run.dir if run is not None else resume_dir)
+    run_dir = Path(run.dir if run is not None else resume_dir)
+    if cfg.train.decide_postprocessing and info.is_main:
+        decide_after_training(cfg, run_dir)
+    return run_dir
 
 
 def _finished(cfg: Config, resume: dict) -> bool:
