@@ -46,6 +46,7 @@ from models3d.__main__ import count_macs  # noqa: E402
 from pipeline.config import Config, load_config  # noqa: E402
 from pipeline.data.layouts import load_dataset  # noqa: E402
 from pipeline.plan.budget import fit_schedule, time_steps  # noqa: E402
+from pipeline.plan.planner import planned_config  # noqa: E402
 from real_data import REFERENCES, cpu_name, held_out, run  # noqa: E402
 
 LR_RETRY = 0.2  # the factor of a redone run's learning rate
@@ -53,8 +54,17 @@ LR_RETRY = 0.2  # the factor of a redone run's learning rate
 PAPER_2D = {"unet": (0.7856, 31.0), "usegnet1": (None, 3.51)}
 
 
-def model_config(preset: Config, name: str) -> Config:
-    return load_config(ROOT / REFERENCES[preset.name]["config"], [f"model.name={name}"])
+def split_keys(root: str, test_ids: list[str]) -> list[str]:
+    """The ``--set`` keys of the real_data.py split: these held-out cases, no validation cases."""
+    return [f"data.root={root}", "data.test_cases=[" + ",".join(test_ids) + "]", "data.val_fraction=0"]
+
+
+def model_config(preset: Config, name: str, keys: list[str]) -> Config:
+    """The configuration ``train.py --config PRESET --set model.name=NAME KEYS`` trains: the preset over
+    its plan (``plan: true``), untimed (the epochs are given)."""
+    cfg, _ = planned_config([f"model.name={name}", *keys, "train.epochs=1"], ROOT / REFERENCES[preset.name]["config"],
+                            timing=False)
+    return cfg
 
 
 def cost(cfg: Config) -> dict:
@@ -64,12 +74,12 @@ def cost(cfg: Config) -> dict:
     return {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "gmac": count_macs(model, x) / 1e9}
 
 
-def timings(preset: Config, models: list[str], path: Path) -> dict:
+def timings(preset: Config, models: list[str], keys: list[str], path: Path) -> dict:
     """Median seconds per training step of each model, timed alone before any training (kept in ``path``)."""
     known = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     for name in models:
         if name not in known:
-            cfg = model_config(preset, name)
+            cfg = model_config(preset, name, keys)
             known[name] = {"step_s": time_steps(cfg, 1, len(cfg.data.labels), steps=4), **cost(cfg)}
             print(f"{name}: {known[name]['step_s']:.2f} s per step, {known[name]['params_m']:.2f} M parameters, "
                   f"{known[name]['gmac']:.1f} GMAC", flush=True)
@@ -119,8 +129,7 @@ def compare_one(name: str, preset: Config, root: str, test_ids: list[str], budge
     per_epoch = math.ceil((preset.train.volumes_per_epoch or n_train) / preset.train.batch_size)
     epochs = fit_schedule(budget_min * 60, timed["step_s"], per_epoch).epochs
     base_cmd = [sys.executable, "train.py", "--config", REFERENCES[preset.name]["config"], "--set",
-                f"model.name={name}", f"data.root={root}", "data.test_cases=[" + ",".join(test_ids) + "]",
-                "data.val_fraction=0", f"train.epochs={epochs}"]
+                f"model.name={name}", *split_keys(root, test_ids), f"train.epochs={epochs}"]
     lr = preset.train.lr
     run_dir = train(work / name / f"lr{lr:g}", base_cmd, lr)
     if diverged(run_dir / "log.csv"):
@@ -203,7 +212,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     print(f"{args.dataset}: {len(ids) - len(test_ids)} training cases, held out {', '.join(test_ids)}; "
           f"{budget:g} min per model; work in {work}", flush=True)
-    timed = timings(preset, args.models, work / "timings.json")
+    keys = split_keys(root, test_ids)
+    timed = timings(preset, args.models, keys, work / "timings.json")
+    trained = model_config(preset, args.models[0], keys)  # widths and patch are the preset's and its plan's
     rows = [compare_one(m, preset, root, test_ids, budget, timed[m], work) for m in args.models]
 
     title = f"{args.dataset}: {budget:g} min of training per model on {cpu_name()}, {torch.get_num_threads()} threads"
@@ -211,7 +222,7 @@ def main() -> None:
     plot(rows, figure, title)
     text = (f"# {title}\n\n`python benchmarks/compare_models.py {args.dataset} --budget {budget:g}`\n\n"
             f"Held-out cases ({len(test_ids)}, never used for a choice): {', '.join(test_ids)}. "
-            f"Same widths for every model: {list(preset.model.channels)}, patch {list(preset.train.patch_size)}.\n\n"
+            f"Same widths for every model: {list(trained.model.channels)}, patch {list(trained.train.patch_size)}.\n\n"
             f"{table(rows, args.dataset)}\n\n![Dice against parameters and step time](../../docs/figures/{figure.name})\n")
     out = ROOT / "benchmarks" / "results" / f"compare_{args.dataset}.md"
     out.write_text(text, encoding="utf-8")
