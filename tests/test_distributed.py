@@ -10,7 +10,7 @@ from conftest import run_cli, smoke_args
 
 
 def _torchrun(*args: str, nproc: int = 2):
-    return run_cli("-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args, timeout=600)
+    return run_cli("-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args, timeout=600, isolated=True)
 
 
 def _checksums(stderr: str) -> dict[int, str]:

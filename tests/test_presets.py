@@ -16,10 +16,11 @@ from pipeline.evaluate.report import read_metrics_csv
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/datasets not present (a user's clone)")
 
 # one epoch of a narrow network; test-time flips off (they multiply inference by 4-8 and are tested
-# in test_levers.py and test_pipeline.py); a few validation cases for test.py to score (the LA and
-# DRIVE presets train on every case); everything else as the preset has it
+# in test_levers.py and test_pipeline.py) and a quarter-window overlap (a tenth of the windows of
+# small patches at 0.5); a few validation cases for test.py to score (the LA and DRIVE presets train
+# on every case); everything else as the preset has it
 QUICK = ["train.epochs=1", "model.channels=[8,16,32]", "train.samples_per_volume=1", "infer.tta=false",
-         "data.val_fraction=0.1"]
+         "infer.overlap=0.25", "data.val_fraction=0.1"]
 
 
 def _train_and_test(preset: str, tmp_path, *extra: str):
@@ -33,7 +34,7 @@ def _train_and_test(preset: str, tmp_path, *extra: str):
 
 
 def test_la_heart_preset_reads_hdf5(tmp_path):
-    run, split = _train_and_test("la_heart", tmp_path, "train.patch_size=[64,64,32]")
+    run, split = _train_and_test("la_heart", tmp_path)
     rows = read_metrics_csv(run / "test" / "metrics.csv")
     assert [r["case"] for r in rows] == sorted(split["test"]) and {r["name"] for r in rows} == {"left_atrium"}
     image, _ = load_image(SHARED / "LA_heart_h5" / "train" / f"{split['test'][0]}.h5")
@@ -51,7 +52,7 @@ def test_la_heart_preset_reads_hdf5(tmp_path):
 
 
 def test_drive_preset_evaluates_inside_the_field_of_view(tmp_path):
-    run, split = _train_and_test("drive", tmp_path, "train.patch_size=[128,128,1]")
+    run, split = _train_and_test("drive", tmp_path)
     case = split["test"][0]
     number = case.split("_")[0]
     root = SHARED / "DRIVE" / "training"
@@ -85,7 +86,7 @@ def test_drive_preset_evaluates_inside_the_field_of_view(tmp_path):
 
 
 def test_em_stack_preset_reads_the_slice_folder(tmp_path):
-    run, split = _train_and_test("em_stack", tmp_path, "train.patch_size=[128,128,8]")
+    run, split = _train_and_test("em_stack", tmp_path, "train.patch_size=[256,256,16]")
     assert split["test"] == ["isbi2012_em"]
     pred, affine = load_image(run / "test" / "predictions" / "isbi2012_em.nii.gz")
     assert pred.shape == (512, 512, 30)

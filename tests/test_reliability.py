@@ -45,8 +45,8 @@ def _epochs_logged(run: Path) -> list[int]:
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_dataset, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("reference")
-    result = run_cli(*smoke_args(tiny_dataset, out, *DETERMINISTIC))
-    assert result.returncode == 0, result.stderr
+    result = run_cli(*smoke_args(tiny_dataset, out, *DETERMINISTIC), isolated=True)  # fresh processes, as the
+    assert result.returncode == 0, result.stderr                                      # killed and resumed runs
     return _weights((out / "latest").resolve())
 
 
@@ -79,7 +79,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tiny_data
     assert proc.returncode == -signal.SIGKILL
     run = (tmp_path / "latest").resolve()
     assert _epochs_logged(run)[-1] < 4  # really killed before the end
-    resumed = run_cli("train.py", "--resume", str(run))
+    resumed = run_cli("train.py", "--resume", str(run), isolated=True)
     assert resumed.returncode == 0, resumed.stderr
     assert _epochs_logged(run) == [1, 2, 3, 4]
     _assert_same(_weights(run), uninterrupted)
@@ -93,7 +93,7 @@ def test_sigterm_saves_the_exact_step_and_resume_matches(tiny_dataset, tmp_path,
     run = (tmp_path / "latest").resolve()
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["partial"] is not None and state["partial"]["step"] >= 1
-    resumed = run_cli("train.py", "--resume", str(run))
+    resumed = run_cli("train.py", "--resume", str(run), isolated=True)
     assert resumed.returncode == 0, resumed.stderr
     assert _epochs_logged(run) == [1, 2, 3, 4]
     _assert_same(_weights(run), uninterrupted)
