@@ -120,6 +120,17 @@ def test_user_and_preset_keys_win_over_the_plan(tmp_path):
     assert cfg.data.modality == "generic" and cfg.train.epochs == 4  # preset over plan, --set over both
 
 
+def test_the_log_shows_the_value_that_wins_beside_the_planned_one(tmp_path, caplog):
+    root = _dataset(tmp_path / "ct", "CT", -1000.0, (-100.0, 400.0))
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("data:\n  modality: generic\n")
+    with caplog.at_level("INFO", logger="pipeline.plan.planner"):
+        planned_config([f"data.root={root}", "train.patch_size=[32,32,16]", "train.epochs=3"], preset)
+    lines = {m.split(" = ")[0].removeprefix("plan: "): m for m in caplog.messages if m.startswith("plan: ")}
+    assert lines["train.patch_size"].startswith("plan: train.patch_size = [32, 32, 16]  (yours; the plan: [")
+    assert lines["data.modality"] == "plan: data.modality = generic  (the preset's; the plan: CT)"
+
+
 def test_train_py_plans_own_data_and_keeps_the_plan_in_the_run(tmp_path):
     root = _dataset(tmp_path / "mr", "MRI", 0.0, (1500.0, 3700.0))
     trained = run_cli("train.py", "--set", f"data.root={root}", f"output_dir={tmp_path / 'runs'}", "train.epochs=1",

@@ -110,11 +110,23 @@ def planned_config(overrides: Sequence[str], preset: str | Path | None = None, t
                               "the dataset folder's name"))
     if fixed & set(DECIDED_KEYS):  # the user's own post-processing: nothing to decide
         choices = [c for c in choices if c.key != "train.decide_postprocessing"]
-    for choice in choices:
-        log.info("plan: %s = %s  (%s)", choice.key, choice.value, "yours wins" if choice.key in given
-                 else "the preset's wins" if choice.key in fixed else choice.reason)
     raw = _deep_merge(plan_dict(choices), preset_raw)
-    return config_from_dict(merge_overrides(raw, overrides), "plan + preset + --set"), plan_yaml(choices)
+    cfg = config_from_dict(merge_overrides(raw, overrides), "plan + preset + --set")
+    for choice in choices:
+        if choice.key in fixed:  # the value the run gets, beside the one the plan would have given
+            owner = "yours" if choice.key in given else "the preset's"
+            log.info("plan: %s = %s  (%s; the plan: %s)", choice.key, _value(cfg, choice.key), owner, choice.value)
+        else:
+            log.info("plan: %s = %s  (%s)", choice.key, choice.value, choice.reason)
+    return cfg, plan_yaml(choices)
+
+
+def _value(cfg: Config, key: str):
+    """The value of dotted ``key`` in ``cfg``, lists for tuples as the plan writes them."""
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return list(value) if isinstance(value, tuple) else value
 
 
 def run_config(config: str | Path, overrides: Sequence[str], resume: str | None, preset: str | None,
