@@ -21,7 +21,8 @@ fifth of a 10-minute budget the slowest networks take ~20 steps, too few for a v
 learning rates.
 
 Resumable model by model: a finished model keeps ``result.json`` in its folder under ``--out`` and
-is skipped; an interrupted training resumes from its last checkpoint (``train.py --resume``).
+is skipped; an interrupted training resumes from its last checkpoint (``train.py --resume``). Deleting
+a model's ``result.json`` re-tests its finished run (say, to time its inference alone again).
 Writes ``benchmarks/results/compare_<dataset>.md`` and ``docs/figures/compare_<dataset>.png``.
 """
 
@@ -31,6 +32,7 @@ import argparse
 import csv
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -136,10 +138,13 @@ def compare_one(name: str, preset: Config, root: str, test_ids: list[str], budge
         print(f"{name}: training loss did not fall at lr {lr:g}; redone at {lr * LR_RETRY:g}", flush=True)
         lr *= LR_RETRY
         run_dir = train(work / name / f"lr{lr:g}", base_cmd, lr)
+    tested = work / name / "test"  # this script's own scratch: an interrupted test is redone from scratch
+    shutil.rmtree(tested, ignore_errors=True)
     start = time.perf_counter()
-    run([sys.executable, "test.py", "--run", str(run_dir), "--checkpoint", "last"], work / name / "test.log")
+    run([sys.executable, "test.py", "--run", str(run_dir), "--checkpoint", "last", "--out", str(tested)],
+        work / name / "test.log")
     test_s = time.perf_counter() - start
-    summary = json.loads((run_dir / "test" / "summary.json").read_text(encoding="utf-8"))
+    summary = json.loads((tested / "summary.json").read_text(encoding="utf-8"))
     (metrics,) = [c["metrics"] for c in summary["classes"].values()]  # one foreground class in both datasets
     with open(run_dir / "log.csv", newline="", encoding="utf-8") as f:
         train_s = sum(float(r["seconds"]) for r in csv.DictReader(f))
