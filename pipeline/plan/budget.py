@@ -14,12 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from monai.data import MetaTensor
 
 from models3d import build_from_config
 from ..config import Config
 from ..config_rules import budget_seconds
 from ..errors import UserError
-from ..runtime import autocast, channels_last, resolve_precision, select_device
+from ..data.transforms import IMAGE, LABEL
+from ..runtime import channels_last, resolve_precision, select_device
+from ..train.loop import train_step
 from ..train.losses import build_loss
 from ..train.optim import build_optimizer
 
@@ -37,24 +40,22 @@ def parse_budget(text: str | float) -> float:
 
 def time_steps(cfg: Config, in_channels: int, n_classes: int, steps: int = 4, warmup: int = 2,
                clock: Callable[[], float] = time.perf_counter) -> float:
-    """Median seconds of a training step of ``cfg``'s network, patch, crops and precision on random data."""
+    """Median seconds of a training step of ``cfg``'s network, patch, crops and precision on random data:
+    the training loop's own step (``train_step``: input layout, autocast, loss scaling)."""
     device = select_device()
     model = build_from_config(cfg.model, in_channels, n_classes, cfg.train.patch_size).to(device)
     model = channels_last(model) if device.type == "cpu" else model
     optimizer, _ = build_optimizer(model, cfg)
     loss_fn, amp = build_loss(cfg, n_classes), resolve_precision(cfg.train.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     crops = cfg.train.batch_size * cfg.train.samples_per_volume
-    image = torch.randn(crops, in_channels, *cfg.train.patch_size, device=device)
-    label = torch.randint(0, n_classes, (crops, 1, *cfg.train.patch_size), device=device)
+    batch = {IMAGE: MetaTensor(torch.randn(crops, in_channels, *cfg.train.patch_size)),
+             LABEL: MetaTensor(torch.randint(0, n_classes, (crops, 1, *cfg.train.patch_size)))}
+    model.train()
     times = []
     for i in range(warmup + steps):
         start = clock()
-        with autocast(device, amp):
-            logits = model(image)
-        loss = loss_fn(logits.float(), label)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, batch, loss_fn, optimizer, scaler, amp)
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i >= warmup:

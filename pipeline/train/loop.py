@@ -75,7 +75,7 @@ class EpochStats:
         return self.data_seconds / self.seconds if self.seconds else 0.0
 
 
-def _step(model: nn.Module, batch: dict, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+def train_step(model: nn.Module, batch: dict, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
           scaler: torch.amp.GradScaler, amp_dtype: torch.dtype | None) -> torch.Tensor:
     """One optimiser step on a batch of crops (B, C, H, W, D); returns the loss (not stepped when
     it is not finite)."""
@@ -118,7 +118,7 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module, optimizer: tor
         steps += 1
         if steps <= skip:
             continue
-        loss = _step(model, batch, loss_fn, optimizer, scaler, amp_dtype)
+        loss = train_step(model, batch, loss_fn, optimizer, scaler, amp_dtype)
         nonfinite = 0 if torch.isfinite(loss) else nonfinite + 1
         if nonfinite:
             _report_nonfinite(loss, batch, nonfinite, max_nonfinite)
