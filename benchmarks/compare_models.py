@@ -161,14 +161,28 @@ def fmt(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def table(rows: list[dict], dataset: str) -> str:
+def loss_at(work: Path, row: dict, steps: int) -> float | None:
+    """Mean training loss of the epoch in which ``row``'s run reached ``steps`` steps (from its log.csv)."""
+    log_csv = work / row["model"] / f"lr{row['lr']:g}" / "latest" / "log.csv"
+    epoch = max(1, math.ceil(steps / (row["steps"] // row["epochs"])))
+    with open(log_csv, newline="", encoding="utf-8") as f:
+        return next((float(r["train_loss"]) for r in csv.DictReader(f) if int(r["epoch"]) == epoch), None)
+
+
+def table(rows: list[dict], dataset: str, work: Path) -> str:
+    fewest = min(r["steps"] for r in rows)
     lines = ["| model | params (M) | GMAC / forward | s / step | steps in budget | lr | training (min) | "
-             "held-out Dice (mean ± std) | HD95 | NSD | s / case (test.py) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             f"held-out Dice (mean ± std) | HD95 | NSD | s / case (test.py) | training loss at step {fewest} |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in sorted(rows, key=lambda r: -(r["dice_mean"] or 0)):
         lines.append(f"| {r['model']} | {r['params_m']:.2f} | {r['gmac']:.1f} | {r['step_s']:.2f} | {r['steps']} | "
                      f"{r['lr']:g} | {r['train_min']:.1f} | {fmt(r['dice_mean'])} ± {fmt(r['dice_std'])} | "
-                     f"{fmt(r.get('hd95_mean'), 2)} | {fmt(r.get('nsd_mean'))} | {r['test_s_per_case']:.1f} |")
+                     f"{fmt(r.get('hd95_mean'), 2)} | {fmt(r.get('nsd_mean'))} | {r['test_s_per_case']:.1f} | "
+                     f"{fmt(loss_at(work, r, fewest))} |")
+    lines += ["", f"The last column is each run's mean training loss (Dice + cross-entropy) in the epoch where it "
+              f"reached {fewest} steps, the most that every model reached: what a step buys, at equal steps. Its "
+              "learning rate had then decayed by a share that differs per model (the poly decay runs over each "
+              "model's own step count), so read it as a hint, not a measurement at equal compute."]
     if dataset == "drive":
         lines += ["", "The 2D U-SegNet table this family comes from (as quoted in the issue that asked for this one; "
                   "its own training, not this budget): "
@@ -228,7 +242,7 @@ def main() -> None:
     text = (f"# {title}\n\n`python benchmarks/compare_models.py {args.dataset} --budget {budget:g}`\n\n"
             f"Held-out cases ({len(test_ids)}, never used for a choice): {', '.join(test_ids)}. "
             f"Same widths for every model: {list(trained.model.channels)}, patch {list(trained.train.patch_size)}.\n\n"
-            f"{table(rows, args.dataset)}\n\n![Dice against parameters and step time](../../docs/figures/{figure.name})\n")
+            f"{table(rows, args.dataset, work)}\n\n![Dice against parameters and step time](../../docs/figures/{figure.name})\n")
     out = ROOT / "benchmarks" / "results" / f"compare_{args.dataset}.md"
     out.write_text(text, encoding="utf-8")
     print(text)
