@@ -197,14 +197,23 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, key, label in ((axes[0], "params_m", "parameters (M)"), (axes[1], "step_s", "seconds per training step")):
-        for r in rows:
+    for ax, key, label in ((axes[0], "params_m", "parameters (M)"),
+                           (axes[1], "step_s", "seconds per training step (log scale): the cost of a step")):
+        for i, r in enumerate(sorted(rows, key=lambda r: r["dice_mean"])):
             ax.errorbar(r[key], r["dice_mean"], yerr=r["dice_std"], fmt="o", capsize=3)
-            ax.annotate(r["model"], (r[key], r["dice_mean"]), textcoords="offset points", xytext=(5, 5))
+            ax.annotate(r["model"], (r[key], r["dice_mean"]), textcoords="offset points",
+                        xytext=(6, 6) if i % 2 else (6, -12))  # alternate sides: close points stay legible
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[1].set_xscale("log")
+    steps = [r["step_s"] for r in rows]
+    axes[1].set_xlim(min(steps) / 1.5, max(steps) * 1.5)
+    axes[1].set_xticks([t for t in (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20) if min(steps) / 1.5 <= t <= max(steps) * 1.5])
+    axes[1].xaxis.set_major_formatter(ScalarFormatter())
+    axes[1].xaxis.set_minor_formatter(NullFormatter())
     axes[0].set_ylabel("held-out Dice (mean ± std over cases)")
     fig.suptitle(title)
     fig.tight_layout()
