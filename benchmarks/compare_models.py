@@ -14,9 +14,9 @@ training: each network's step is timed alone here first (``pipeline.plan.budget.
 its epochs are those that fill the budget less the planner's reserve. A fixed step count keeps the
 comparison fair when the machine is shared during the hours the runs take.
 
-Learning rate: the preset's (chosen on validation cases for the preset's network, docs/RESULTS.md)
-for every model; a run whose training loss is not finite, or whose last epoch's loss is not below its
-first's, is redone at a fifth of it. A probe on validation cases per model was not affordable: at a
+Learning rate: the preset's for every model (docs/RESULTS.md says how each preset's was chosen); a
+run whose training loss is not finite, or whose last quarter of epochs has a mean loss no lower than its
+first quarter's, is redone at a fifth of it. A probe on validation cases per model was not affordable: at a
 fifth of a 10-minute budget the slowest networks take ~20 steps, too few for a validation Dice to rank
 learning rates.
 
