@@ -38,8 +38,9 @@ class DataConfig:
     h5_label_key: str = "label"
     channel: int | None = None  # pick one channel of colour images (1 = green)
     default_spacing: tuple[float, float, float] | None = None  # mm, for sources without one (HDF5, slices, 2D)
-    modality: str = "CT"  # CT: clip to intensity_range (HU), scale to [0, 1]; MR / generic: z-score
+    modality: str = "CT"  # CT: clip to intensity_range (HU), map it onto intensity_target; MR / generic: z-score
     intensity_range: tuple[float, float] = (-200.0, 300.0)
+    intensity_target: tuple[float, float] = (0.0, 1.0)  # the plan: the window's z-scores (nnU-Net's CT norm)
     contrast: str = "none"  # clahe: adaptive histogram equalisation per slice first (fundus photographs)
     crop_foreground: bool = True  # crop to the body (CT > -500 HU, others > 0) before sampling
     spacing: tuple[float, float, float] | None = None  # resample to this spacing (mm); None keeps the native grid

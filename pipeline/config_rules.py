@@ -70,6 +70,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.channels": (lambda v: len(v) >= 2 and min(v) >= 1, "must list at least two widths >= 1"),
     "model.dropout": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     "data.intensity_range": (lambda v: v[0] < v[1], "must be [low, high] with low < high"),
+    "data.intensity_target": (lambda v: v[0] < v[1], "must be [low, high] with low < high"),
     "data.val_fraction": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     "data.folds": (lambda v: v >= 0, "must be >= 0"),
     "data.workers": (lambda v: v >= 0, "must be >= 0"),

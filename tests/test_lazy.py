@@ -123,13 +123,13 @@ def test_a_store_of_a_nifti_volume_holds_it_in_the_orientation_of_the_in_memory_
     for name, array in (("image", image.astype(np.int16) * 3 - 150), ("label", label.astype(np.uint8))):
         nib.save(nib.Nifti1Image(np.flip(array, (1, 2)), affine), tmp_path / f"{name}.nii.gz")
     case = Case("k", tmp_path / "image.nii.gz", tmp_path / "label.nii.gz")
-    cfg = _cfg("data.modality=CT")
+    cfg = _cfg("data.modality=CT", "data.intensity_target=[-1.5, 2.5]")  # a planned CT run's z-scored window
     store = open_store(case, cfg, tmp_path / "stores")
     loaded = mt.Compose([mt.LoadImaged(["image", "label"], reader=PipelineReader()), mt.EnsureChannelFirstd(["image", "label"]),
                          mt.Orientationd(["image", "label"], axcodes="RAS", labels=None)])(
         {"image": str(case.image), "label": str(case.label)})
     low, high = cfg.data.intensity_range
-    expected = (np.clip(loaded["image"][0].numpy(), low, high) - low) / (high - low)
+    expected = (np.clip(loaded["image"][0].numpy(), low, high) - low) / (high - low) * 4.0 - 1.5
     np.testing.assert_allclose(np.asarray(store.image[:]), expected, atol=1e-3)  # float16
     assert np.array_equal(np.asarray(store.label[:]), loaded["label"][0].numpy()) and label.any()
     assert store.spacing == pytest.approx((0.6, 0.6, 1.5))

@@ -13,6 +13,7 @@ import yaml
 
 from conftest import run_cli
 from pipeline.config import load_config
+from pipeline.data.transforms import build_transforms
 from pipeline.errors import UserError
 from pipeline.plan.budget import fit_schedule, parse_budget, time_steps
 from pipeline.plan.planner import plan, planned_config
@@ -52,6 +53,18 @@ def test_ct_gets_a_window_from_its_foreground_percentiles(tmp_path):
     assert fg.size < 10_000  # every foreground voxel is in the sample: the percentiles are exact
     assert chosen["data.modality"] == "CT"
     np.testing.assert_allclose(chosen["data.intensity_range"], np.percentile(fg, [0.5, 99.5]), atol=0.01)
+    # then z-scored with the foreground's mean and std, as nnU-Net does: the window maps onto its z-scores
+    np.testing.assert_allclose(chosen["data.intensity_target"], (np.asarray(chosen["data.intensity_range"])
+                                                                 - fg.mean()) / fg.std(), atol=1e-4)
+    window = [f"{k}={json.dumps(chosen[k])}" for k in ("data.modality", "data.intensity_range", "data.intensity_target")]
+    cfg = load_config(None, [f"data.root={root}", *window, "data.crop_foreground=false", "train.patch_size=[8,8,8]"])
+    image = nib.load(root / "imagesTr" / "c0.nii.gz").get_fdata()
+    out = build_transforms(cfg, train=False, keys=("image",))({"image": str(root / "imagesTr" / "c0.nii.gz")})
+    out = out["image"][0].numpy()
+    low, high = chosen["data.intensity_range"]
+    inside = (image > low) & (image < high)
+    assert inside.sum() > 1000 and out.shape == image.shape
+    np.testing.assert_allclose(out[inside], (image[inside] - fg.mean()) / fg.std(), atol=1e-3)
 
 
 def test_raw_mr_intensities_are_z_scored_not_clipped_to_a_ct_window(tmp_path):

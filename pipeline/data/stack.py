@@ -87,10 +87,11 @@ def normalised_reader(stack: SliceStack, d: DataConfig) -> Callable[[int, int], 
         raw = stack.slab(start, stop)
         out = raw.astype(np.float32)
         if d.modality == "CT":
-            low, high = d.intensity_range
+            (low, high), (b_low, b_high) = d.intensity_range, d.intensity_target
             np.clip(out, low, high, out=out)
             out -= low
-            out /= high - low
+            out *= (b_high - b_low) / (high - low)
+            out += b_low
         else:
             out -= mean
             out /= std

@@ -81,8 +81,8 @@ def preprocess_steps(cfg: Config, keys: Sequence[str] = (IMAGE, LABEL), sampler_
     if d.contrast == "clahe":  # after the crop: equalisation lifts the black border above zero
         steps.append(mt.Lambdad(IMAGE, func=clahe_tensor))
     if ct:
-        low, high = d.intensity_range
-        steps.append(mt.ScaleIntensityRanged(IMAGE, a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True))
+        (low, high), (b_low, b_high) = d.intensity_range, d.intensity_target
+        steps.append(mt.ScaleIntensityRanged(IMAGE, a_min=low, a_max=high, b_min=b_low, b_max=b_high, clip=True))
     else:  # MR: statistics over the body (non-zero voxels); generic (photos, microscopy): whole image
         steps.append(mt.NormalizeIntensityd(IMAGE, nonzero=d.modality == "MR", channel_wise=True))
     steps.append(mt.SpatialPadd(keys, spatial_size=cfg.train.patch_size))

@@ -67,12 +67,14 @@ def _normalisation(found: Fingerprint) -> list[Choice]:
                        "would flatten the other channels)"),
                 Choice("data.crop_foreground", False, "channels disagree on what background is")]
     if any(n in CT_NAMES for n in names) or (declared is None and fg.size and np.percentile(fg, 0.5) < -500):
-        low, high = (float(v) for v in np.percentile(fg, [0.5, 99.5])) if fg.size else (-1000.0, 1000.0)
+        low, high = (round(float(v), 2) for v in np.percentile(fg, [0.5, 99.5])) if fg.size else (-1000.0, 1000.0)
+        mean, std = (float(fg.mean()), max(float(fg.std()), 1e-8)) if fg.size else (0.0, 1000.0)
         why = declared or "foreground values below -500 look like Hounsfield units"
-        return [Choice("data.modality", "CT", f"{why}: clip and rescale a window"),
-                Choice("data.intensity_range", [round(low, 2), round(high, 2)],
-                       "the 0.5-99.5 % percentiles of the labelled foreground (nnU-Net's CT window; rescaled to "
-                       "[0, 1], an affine map of its z-score, which the network's instance norm absorbs)"),
+        return [Choice("data.modality", "CT", f"{why}: clip to a window, then z-score (nnU-Net's CT normalisation)"),
+                Choice("data.intensity_range", [low, high],
+                       "the 0.5-99.5 % percentiles of the labelled foreground"),
+                Choice("data.intensity_target", [round((low - mean) / std, 4), round((high - mean) / std, 4)],
+                       f"the window's z-scores: (HU - {mean:.4g}) / {std:.4g}, the labelled foreground's mean and std"),
                 Choice("data.crop_foreground", True, "crop to the body (> -500 HU) before sampling")]
     background = zero_share >= ZERO_BACKGROUND
     why = declared or f"no modality declared ({len(names)} channel(s))"
