@@ -41,6 +41,7 @@ class DataConfig:
     modality: str = "CT"  # CT: clip to intensity_range (HU), map it onto intensity_target; MR / generic: z-score
     intensity_range: tuple[float, float] = (-200.0, 300.0)
     intensity_target: tuple[float, float] = (0.0, 1.0)  # the plan: the window's z-scores (nnU-Net's CT norm)
+    channel_modality: tuple[str, ...] | None = None  # one modality per input channel ([CT, MR]), over `modality`
     contrast: str = "none"  # clahe: adaptive histogram equalisation per slice first (fundus photographs)
     crop_foreground: bool = True  # crop to the body (CT > -500 HU, others > 0) before sampling
     spacing: tuple[float, float, float] | None = None  # resample to this spacing (mm); None keeps the native grid

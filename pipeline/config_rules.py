@@ -84,6 +84,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
                          "must be true, false or a list of foreground class ids (1 or more)"),
     "evaluate.nsd_tolerance_mm": (lambda v: v != () and min(_each(v)) >= 0,
                                   "must be a tolerance in mm >= 0, or one per foreground class"),
+    "data.channel_modality": (lambda v: len(v) >= 1 and set(v) <= set(CHOICES["data.modality"]),
+                              "must list one of CT, MR or generic per input channel"),
     "data.tubular_classes": (lambda v: all(k >= 1 for k in v), "lists foreground label ids (1 or more)"),
 }
 

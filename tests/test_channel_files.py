@@ -15,7 +15,9 @@ import torch
 from conftest import run_cli, smoke_args
 from pipeline.config import load_config
 from pipeline.data.io import load_image
+from pipeline.data.check import check_dataset
 from pipeline.data.layouts import load_dataset
+from pipeline.data.transforms import build_transforms
 from pipeline.errors import UserError
 from pipeline.plan.planner import plan
 
@@ -65,20 +67,39 @@ def test_a_channel_off_channel_0s_grid_is_refused_by_name(tmp_path, change, expe
     assert str(err.value).startswith(f"{other}: not on the grid of channel 0, c0_0000.nii.gz")
 
 
-def test_mixed_ct_and_mr_channels_are_z_scored_each_not_windowed(tmp_path):
-    _, choices = plan(load_config(None, [f"data.root={_nnunet_dataset(tmp_path / 'set', names=('CT', 'T1'))}"]),
-                      timing=False)
-    chosen = {c.key: c for c in choices}
-    assert chosen["data.modality"].value == "generic" and "each channel" in chosen["data.modality"].reason
-    assert "data.intensity_range" not in chosen
+def test_mixed_ct_and_mr_channels_are_each_normalised_by_their_own_modality(tmp_path):
+    root = _nnunet_dataset(tmp_path / "set", names=("CT", "T1"))
+    _, choices = plan(load_config(None, [f"data.root={root}"]), timing=False)
+    chosen = {c.key: c.value for c in choices}
+    assert chosen["data.channel_modality"] == ["CT", "generic"] and chosen["data.crop_foreground"] is False
+    ct_fg = np.repeat([1000.0, 1001.0, 1002.0], 12 * 10 * 6)  # channel 0 inside the box of cases 0, 1, 2
+    np.testing.assert_allclose(chosen["data.intensity_range"], np.percentile(ct_fg, [0.5, 99.5]), atol=0.01)
+    np.testing.assert_allclose(chosen["data.intensity_target"],
+                               (np.asarray(chosen["data.intensity_range"]) - ct_fg.mean()) / ct_fg.std(), atol=1e-4)
+
+    keys = [f"{k}={json.dumps(chosen[k])}" for k in ("data.modality", "data.channel_modality", "data.crop_foreground",
+                                                     "data.intensity_range", "data.intensity_target")]
+    cfg = load_config(None, [f"data.root={root}", *keys, "train.patch_size=[8,8,4]"])
+    image, _ = load_image(load_dataset(root, cfg.data).case("c1").image)  # (x, y, z, 2)
+    out = build_transforms(cfg, train=False, keys=("image",))({"image": str(root / "imagesTr" / "c1_0000.nii.gz")})
+    out = out["image"].numpy()
+    low, high = chosen["data.intensity_range"]
+    np.testing.assert_allclose(out[0], (np.clip(image[..., 0], low, high) - ct_fg.mean()) / ct_fg.std(), atol=1e-3)
+    t1 = image[..., 1]
+    np.testing.assert_allclose(out[1], (t1 - t1.mean()) / t1.std(), atol=1e-3)  # z-scored, not windowed
+
+    wrong = load_config(None, [f"data.root={root}", "data.channel_modality=[CT, MR, MR]"]).data  # caught by the check
+    problems = [p.message for p in check_dataset(load_dataset(root, wrong), wrong).problems]
+    assert problems == ["has 2 channel(s), data.channel_modality names 3"] * 3
 
 
 def test_a_two_channel_network_trains_and_predicts_on_channel_files(tmp_path):
-    root = _nnunet_dataset(tmp_path / "set")
+    root = _nnunet_dataset(tmp_path / "set", names=("CT", "T1"))  # each channel by its own modality
     checked = run_cli("-m", "pipeline.check", "--data", str(root))
     assert checked.returncode == 0, checked.stdout + checked.stderr
     trained = run_cli(*smoke_args(root, tmp_path / "runs", "train.epochs=1", "data.val_fraction=0",
-                                  "data.modality=MR", "train.patch_size=[16,16,8]"))
+                                  "data.channel_modality=[CT,generic]", "data.intensity_range=[0,2000]",
+                                  "data.crop_foreground=false", "train.patch_size=[16,16,8]"))
     assert trained.returncode == 0, trained.stderr[-2000:]
     run_dir = (tmp_path / "runs" / "latest").resolve()
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True, map_location="cpu")

@@ -88,6 +88,7 @@ def test_defaults_need_no_file():
     ("infer.overlap=1.0", "infer.overlap must be in [0, 1)"), ("infer.sw_batch_size=0", "must be at least 1"),
     ("data.intensity_range=[300, -200]", "low < high"), ("name=a/b", "must be a plain folder name"),
     ("name=../x", "must be a plain folder name"), ("model.channels=[16]", "at least two widths"),
+    ("data.intensity_target=[1, 0]", "low < high"), ("data.channel_modality=[CT, PET]", "one of CT, MR or generic"),
 ])
 def test_out_of_range_values_are_refused_when_the_configuration_is_read(item, message):
     """Before: these passed; infer.* ones failed after a full epoch, name=../x wrote outside output_dir."""

@@ -223,6 +223,11 @@ def check_dataset(dataset: Dataset, data: DataConfig | None = None, workers: int
                         "error", str(case.image), f"has {stats.channels} channel(s), the dataset declares "
                         f"{len(dataset.modalities)} ({', '.join(dataset.modalities)})",
                         "give every case the declared channels, or pick one with data.channel"))
+                fed = 1 if data.channel is not None else stats.channels  # what the network gets
+                if data.channel_modality and len(data.channel_modality) != fed:
+                    report.problems.append(Problem(
+                        "error", str(case.image), f"has {fed} channel(s), data.channel_modality names "
+                        f"{len(data.channel_modality)}", "give one modality per channel in data.channel_modality"))
     return report
 
 

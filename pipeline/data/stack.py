@@ -81,12 +81,13 @@ def _slice_array(file: Path, label: bool) -> np.ndarray:
 def normalised_reader(stack: SliceStack, d: DataConfig) -> Callable[[int, int], torch.Tensor]:
     """``read(z0, z1)`` -> the network input (1, H, W, z1 - z0) of those slices, normalised as
     ``data.modality`` says (as the in-memory preprocessing does, without the foreground crop)."""
-    mean, std = _moments(stack, nonzero=d.modality == "MR") if d.modality != "CT" else (0.0, 1.0)
+    modality = d.channel_modality[0] if d.channel_modality else d.modality  # one channel here
+    mean, std = _moments(stack, nonzero=modality == "MR") if modality != "CT" else (0.0, 1.0)
 
     def read(start: int, stop: int) -> torch.Tensor:  # normalised in place: one float32 copy of the slab
         raw = stack.slab(start, stop)
         out = raw.astype(np.float32)
-        if d.modality == "CT":
+        if modality == "CT":
             (low, high), (b_low, b_high) = d.intensity_range, d.intensity_target
             np.clip(out, low, high, out=out)
             out -= low
@@ -95,7 +96,7 @@ def normalised_reader(stack: SliceStack, d: DataConfig) -> Callable[[int, int], 
         else:
             out -= mean
             out /= std
-            if d.modality == "MR":
+            if modality == "MR":
                 out[raw == 0] = 0.0  # the z-score covers the body (non-zero voxels) only
         return torch.from_numpy(out)[None]
 

@@ -63,18 +63,17 @@ def _normalisation(found: Fingerprint) -> list[Choice]:
     auto = names == ["image"] or all(n.startswith("channel ") for n in names)  # named by the reader, not the user
     declared = None if auto else "dataset.json says " + ", ".join(found.modalities)
     if len({n in CT_NAMES for n in names}) > 1:
-        return [Choice("data.modality", "generic", f"{declared}: z-score each channel on its own (a HU window "
-                       "would flatten the other channels)"),
+        per_channel = ["CT" if n in CT_NAMES else "generic" for n in names]
+        ct_fg = np.concatenate([found.channel_foreground(k) for k, m in enumerate(per_channel) if m == "CT"])
+        return [Choice("data.modality", "generic", f"{declared}: each channel normalised by its own modality"),
+                Choice("data.channel_modality", per_channel, "CT channels clipped to the window below and z-scored; "
+                       "the others z-scored per image (a HU window would flatten them)"),
+                *_ct_window(ct_fg, "the CT channels' labelled foreground"),
                 Choice("data.crop_foreground", False, "channels disagree on what background is")]
     if any(n in CT_NAMES for n in names) or (declared is None and fg.size and np.percentile(fg, 0.5) < -500):
-        low, high = (round(float(v), 2) for v in np.percentile(fg, [0.5, 99.5])) if fg.size else (-1000.0, 1000.0)
-        mean, std = (float(fg.mean()), max(float(fg.std()), 1e-8)) if fg.size else (0.0, 1000.0)
         why = declared or "foreground values below -500 look like Hounsfield units"
         return [Choice("data.modality", "CT", f"{why}: clip to a window, then z-score (nnU-Net's CT normalisation)"),
-                Choice("data.intensity_range", [low, high],
-                       "the 0.5-99.5 % percentiles of the labelled foreground"),
-                Choice("data.intensity_target", [round((low - mean) / std, 4), round((high - mean) / std, 4)],
-                       f"the window's z-scores: (HU - {mean:.4g}) / {std:.4g}, the labelled foreground's mean and std"),
+                *_ct_window(fg, "the labelled foreground"),
                 Choice("data.crop_foreground", True, "crop to the body (> -500 HU) before sampling")]
     background = zero_share >= ZERO_BACKGROUND
     why = declared or f"no modality declared ({len(names)} channel(s))"
@@ -85,6 +84,16 @@ def _normalisation(found: Fingerprint) -> list[Choice]:
     not_ct = "" if any(n in MR_NAMES for n in names) else " (not CT: no intensity window)"
     return [Choice("data.modality", "generic", f"{why}; no zero background: z-score per image{not_ct}"),
             Choice("data.crop_foreground", False, "no zero background to crop to (values of either sign)")]
+
+
+def _ct_window(fg: np.ndarray, of: str) -> list[Choice]:
+    """nnU-Net's CT normalisation of foreground sample ``fg``: clip to its 0.5-99.5 % percentiles, then
+    z-score with its mean and std (the window's ends map onto their z-scores)."""
+    low, high = (round(float(v), 2) for v in np.percentile(fg, [0.5, 99.5])) if fg.size else (-1000.0, 1000.0)
+    mean, std = (float(fg.mean()), max(float(fg.std()), 1e-8)) if fg.size else (0.0, 1000.0)
+    return [Choice("data.intensity_range", [low, high], f"the 0.5-99.5 % percentiles of {of}"),
+            Choice("data.intensity_target", [round((low - mean) / std, 4), round((high - mean) / std, 4)],
+                   f"the window's z-scores: (HU - {mean:.4g}) / {std:.4g}, the mean and std of {of}")]
 
 
 def plan_network(found: Fingerprint, target_spacing: Any) -> list[Choice]:

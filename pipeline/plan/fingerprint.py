@@ -32,7 +32,7 @@ class CaseFacts:
     channels: int
     zero_share: float  # image voxels exactly 0
     class_voxels: dict[int, int]
-    foreground: np.ndarray  # (<= SAMPLE,) image values (first channel) under the label
+    foreground: np.ndarray  # (<= SAMPLE, channels) image values under the label, the same voxels per channel
 
 
 @dataclass
@@ -54,7 +54,13 @@ class Fingerprint:
 
     @property
     def foreground(self) -> np.ndarray:
-        return np.concatenate([c.foreground for c in self.cases]) if self.cases else np.zeros(0)
+        """The first channel's foreground sample of every case."""
+        return self.channel_foreground(0)
+
+    def channel_foreground(self, channel: int) -> np.ndarray:
+        """Channel ``channel``'s foreground sample of every case (cases with fewer channels add none)."""
+        found = [c.foreground[:, channel] for c in self.cases if c.foreground.shape[1] > channel]
+        return np.concatenate(found) if found else np.zeros(0)
 
     def class_share(self) -> dict[int, float]:
         """Voxel share of each class over all cases."""
@@ -97,7 +103,7 @@ def _case_facts(case: Case, data: DataConfig, rng: np.random.Generator) -> CaseF
     values, counts = np.unique(label, return_counts=True)
     return CaseFacts(tuple(int(s) for s in shape), tuple(float(s) for s in spacing), channels,
                      float(np.mean(first == 0)), {int(v): int(n) for v, n in zip(values, counts)},
-                     _sample(first[label > 0], rng))
+                     _sample(image[label > 0], rng))
 
 
 def _streamed_facts(case: Case, data: DataConfig, rng: np.random.Generator) -> CaseFacts:
@@ -119,8 +125,10 @@ def _streamed_facts(case: Case, data: DataConfig, rng: np.random.Generator) -> C
 
 
 def _sample(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    values = values.astype(np.float64, copy=False).ravel()
-    return values if values.size <= SAMPLE else rng.choice(values, SAMPLE, replace=False)
+    """At most ``SAMPLE`` rows of ``values`` (voxels,) or (voxels, channels), as (rows, channels)."""
+    values = values.astype(np.float64, copy=False)
+    values = values[:, None] if values.ndim == 1 else values
+    return values if len(values) <= SAMPLE else values[rng.choice(len(values), SAMPLE, replace=False)]
 
 
 def describe(found: Fingerprint) -> Iterator[str]:
