@@ -222,7 +222,7 @@ def main() -> None:
     figure = write_figure(args.dataset, cfg, root, test_ids, run_dir / "test",
                           ROOT / "docs" / "figures" if published else out)
     write_results(results_dir, figure, args.dataset, ref, lines, metrics, train_seconds, test_seconds, train_cmd,
-                  test_cmd, test_ids, len(ids) - len(test_ids), run_dir, levers, ablation_cmd, plain, ceiling)
+                  test_cmd, test_ids, run_dir, levers, ablation_cmd, plain, ceiling)
 
 
 def write_figure(dataset: str, cfg, root: str, test_ids: list[str], test_dir: Path, figures_dir: Path) -> Path:
@@ -245,7 +245,7 @@ def write_figure(dataset: str, cfg, root: str, test_ids: list[str], test_dir: Pa
 
 
 def write_results(results_dir: Path, figure: Path, dataset, ref, lines, metrics, train_seconds, test_seconds,
-                  train_cmd, test_cmd, test_ids, n_train, run_dir, levers, ablation_cmd, plain, ceiling) -> None:
+                  train_cmd, test_cmd, test_ids, run_dir, levers, ablation_cmd, plain, ceiling) -> None:
     def shown(cmd: list[str]) -> str:
         return shlex.join(["python", *cmd[1:]])
     without = f"without {' / '.join(levers)}" if levers else "without test-time levers"
@@ -254,13 +254,17 @@ def write_results(results_dir: Path, figure: Path, dataset, ref, lines, metrics,
         median = metrics[metric]["median"]
         table.append(f"| {metric} | {fmt(ours)}{' (' + met.strip() + ')' if met else ''} | {fmt(median)} | "
                      f"{fmt(plain[metric]) if plain else '-'} | {fmt(seed_value)} | {fmt(target)} |")
+    split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
+    validated = f" and validated on {len(split['val'])} ({', '.join(split['val'])})" if split["val"] else ""
     text = "\n".join([
         f"# {dataset}: held-out quality of " + (f"`{ref['config']}`" if "--config" in train_cmd else
                                                  "the plan (train.py without a preset)"),
         "",
-        f"`python benchmarks/real_data.py {dataset}` on {cpu_name()}, {os.cpu_count()} logical CPUs, no GPU; "
+        f"`{shlex.join(['python', 'benchmarks/real_data.py', *sys.argv[1:]])}` on {cpu_name()}, "
+        f"{os.cpu_count()} logical CPUs, no GPU; "
         f"torch {__import__('torch').__version__}, {time.strftime('%Y-%m-%d')}.",
-        f"Trained on {n_train} cases; held out (scored with the last checkpoint): {', '.join(test_ids)}.",
+        f"Trained on {len(split['train'])} cases{validated}; held out (scored with the last checkpoint): "
+        f"{', '.join(test_ids)}.",
         "",
         *table,
         "",
