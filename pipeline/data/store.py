@@ -93,8 +93,8 @@ def store_key(case: Case, cfg: Config) -> str:
     files = [p for source in (case.image, case.label)
              for p in (sorted(Path(source).iterdir()) if Path(source).is_dir() else [Path(source)]) if p.is_file()]
     d = cfg.data
-    settings = [FORMAT, d.modality, list(d.channel_modality or ()), list(d.intensity_range), list(d.intensity_target), list(d.default_spacing or ()),
-                list(CHUNK), d.h5_image_key, d.h5_label_key]
+    settings = [FORMAT, d.modality, list(d.channel_modality or ()), list(d.intensity_range), list(d.intensity_target),
+                list(d.default_spacing or ()), list(CHUNK), d.h5_image_key, d.h5_label_key]
     sources = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     return hashlib.sha256(json.dumps([settings, sources]).encode()).hexdigest()[:16]
 
