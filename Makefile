@@ -1,12 +1,13 @@
 # make install: create .venv and install the project (no-op when done)
-# make test:    run the test suite
+# make test:    run the test suite (what CI runs)
+# make test-fast: the suite without the tests marked slow (training, exports, subprocesses)
 # make demo:    generate demo CT data, train, test, report
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 
-.PHONY: install test demo clean-demo
+.PHONY: install test test-fast demo clean-demo
 
 install: $(STAMP)
 
@@ -19,6 +20,9 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
 
 demo: install
 	$(PY) -m pipeline.synthetic --out data/demo

@@ -5,13 +5,13 @@
     python test.py --run outputs/demo-20261123-101500 --checkpoint last
     python test.py --data /data/ct_test              # every case of a dataset root
     python test.py --images scans/ [--labels masks/] --out results/
+    python test.py --model model.zip --data /data/ct_test   # a model package, no run folder
     torchrun --nproc_per_node=2 test.py --run-dir RUN   # cases shared across ranks, one report
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 
 from pipeline import distributed
 from pipeline.errors import exit_on_user_error, setup_logging
@@ -21,8 +21,11 @@ from pipeline.predict.run import run_test
 @exit_on_user_error
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", "--run-dir", dest="run", default="outputs/latest",
-                        help="run folder (default outputs/latest); under torchrun write --run-dir, torchrun claims --run")
+    network = parser.add_mutually_exclusive_group()
+    network.add_argument("--run", "--run-dir", dest="run", default="outputs/latest",
+                         help="run folder (default outputs/latest); under torchrun write --run-dir, torchrun claims --run")
+    network.add_argument("--model", metavar="PACKAGE", help="a model package (python -m pipeline.export) instead of "
+                         "a run; needs --data or --images")
     parser.add_argument("--checkpoint", default="best", help="best, last or a checkpoint path (default best)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--data", metavar="ROOT", help="test every case of this dataset root")
@@ -32,20 +35,17 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue a stopped test in --out (default RUN/test): only missing cases run")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="inference settings, e.g. infer.overlap=0.5 infer.precision=fp32")
+                        help="inference settings, e.g. infer.overlap=0.5 infer.backend=torch")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
-    if args.labels and not args.images:
-        parser.error("--labels goes with --images")
+    if (args.labels and not args.images) or (args.model and args.checkpoint != "best"):
+        parser.error("--labels goes with --images" if args.labels and not args.images else "--model has no --checkpoint")
     info = distributed.init()  # torchrun: each rank tests its share of the cases
-    setup_logging(args.verbose)
-    logging.getLogger("monai").setLevel(logging.WARNING)
-    if not info.is_main:
-        logging.getLogger().setLevel(logging.WARNING)
+    setup_logging(args.verbose, info.is_main)
 
     try:
         out_dir, summary = run_test(args.run, args.checkpoint, args.data, args.images, args.labels, args.out,
-                                     args.overrides, args.resume, info)
+                                     args.overrides, args.resume, info, args.model)
     finally:
         distributed.shutdown()
     if not info.is_main:

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -34,10 +33,7 @@ def main() -> None:
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
     info = distributed.init()  # torchrun: join the process group; plain python: one process
-    setup_logging(args.verbose)
-    logging.getLogger("monai").setLevel(logging.WARNING)
-    if not info.is_main:  # rank 0 speaks for the run; the others only warn
-        logging.getLogger().setLevel(logging.WARNING)
+    setup_logging(args.verbose, info.is_main)  # rank 0 speaks for the run; the others only warn
     if args.resume and args.config:
         parser.error("--resume continues with the run's own config.yaml; change keys with --set instead of --config")
     config = Path(args.resume) / "config.yaml" if args.resume else Path(args.config or DEFAULT_CONFIG)

@@ -23,6 +23,13 @@ runs it natively, channels-last), and ours (``stream_logits``). Finally a
 KiTS-sized CT (512 x 512 x 600, 0.8 x 0.8 x 1.0 mm, 3 classes) through
 ``test.py`` with the demo network of ``--demo-run``, without and with test-time
 flips. Run it alone on the machine: every figure is a timing.
+
+``--engines``: only ``test.py`` predicting the test stack (no labels: prediction
+alone, slab by slab) with the network of ``--demo-run``, once per inference
+engine (``infer.backend`` torch and openvino), each in its own process, with wall
+time, peak RSS and the share of label voxels on which the two agree. The demo
+network was trained on CT phantoms, not on this stack: only time, memory and
+agreement mean anything there.
 """
 
 from __future__ import annotations
@@ -93,7 +100,7 @@ def throughput(run: Path, stack: Path, slices: int, method: str, work: Path) -> 
     from pipeline.predict.streamed import stream_logits
     from pipeline.runtime import autocast
 
-    predictor = Predictor.from_run(run, "last", device=torch.device("cpu"))
+    predictor = Predictor.from_run(run, "last", ["infer.backend=torch"], device=torch.device("cpu"))
     cfg, roi = predictor.cfg, predictor.cfg.train.patch_size
     source = SliceStack(stack)
     volume = normalised_reader(source, cfg.data)(0, slices)  # (1, H, W, slices)
@@ -101,8 +108,7 @@ def throughput(run: Path, stack: Path, slices: int, method: str, work: Path) -> 
     start = time.perf_counter()
     if method == "ours":
         parts = [s.logits.argmax(0).to(torch.uint8) for s in stream_logits(
-            predictor.model, lambda a, b: volume[..., a:b], shape, roi, cfg.infer, max(predictor.labels) + 1,
-            predictor.amp_dtype)]
+            predictor.engine, lambda a, b: volume[..., a:b], shape, roi, cfg.infer, max(predictor.labels) + 1)]
         labels = torch.cat(parts, dim=-1)
     else:
         model, amp, x = predictor.model, predictor.amp_dtype, volume[None].contiguous(memory_format=torch.channels_last_3d)
@@ -133,6 +139,33 @@ def class_max(logits):
     return labels
 
 
+def engine_stages(work: Path, shape: tuple[int, int, int], demo_run: Path) -> None:
+    """``test.py`` on the test stack with each engine; prints the table and the ratio."""
+    import numpy as np
+
+    from pipeline.data.stack import SliceStack
+
+    root = work / "stacks"
+    if not (root / "kidney_2" / "images").is_dir():
+        run_stage("generate (2 stacks)", ["-m", "pipeline.synthetic", "--kind", "kidney-stack", "--cases", "2",
+                                          "--shape", *map(str, shape), "--out", str(root)], work / "generate.log")
+    rows, voxels = {}, float(np.prod(shape))
+    for backend in ("torch", "openvino"):
+        out = work / f"engine-{backend}-{time.strftime('%H%M%S')}"
+        rows[backend] = run_stage(backend, ["test.py", "--run", str(demo_run), "--images", str(root / "kidney_2" / "images"),
+                                            "--out", str(out), "--set", "infer.stream_voxels=0", f"infer.backend={backend}"],
+                                  work / f"engine-{backend}.log")
+        rows[backend]["labels"] = out / "predictions" / "images"
+    equal = sum(int(np.count_nonzero(a == b)) for (_, a), (_, b) in
+                zip(SliceStack(rows["torch"]["labels"], label=True).slabs(), SliceStack(rows["openvino"]["labels"], label=True).slabs()))
+    print(f"test.py predicting kidney_2 ({'x'.join(map(str, shape))}, {voxels / 1e9:.2f} G voxels, no labels), network of "
+          f"{demo_run.name}, one process each\n| engine | seconds | Mvoxel/s | peak RSS (GB) |\n| --- | ---: | ---: | ---: |")
+    for backend, r in rows.items():
+        print(f"| {backend} | {r['seconds']:.0f} | {voxels / r['seconds'] / 1e6:.2f} | {r['rss_gb']:.2f} |")
+    print(f"openvino / torch: {rows['torch']['seconds'] / rows['openvino']['seconds']:.2f}x; label voxels equal: "
+          f"{equal / voxels:.6f}")
+
+
 def kits_stages(work: Path, demo_run: Path) -> list[dict]:
     from pipeline.data.synthetic import PhantomSpec, generate_dataset
 
@@ -156,8 +189,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--demo-run", type=Path, help="a demo run (make demo) for the KiTS-sized CT rows")
     parser.add_argument("--kits-only", action="store_true", help="only the KiTS-sized CT rows (needs --demo-run)")
+    parser.add_argument("--engines", action="store_true", help="only test.py with each inference engine (needs --demo-run)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.engines:
+        args.work.mkdir(parents=True, exist_ok=True)
+        engine_stages(args.work, tuple(args.shape), args.demo_run.resolve())
+        return
     if args.child:
         run, stack, slices, method = args.child
         print(json.dumps(throughput(Path(run), Path(stack), int(slices), method, args.work)))

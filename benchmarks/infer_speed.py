@@ -6,20 +6,22 @@ Uses the trained network of ``--run`` (run ``make demo`` first) on a demo test
 case preprocessed by the pipeline's own transforms and mirrored out to
 ``--shape`` (padding with air instead would put windows of nothing but air,
 which a model trained on body-cropped volumes never saw, in front of every method).
-Three runs, each in its own process so its peak RSS is its own, each timed the
-same way (the logits of the whole volume, wall clock):
+Each run in its own process so its peak RSS is its own, each timed the same way
+(the volume's logits or label map, wall clock; an engine's one-off setup, the ONNX
+export for a graph engine, is timed apart and printed):
 
 - MONAI ``sliding_window_inference`` at its defaults: fp32, contiguous memory,
   overlap 0.25, constant blending;
 - MONAI ``sliding_window_inference`` with our precision and layout: bf16 autocast
-  (where the CPU runs it natively) and channels-last, same overlap and blending;
-- ours: ``Predictor.logits`` with the run's ``infer`` settings (the same overlap
-  and blending at the demo's defaults);
-- ours as ``test.py`` predicts label maps: ``Predictor.label_map`` (the same
-  windows, blended slab by slab into classes-last buffers, argmax per slab).
+  (where the CPU runs it natively, else fp32) and channels-last, same overlap and blending;
+- ours, per engine (``infer.backend`` torch and openvino, at the same precision):
+  ``Predictor.logits`` with the run's ``infer`` settings, and ``Predictor.label_map``,
+  the engine of ``test.py`` (the same windows, blended slab by slab into
+  classes-last buffers, argmax per slab). OpenVINO compiles once per window shape,
+  inside the timed call.
 
-Prints Mvoxel/s, peak RSS, both ratios and the Dice between label maps; then our
-peak RSS on the same case mirrored to 512 x 512 x 300.
+Prints Mvoxel/s, peak RSS, the ratios and the Dice between label maps; then our
+peak RSS on the same case mirrored to 512 x 512 x 300 (the default engine).
 """
 
 from __future__ import annotations
@@ -42,19 +44,22 @@ from pipeline.data.layouts import load_dataset  # noqa: E402
 from pipeline.data.transforms import IMAGE, build_transforms  # noqa: E402
 from pipeline.metrics import dice  # noqa: E402
 from pipeline.predict import Predictor  # noqa: E402
-from pipeline.runtime import autocast  # noqa: E402
+from pipeline.runtime import autocast, cpu_has_native_bf16, cpu_model  # noqa: E402
 
+PRECISION = "bf16" if cpu_has_native_bf16() else "fp32"
 METHODS = {
     "monai-defaults": "MONAI sliding_window_inference defaults (fp32, contiguous)",
-    "monai-bf16-cl": "MONAI sliding_window_inference, bf16 autocast + channels-last",
-    "ours": "ours: Predictor.logits (bf16 autocast + channels-last)",
-    "ours-slabs": "ours: Predictor.label_map, the engine of test.py (slab by slab, classes-last buffers)",
+    "monai-same": f"MONAI sliding_window_inference, {PRECISION} + channels-last",
+    "ours-torch": f"ours, torch engine: Predictor.logits ({PRECISION} + channels-last)",
+    "ours-slabs-torch": f"ours, torch engine: Predictor.label_map, test.py's engine ({PRECISION} + channels-last)",
+    "ours-openvino": f"ours, openvino engine: Predictor.logits ({PRECISION})",
+    "ours-slabs-openvino": f"ours, openvino engine: Predictor.label_map, test.py's engine ({PRECISION})",
 }
 
 
 def prepare(run: str, shape: tuple[int, int, int], out: str) -> None:
     """A demo test case through the run's deterministic transforms, mirrored out to ``shape``."""
-    cfg = Predictor.from_run(run, device=torch.device("cpu")).cfg
+    cfg = Predictor.from_run(run, overrides=["infer.backend=torch"], device=torch.device("cpu")).cfg
     split = json.loads((Path(run) / "split.json").read_text(encoding="utf-8"))
     case = load_dataset(split["root"], cfg.data).case(split["test"][0])
     image = build_transforms(cfg, train=False, keys=(IMAGE,))({IMAGE: str(case.image)})[IMAGE].as_tensor()
@@ -67,14 +72,17 @@ def measure(method: str, run: str, volume_file: str, out: str | None) -> dict:
     """Seconds, Mvoxel/s and peak RSS of one method on one volume (run in a child process)."""
     from monai.inferers import sliding_window_inference
 
-    predictor = Predictor.from_run(run, device=torch.device("cpu"))
+    backend = method.rsplit("-", 1)[1] if method.startswith("ours") else "torch"
+    setup = time.perf_counter()
+    predictor = Predictor.from_run(run, overrides=[f"infer.backend={backend}"], device=torch.device("cpu"))
+    setup = time.perf_counter() - setup
     x = torch.from_numpy(np.load(volume_file))[None]
     infer, roi = predictor.cfg.infer, predictor.cfg.train.patch_size
     start = time.perf_counter()
-    if method == "ours":
-        logits = predictor.logits(x)
-    elif method == "ours-slabs":
+    if method.startswith("ours-slabs"):
         labels = predictor.label_map(x[0])  # (1, H, W, D) uint8
+    elif method.startswith("ours"):
+        logits = predictor.logits(x)
     else:
         if method == "monai-defaults":  # fp32 and PyTorch's default (contiguous) layout
             model, amp = predictor.model.to(memory_format=torch.contiguous_format), None
@@ -84,9 +92,10 @@ def measure(method: str, run: str, volume_file: str, out: str | None) -> dict:
             logits = sliding_window_inference(x, roi, infer.sw_batch_size, model, overlap=infer.overlap, mode=infer.blend)
     seconds = time.perf_counter() - start
     if out:
-        np.save(out, (labels[0] if method == "ours-slabs" else logits.argmax(1)[0].to(torch.uint8)).numpy())
+        np.save(out, (labels[0] if method.startswith("ours-slabs") else logits.argmax(1)[0].to(torch.uint8)).numpy())
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return {"seconds": seconds, "mvox_s": float(np.prod(x.shape[2:])) / seconds / 1e6, "rss_gb": rss_gb}
+    return {"seconds": seconds, "mvox_s": float(np.prod(x.shape[2:])) / seconds / 1e6, "rss_gb": rss_gb,
+            "setup": setup if method.startswith("ours") else 0.0}
 
 
 def run_child(method: str, run: str, volume_file: str, out: str | None = None) -> dict:
@@ -110,23 +119,30 @@ def main() -> None:
         prepare(args.run, tuple(args.shape), f"{tmp}/volume.npy")
         prepare(args.run, (512, 512, 300), f"{tmp}/big.npy")
         results = {m: run_child(m, args.run, f"{tmp}/volume.npy", f"{tmp}/{m}.npy") for m in METHODS}
-        big = run_child("ours", args.run, f"{tmp}/big.npy")
+        big = run_child("ours-slabs-openvino", args.run, f"{tmp}/big.npy")
         labels = {m: np.load(f"{tmp}/{m}.npy") for m in METHODS}
-    infer = Predictor.from_run(args.run, device=torch.device("cpu")).cfg.infer
+    print_table(args, results, labels)
+    print(f"test.py's engine (label_map, openvino) on 512 x 512 x 300: {big['seconds']:.1f} s, "
+          f"{big['mvox_s']:.2f} Mvoxel/s, peak RSS {big['rss_gb']:.2f} GB")
+
+
+def print_table(args: argparse.Namespace, results: dict, labels: dict) -> None:
+    """The table, the Dice of each label map against the torch engine's, and the ratios."""
+    infer = Predictor.from_run(args.run, overrides=["infer.backend=torch"], device=torch.device("cpu")).cfg.infer
     print(f"volume {tuple(args.shape)}, network of {Path(args.run).resolve().name}, overlap {infer.overlap}, "
-          f"{infer.blend} blending, {torch.get_num_threads()} threads; one process per row")
-    print("| inference | seconds | Mvoxel/s | peak RSS (GB) | Dice vs ours |\n| --- | ---: | ---: | ---: | ---: |")
+          f"{infer.blend} blending, {torch.get_num_threads()} threads, {cpu_model()}; one process per row")
+    print("| inference | setup (s) | seconds | Mvoxel/s | peak RSS (GB) | Dice vs torch engine |\n"
+          "| --- | ---: | ---: | ---: | ---: | ---: |")
     for method, title in METHODS.items():
-        r, a, b = results[method], labels[method], labels["ours"]
+        r, a, b = results[method], labels[method], labels["ours-torch"]
         agreement = np.mean([dice(a == c, b == c) for c in np.union1d(np.unique(a), np.unique(b)) if c > 0])
-        print(f"| {title} | {r['seconds']:.1f} | {r['mvox_s']:.2f} | {r['rss_gb']:.2f} | {agreement:.4f} |")
-    ours = results["ours"]["mvox_s"]
-    print(f"ours / MONAI defaults: {ours / results['monai-defaults']['mvox_s']:.2f}x; "
-          f"ours / MONAI with the same precision and layout: {ours / results['monai-bf16-cl']['mvox_s']:.2f}x")
-    slabs = results["ours-slabs"]["mvox_s"]
-    print(f"test.py's engine (label_map) / MONAI with the same precision and layout: "
-          f"{slabs / results['monai-bf16-cl']['mvox_s']:.2f}x")
-    print(f"ours on 512 x 512 x 300: {big['seconds']:.1f} s, {big['mvox_s']:.2f} Mvoxel/s, peak RSS {big['rss_gb']:.2f} GB")
+        print(f"| {title} | {r['setup']:.1f} | {r['seconds']:.1f} | {r['mvox_s']:.2f} | {r['rss_gb']:.2f} | "
+              f"{agreement:.4f} |")
+    same = results["monai-same"]["mvox_s"]
+    for backend in ("torch", "openvino"):
+        print(f"test.py's engine (label_map, {backend}) / MONAI with the same precision and layout: "
+              f"{results[f'ours-slabs-{backend}']['mvox_s'] / same:.2f}x")
+    print(f"ours, openvino logits / MONAI defaults: {results['ours-openvino']['mvox_s'] / results['monai-defaults']['mvox_s']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ CHOICES = {
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "infer.precision": ("auto", "fp32", "bf16", "fp16"),
     "infer.blend": ("gaussian", "constant"),
+    "infer.backend": ("auto", "torch", "openvino", "onnxruntime"),
 }
 
 PROBABILITIES = ("train.pos_fraction", "train.flip_prob", "train.affine_prob", "train.intensity_prob",

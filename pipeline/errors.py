@@ -37,6 +37,10 @@ def exit_on_user_error(main: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """Library modules log through ``logging``; the scripts show INFO and above."""
+def setup_logging(verbose: bool = False, main_rank: bool = True) -> None:
+    """Library modules log through ``logging``; the scripts show INFO and above (MONAI's warnings and
+    above), and torchrun ranks other than 0 their warnings only."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s")
+    logging.getLogger("monai").setLevel(logging.WARNING)
+    if not main_rank:
+        logging.getLogger().setLevel(logging.WARNING)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import platform
 import random
 
 import numpy as np
@@ -19,6 +20,17 @@ def cpu_has_native_bf16() -> bool:
     check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
     amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool((check and check()) or (amx and amx()))
+
+
+def cpu_model() -> str:
+    """The CPU's model name as the kernel reports it (timings compare only on the same CPU)."""
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:

@@ -15,6 +15,7 @@ from skimage.exposure import equalize_adapthist
 from pipeline.config import InferConfig
 from pipeline.data.transforms import IMAGE, LABEL, clahe, clahe_tensor, random_affine
 from pipeline.evaluate.figures import error_figure
+from pipeline.predict.engines import TorchEngine
 from pipeline.predict.sliding import flip_dims, predict_volume
 
 
@@ -30,13 +31,13 @@ def test_tta_is_the_mean_of_the_flipped_predictions():
     model = torch.nn.Conv3d(1, 2, 3, padding=1)  # not flip-invariant: random weights
     image = torch.randn(1, 1, 8, 8, 4)
     infer = InferConfig(tta=True, precision="fp32")
-    got = predict_volume(model, image, (8, 8, 4), infer)  # one window: no blending involved
+    got = predict_volume(TorchEngine(model, None), image, (8, 8, 4), infer)  # one window: no blending involved
     with torch.no_grad():
         expected = sum(model(image.flip(d)).flip(d) if d else model(image) for d in flip_dims((8, 8, 4), True)) / 8
         plain = model(image)
     torch.testing.assert_close(got, expected)
     assert not torch.allclose(got, plain, atol=1e-3)  # the flips did change the result
-    torch.testing.assert_close(predict_volume(model, image, (8, 8, 4), InferConfig(precision="fp32")), plain)
+    torch.testing.assert_close(predict_volume(TorchEngine(model, None), image, (8, 8, 4), InferConfig(precision="fp32")), plain)
 
 
 def test_clahe_matches_scikit_image_per_slice():

@@ -17,10 +17,11 @@ pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/datasets 
 
 # one epoch of a narrow network; test-time flips off (they multiply inference by 4-8 and are tested
 # in test_levers.py and test_pipeline.py) and a quarter-window overlap (a tenth of the windows of
-# small patches at 0.5); a few validation cases for test.py to score (the LA and DRIVE presets train
+# small patches at 0.5); the torch engine (exporting for OpenVINO costs more than these few windows;
+# test_export.py runs the engines); a few validation cases for test.py to score (the LA and DRIVE presets train
 # on every case); everything else as the preset has it
 QUICK = ["train.epochs=1", "model.channels=[8,16,32]", "train.samples_per_volume=1", "infer.tta=false",
-         "infer.overlap=0.25", "data.val_fraction=0.1"]
+         "infer.overlap=0.25", "data.val_fraction=0.1", "infer.backend=torch"]
 
 
 def _train_and_test(preset: str, tmp_path, *extra: str):

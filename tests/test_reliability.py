@@ -24,6 +24,7 @@ from conftest import REPO, run_cli, smoke_args
 from pipeline.config import InferConfig
 from pipeline.yamlfile import read_yaml
 from pipeline.errors import UserError
+from pipeline.predict.engines import TorchEngine
 from pipeline.predict.sliding import predict_volume
 from pipeline.data.io import load_image
 
@@ -224,7 +225,7 @@ def test_out_of_memory_while_stitching_retries_on_the_cpu(monkeypatch, caplog):
 
     monkeypatch.setattr("pipeline.predict.sliding.sliding_window_inference", fake)
     model = torch.nn.Conv3d(1, 2, 1)
-    logits = predict_volume(model, torch.zeros(1, 1, 8, 8, 8), (8, 8, 8), InferConfig(), stitch_device=torch.device("cuda"))
+    logits = predict_volume(TorchEngine(model, None), torch.zeros(1, 1, 8, 8, 8), (8, 8, 8), InferConfig(), stitch_device=torch.device("cuda"))
     assert logits.shape == (1, 2, 8, 8, 8) and logits.device.type == "cpu"
     assert [d.type for d in calls] == ["cuda", "cpu"]
     assert "stitching on the CPU instead" in caplog.text

@@ -27,6 +27,7 @@ from pipeline.evaluate.rows import evaluate_case
 from pipeline.evaluate.slabs import score_stack, tally_slabs
 from pipeline.predict import Predictor
 from pipeline.predict.stack_job import predict_stack, stack_thumbnail, streamed_stack
+from pipeline.predict.engines import TorchEngine
 from pipeline.predict.streamed import stream_logits, window_starts
 
 
@@ -62,7 +63,8 @@ def test_streamed_logits_equal_the_whole_volume_ones(overlap, blend):
         reads.append((z0, z1))
         return volume[..., z0:z1]
 
-    slabs = [dataclasses.replace(s, logits=s.logits.clone()) for s in stream_logits(model, read, shape, patch, infer, 3)]
+    engine = TorchEngine(model, None)
+    slabs = [dataclasses.replace(s, logits=s.logits.clone()) for s in stream_logits(engine, read, shape, patch, infer, 3)]
     with torch.no_grad():
         whole = sliding_window_inference(volume[None], patch, 1, model, overlap=overlap, mode=blend)[0]
     assert [s.start for s in slabs] == [0] + list(np.cumsum([s.logits.shape[-1] for s in slabs])[:-1])
@@ -82,8 +84,9 @@ def test_slice_ranges_give_exactly_the_full_pass_values(ranges):
     infer = InferConfig(overlap=0.5, precision="fp32", sw_batch_size=2)
 
     def logits(slices=None) -> torch.Tensor:
-        parts = [s.logits.clone() for s in stream_logits(model, lambda a, b: volume[..., a:b], shape, patch, infer, 3,
-                                                         slices=slices)]
+        slabs = stream_logits(TorchEngine(model, None), lambda a, b: volume[..., a:b], shape, patch, infer, 3,
+                              slices=slices)
+        parts = [s.logits.clone() for s in slabs]
         return torch.cat(parts, dim=-1)
 
     full = logits()
@@ -98,7 +101,8 @@ def test_per_window_flips_average_the_flipped_windows():
     model = _network(patch)
     volume = torch.randn(1, *shape)
     infer = InferConfig(tta=True, precision="fp32")
-    (logits,) = [s.logits.clone() for s in stream_logits(model, lambda a, b: volume[..., a:b], shape, patch, infer, 3)]
+    engine = TorchEngine(model, None)
+    (logits,) = [s.logits.clone() for s in stream_logits(engine, lambda a, b: volume[..., a:b], shape, patch, infer, 3)]
     with torch.no_grad():
         flips = [(), (1,), (2,), (3,), (1, 2), (1, 3), (2, 3), (1, 2, 3)]
         expected = sum(model(volume[None].flip([d + 1 for d in f])).flip([d + 1 for d in f]) for f in flips)[0] / 8

@@ -10,12 +10,14 @@ the source image and geometry, the field-of-view mask and the network input.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from models3d import build_from_config
 
@@ -26,8 +28,11 @@ from ..data.io import load_image, reader_options
 from ..data.monai_reader import to_meta_tensor
 from ..data.transforms import IMAGE, preprocess_transforms
 from ..errors import UserError
-from ..runtime import channels_last, resolve_precision, select_device
+from ..runtime import resolve_precision, select_device
 from ..train.checkpoint import load_checkpoint
+from .engines import Engine, TorchEngine, build_engine
+from .onnx_graph import to_onnx
+from .package import Package, read_package
 from .postprocess import decided_overrides, postprocess
 from .sliding import predict_volume
 from .source_grid import label_to_source_grid, to_source_grid
@@ -51,45 +56,58 @@ class Prediction:
 
 
 class Predictor:
-    """A network ready for inference (channels-last on the CPU): ``cfg.infer`` decides overlap,
-    blending, flips and precision."""
+    """A network ready for inference behind an engine (``engines.py``): ``cfg.infer`` decides overlap,
+    blending, flips, precision and, when loaded from a run or a package, the backend."""
 
-    def __init__(self, model: torch.nn.Module, cfg: Config, labels: dict[int, str]):
-        self.device = next(model.parameters()).device
-        self.model = channels_last(model) if self.device.type == "cpu" else model
+    def __init__(self, network: nn.Module | Engine, cfg: Config, labels: dict[int, str],
+                 in_channels: int | None = None):
+        """``network``: a PyTorch network (run by ``TorchEngine``: validation, post-processing decisions)
+        or an engine; ``in_channels`` of an engine (a PyTorch network's first convolution says it)."""
         self.cfg, self.labels = cfg, labels
+        if isinstance(network, nn.Module):
+            device = next(network.parameters()).device
+            network = TorchEngine(network, resolve_precision(cfg.infer.precision, device))
+            in_channels = next(p for p in network.model.parameters() if p.ndim >= 4).shape[1]
+        self.engine: Engine = network
+        self.model: nn.Module | None = getattr(network, "model", None)  # the PyTorch network, if it runs
+        self.device = network.device
         self.amp_dtype = resolve_precision(cfg.infer.precision, self.device)
+        self.in_channels = int(in_channels)
         self.preprocess = preprocess_transforms(cfg)
 
     @classmethod
     def from_run(cls, run_dir: str | Path, checkpoint: str = "best", overrides: Sequence[str] = (),
                  device: torch.device | None = None) -> Predictor:
         """The network of a run from ``best``, ``last`` or a checkpoint path; ``overrides``
-        (``infer.overlap=0.5``, ``evaluate.nsd_tolerance_mm=2`` ...) change the run's inference and
+        (``infer.overlap=0.5``, ``infer.backend=torch`` ...) change the run's inference and
         evaluation settings, nothing else."""
         path = Path(run_dir) / "checkpoints" / f"{checkpoint}.pt" if checkpoint in ("best", "last") else Path(checkpoint)
         state = load_checkpoint(path)
-        bad = [o for o in overrides if not o.strip().startswith(("infer.", "evaluate.", "data.tubular_classes="))]
-        if bad:
-            raise UserError(f"--set {bad[0]!r}: test.py changes only infer.*, evaluate.* and data.tubular_classes; "
-                            "the rest belongs to the trained run")
-        overrides = [*decided_overrides(run_dir), *overrides]  # the run's decision, under the user's keys
-        raw = merge_overrides(state["config"], overrides) if overrides else state["config"]
-        cfg = config_from_dict(raw, f"{path} (config)" + (" + --set" if overrides else ""))
+        overrides = [*decided_overrides(run_dir), *_inference_only(overrides)]  # the decision, under the user's keys
+        cfg = _config(state["config"], overrides, f"{path} (config)")
         labels = {int(k): v for k, v in state["labels"].items()}
-        try:
-            model = build_from_config(cfg.model, int(state["in_channels"]), max(labels) + 1, cfg.train.patch_size)
-            model.load_state_dict(state["model"])
-        except (ValueError, RuntimeError) as err:
-            raise UserError(f"{path}: weights do not fit model {cfg.model.name} {cfg.model.channels} "
-                            f"({str(err).splitlines()[0]})") from None
-        return cls(model.to(device or select_device()).eval(), cfg, labels)
+        in_channels = int(state["in_channels"])
+        model = functools.cache(lambda: load_network(cfg, in_channels, labels, state["model"], path))
+        return cls(_engine(cfg, device, model, lambda: to_onnx(model(), in_channels, cfg.train.patch_size)),
+                   cfg, labels, in_channels)
+
+    @classmethod
+    def from_package(cls, package: str | Path | Package, overrides: Sequence[str] = (),
+                     device: torch.device | None = None) -> Predictor:
+        """The network of a model package (``python -m pipeline.export``), without its run folder;
+        ``overrides`` as for ``from_run``. Its ONNX graph runs as it is (OpenVINO, ONNX Runtime), its
+        weights in the same network class as the run's (PyTorch)."""
+        package = package if isinstance(package, Package) else read_package(package)
+        cfg = _config(package.meta["config"], _inference_only(overrides), f"{package.path} (config)")
+        labels, in_channels = package.labels, int(package.meta["in_channels"])
+        model = lambda: load_network(cfg, in_channels, labels, package.weights, package.path)  # noqa: E731
+        return cls(_engine(cfg, device, model, lambda: package.onnx), cfg, labels, in_channels)
 
     def logits(self, image: torch.Tensor, tta: bool | None = None) -> torch.Tensor:
         """Logits (B, K, H, W, D) float32 of preprocessed volumes ``image`` (B, C, H, W, D), by blended
         sliding windows of the training patch; ``tta`` (default ``infer.tta``) averages flipped passes."""
         infer = self.cfg.infer if tta is None else dataclasses.replace(self.cfg.infer, tta=tta)
-        return predict_volume(self.model, image.to(self.device), self.cfg.train.patch_size, infer, self.amp_dtype)
+        return predict_volume(self.engine, image.to(self.device), self.cfg.train.patch_size, infer)
 
     def label_map(self, image: torch.Tensor) -> torch.Tensor:
         """Argmax (1, H, W, D) uint8 (CPU) of the blended logits of a preprocessed volume (C, H, W, D),
@@ -98,15 +116,15 @@ class Predictor:
         deep of logits instead of the whole volume's (K float32 per voxel)."""
         shape = tuple(image.shape[1:])
         label = torch.empty((1, *shape), dtype=torch.uint8)
-        for slab in stream_logits(self.model, lambda a, b: image[..., a:b], shape, self.cfg.train.patch_size,
-                                  self.cfg.infer, max(self.labels) + 1, self.amp_dtype):
+        for slab in stream_logits(self.engine, lambda a, b: image[..., a:b], shape, self.cfg.train.patch_size,
+                                  self.cfg.infer, max(self.labels) + 1):
             label[0, ..., slab.start : slab.start + slab.logits.shape[-1]] = slab.logits.argmax(dim=0).to(torch.uint8).cpu()
         return label
 
     def _check_input(self, image: np.ndarray, path: Path) -> None:
         """UserError naming ``path`` for an image (x, y, z[, C]) the network cannot take as it is."""
         channels = image.shape[3] if image.ndim == 4 else 1
-        expected = next(p for p in self.model.parameters() if p.ndim >= 4).shape[1]  # the first convolution's
+        expected = self.in_channels
         if channels != expected:
             raise UserError(f"{path}: {channels} channel(s), but the network was trained on {expected}; "
                             "give it images of the training data's channels (data.channel picks one)")
@@ -141,3 +159,34 @@ class Predictor:
                 prob[:, ~mask] = 0.0
                 prob[0][~mask] = 1.0
         return Prediction(label, affine, image, prob, mask, data[IMAGE].as_tensor())
+
+
+def _inference_only(overrides: Sequence[str]) -> list[str]:
+    """``overrides`` when each changes inference or evaluation only; else UserError naming the first other."""
+    bad = [o for o in overrides if not o.strip().startswith(("infer.", "evaluate.", "data.tubular_classes="))]
+    if bad:
+        raise UserError(f"--set {bad[0]!r}: test.py changes only infer.*, evaluate.* and data.tubular_classes; "
+                        "the rest belongs to the trained network")
+    return list(overrides)
+
+
+def _config(raw: dict, overrides: Sequence[str], source: str) -> Config:
+    return config_from_dict(merge_overrides(raw, overrides) if overrides else raw,
+                            source + (" + --set" if overrides else ""))
+
+
+def load_network(cfg: Config, in_channels: int, labels: dict[int, str], weights: dict, source: Path) -> nn.Module:
+    """The PyTorch network ``cfg.model`` describes, with ``weights``; UserError naming ``source`` when they
+    do not fit."""
+    try:
+        model = build_from_config(cfg.model, in_channels, max(labels) + 1, cfg.train.patch_size)
+        model.load_state_dict(weights)
+    except (ValueError, RuntimeError) as err:
+        raise UserError(f"{source}: weights do not fit model {cfg.model.name} {cfg.model.channels} "
+                        f"({str(err).splitlines()[0]})") from None
+    return model.eval()
+
+
+def _engine(cfg: Config, device: torch.device | None, model, onnx) -> Engine:
+    device = device or select_device()
+    return build_engine(cfg.infer.backend, device, model, onnx, resolve_precision(cfg.infer.precision, device))

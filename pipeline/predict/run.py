@@ -196,18 +196,30 @@ def run_test(
     overrides: Sequence[str] = (),
     resume: bool = False,
     info: Dist = Dist(),
+    model: str | None = None,
 ) -> tuple[Path, dict | None]:
     """Predict, draw and evaluate; returns the output folder and the summary (None without labels,
     and on ranks other than 0 under torchrun, where each rank tests its share of the cases).
 
+    ``model``: a model package (``python -m pipeline.export``) instead of the run, for ``data`` or
+    ``images``; its results go to ``--out`` or ``outputs/<package name>/test``.
     ``overrides`` (``infer.overlap=0.5`` ...) change inference settings of the run's config.
     """
-    run_dir = resolve_run(run)
-    load_config(run_dir / "config.yaml")  # fail early on a damaged run folder
-    predictor = Predictor.from_run(run_dir, checkpoint, overrides, info.device() if info.enabled else None)
-    cases = run_cases(run_dir, predictor.cfg, data, images, labels)
+    device = info.device() if info.enabled else None
+    if model is not None:
+        if data is None and images is None:
+            raise UserError(f"{model}: a model package has no test split; give --data ROOT or --images DIR")
+        predictor = Predictor.from_package(model, overrides, device)
+        base, name, kind = Path(predictor.cfg.output_dir) / Path(model).stem, Path(model).name, "given"
+        on_main(lambda: base.mkdir(parents=True, exist_ok=True), info)
+    else:
+        base = resolve_run(run)
+        load_config(base / "config.yaml")  # fail early on a damaged run folder
+        predictor = Predictor.from_run(base, checkpoint, overrides, device)
+        name, kind = base.name, scored_kind(base, data, images, checkpoint)
+    cases = run_cases(base, predictor.cfg, data, images, labels)
     existed = out is not None and Path(out).exists()
-    out_dir = on_main(lambda: new_output_dir(run_dir, out, resume), info)
+    out_dir = on_main(lambda: new_output_dir(base, out, resume), info)
     try:
         _test_cases(predictor, cases, out_dir, resume, info)
     except UserError:
@@ -217,7 +229,7 @@ def run_test(
     barrier(info)
     if not info.is_main:
         return out_dir, None
-    return out_dir, _report(run_dir, out_dir, cases, scored_kind(run_dir, data, images, checkpoint))
+    return out_dir, _report(name, out_dir, cases, kind)
 
 
 def _test_cases(predictor: Predictor, cases: list[Case], out_dir: Path, resume: bool, info: Dist) -> None:
@@ -241,7 +253,7 @@ def _test_cases(predictor: Predictor, cases: list[Case], out_dir: Path, resume: 
                 write_case_rows(out_dir, case.id, done[case.id])
 
 
-def _report(run_dir: Path, out_dir: Path, cases: list[Case], kind: str) -> dict | None:
+def _report(name: str, out_dir: Path, cases: list[Case], kind: str) -> dict | None:
     """The reports of every rank's cases, saying what was scored; None without labels."""
     done = read_case_rows(out_dir)
     rows = [row for case in cases for row in done[case.id]]
@@ -251,5 +263,5 @@ def _report(run_dir: Path, out_dir: Path, cases: list[Case], kind: str) -> dict 
     summary = {**summarize(rows), "scored": kind, "scored_note": SCORED[kind]}
     if kind in ("selection", "training"):
         log.warning("scored %s", SCORED[kind])
-    write_reports(rows, summary, out_dir, {c.id: f"slices/{c.id}.png" for c in cases}, title=f"Test of {run_dir.name}")
+    write_reports(rows, summary, out_dir, {c.id: f"slices/{c.id}.png" for c in cases}, title=f"Test of {name}")
     return summary

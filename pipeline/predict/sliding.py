@@ -10,56 +10,48 @@ import logging
 
 import torch
 from monai.inferers import sliding_window_inference
-from torch import nn
-
 from ..config import InferConfig
-from ..runtime import autocast
+from .engines import Engine
 
 log = logging.getLogger(__name__)
 
 
 def predict_volume(
-    model: nn.Module,
+    engine: Engine,
     image: torch.Tensor,
     roi_size: tuple[int, int, int],
     infer: InferConfig,
-    amp_dtype: torch.dtype | None = None,
     stitch_device: torch.device | None = None,
 ) -> torch.Tensor:
     """Logits of a whole volume by blended sliding windows (ROI = the training patch).
 
-    image: (B, C, H, W, D) on the model's device; returns (B, K, H, W, D) float32
-    logits on ``stitch_device`` (default: the model's device), with ``infer.tta``
+    image: (B, C, H, W, D) on the engine's device; returns (B, K, H, W, D) float32
+    logits on ``stitch_device`` (default: the engine's device), with ``infer.tta``
     the mean over every flip of the volume (as nnU-Net mirrors): argmax them for
     labels, softmax them only when probabilities are needed, so large volumes
     hold one K-channel buffer. When stitching on a GPU runs out of memory, the
     windows still run on the GPU and are stitched on the CPU (said in the log).
     """
-    device = next(model.parameters()).device
+    device = engine.device
     stitch_device = stitch_device or device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), autocast(device, amp_dtype):
-            logits, passes = None, flip_dims(roi_size, tta=infer.tta)
-            for dims in passes:
-                flipped = image.flip(dims) if dims else image
-                try:
-                    out = _sliding_window(model, flipped, roi_size, infer, device, stitch_device)
-                except torch.OutOfMemoryError:
-                    if stitch_device.type == "cpu":
-                        raise
-                    log.warning("out of memory stitching a %s volume on %s: stitching on the CPU instead",
-                                tuple(image.shape[2:]), stitch_device)
-                    if torch.cuda.is_available():
-                        torch.cuda.empty_cache()
-                    stitch_device = torch.device("cpu")
-                    out = _sliding_window(model, flipped, roi_size, infer, device, stitch_device)
-                out = out.float().flip(dims) if dims else out.float()
-                logits = out if logits is None else logits.to(out.device).add_(out)
-            return logits.div_(len(passes))
-    finally:
-        model.train(was_training)
+    with torch.inference_mode():
+        logits, passes = None, flip_dims(roi_size, tta=infer.tta)
+        for dims in passes:
+            flipped = image.flip(dims) if dims else image
+            try:
+                out = _sliding_window(engine, flipped, roi_size, infer, device, stitch_device)
+            except torch.OutOfMemoryError:
+                if stitch_device.type == "cpu":
+                    raise
+                log.warning("out of memory stitching a %s volume on %s: stitching on the CPU instead",
+                            tuple(image.shape[2:]), stitch_device)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                stitch_device = torch.device("cpu")
+                out = _sliding_window(engine, flipped, roi_size, infer, device, stitch_device)
+            out = out.float().flip(dims) if dims else out.float()
+            logits = out if logits is None else logits.to(out.device).add_(out)
+        return logits.div_(len(passes))
 
 
 def flip_dims(roi_size: tuple[int, int, int], tta: bool) -> list[tuple[int, ...]]:
@@ -71,8 +63,8 @@ def flip_dims(roi_size: tuple[int, int, int], tta: bool) -> list[tuple[int, ...]
     return [dims for r in range(len(axes) + 1) for dims in itertools.combinations(axes, r)]
 
 
-def _sliding_window(model, image, roi_size, infer: InferConfig, device, stitch_device) -> torch.Tensor:
+def _sliding_window(engine: Engine, image, roi_size, infer: InferConfig, device, stitch_device) -> torch.Tensor:
     return sliding_window_inference(
-        image, roi_size=roi_size, sw_batch_size=infer.sw_batch_size, predictor=model, overlap=infer.overlap,
+        image, roi_size=roi_size, sw_batch_size=infer.sw_batch_size, predictor=engine, overlap=infer.overlap,
         mode=infer.blend, progress=False, sw_device=device, device=stitch_device,
     )

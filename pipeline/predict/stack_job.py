@@ -62,8 +62,8 @@ def predict_stack(predictor: Predictor, stack: SliceStack, out: Path, part: tupl
     read = normalised_reader(stack, cfg.data) if missing else None
     with tqdm(total=len(missing), desc=f"  {out.name}", unit="slice", leave=False) as bar:
         for first, stop in _runs(missing):
-            slabs = stream_logits(predictor.model, read, stack.shape, cfg.train.patch_size, cfg.infer,
-                                  max(predictor.labels) + 1, predictor.amp_dtype, slices=(first, stop))
+            slabs = stream_logits(predictor.engine, read, stack.shape, cfg.train.patch_size, cfg.infer,
+                                  max(predictor.labels) + 1, slices=(first, stop))
             for slab in slabs:
                 labels = slab.logits.argmax(dim=0).to(torch.uint8).cpu().numpy()  # (H, W, n)
                 for k in range(labels.shape[-1]):
@@ -166,8 +166,8 @@ def store_dice(predictor: Predictor, store: VolumeStore, n_classes: int) -> list
         return torch.from_numpy(np.asarray(store.image[:, :, start:stop], dtype=np.float32))[None]
 
     def pairs():
-        for slab in stream_logits(predictor.model, read, store.shape, predictor.cfg.train.patch_size,
-                                  predictor.cfg.infer, n_classes, predictor.amp_dtype):
+        for slab in stream_logits(predictor.engine, read, store.shape, predictor.cfg.train.patch_size,
+                                  predictor.cfg.infer, n_classes):
             pred = slab.logits.argmax(dim=0).to(torch.uint8).cpu().numpy()  # a copy: the slab is a buffer view
             yield slab.start, pred, np.asarray(store.label[:, :, slab.start : slab.start + pred.shape[-1]])
 

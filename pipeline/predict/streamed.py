@@ -20,10 +20,8 @@ from dataclasses import dataclass
 
 import torch
 from monai.data.utils import compute_importance_map, dense_patch_slices
-from torch import nn
-
 from ..config import InferConfig
-from ..runtime import autocast, input_layout
+from .engines import Engine
 
 Reader = Callable[[int, int], torch.Tensor]  # (first slice, stop) -> (C, H, W, stop - first) float32
 
@@ -43,9 +41,8 @@ class Slab:
     logits: torch.Tensor
 
 
-def stream_logits(model: nn.Module, read: Reader, shape: tuple[int, int, int], roi: tuple[int, int, int],
-                  infer: InferConfig, n_classes: int, amp_dtype: torch.dtype | None = None,
-                  slices: tuple[int, int] | None = None) -> Iterator[Slab]:
+def stream_logits(engine: Engine, read: Reader, shape: tuple[int, int, int], roi: tuple[int, int, int],
+                  infer: InferConfig, n_classes: int, slices: tuple[int, int] | None = None) -> Iterator[Slab]:
     """Blended sliding-window logits of a (H, W, D) volume, slab by slab in slice order.
 
     ``read(z0, z1)`` gives the network input (C, H, W, z1 - z0) of those slices; the volume must be
@@ -58,7 +55,7 @@ def stream_logits(model: nn.Module, read: Reader, shape: tuple[int, int, int], r
     """
     if any(s < r for s, r in zip(shape, roi)):
         raise ValueError(f"streamed prediction needs a volume of at least the patch {roi}, got {shape}")
-    device = next(model.parameters()).device
+    device = engine.device
     starts = [window_starts(s, r, infer.overlap) for s, r in zip(shape, roi)]
     a, b = slices if slices is not None else (0, shape[2])
     starts[2] = [z for z in starts[2] if z < b and z + roi[2] > a]  # the windows that reach slices a..b
@@ -66,15 +63,13 @@ def stream_logits(model: nn.Module, read: Reader, shape: tuple[int, int, int], r
         return
     blend = _Blend(shape, roi, starts, infer.blend, n_classes, device)
     first = starts[2][0]  # the slice at index 0 of the buffers
-    model.eval()
     for i, z in enumerate(starts[2]):
         block = read(z, z + roi[2]).to(device)  # (C, H, W, depth)
         windows = [(x, y) for x in starts[0] for y in starts[1]]
         for k in range(0, len(windows), infer.sw_batch_size):
             batch = windows[k : k + infer.sw_batch_size]
             crops = torch.stack([block[:, x : x + roi[0], y : y + roi[1]] for x, y in batch])
-            logits = _window_logits(model, crops.contiguous(memory_format=input_layout(model)), roi, infer.tta,
-                                    amp_dtype)
+            logits = _window_logits(engine, crops, roi, infer.tta)
             for (x, y), out in zip(batch, logits):
                 blend.add(out, (slice(None), slice(x, x + roi[0]), slice(y, y + roi[1]), slice(z - first, None)))
         del block  # before the next slab is read
@@ -129,18 +124,17 @@ def _buffer(shape: tuple[int, int, int], depth: int, channels: int, device: torc
     return torch.zeros(shape[0], shape[1], depth, channels, device=device).permute(3, 0, 1, 2)
 
 
-def _window_logits(model: nn.Module, crops: torch.Tensor, roi, tta: bool, amp_dtype) -> torch.Tensor:
+def _window_logits(engine: Engine, crops: torch.Tensor, roi, tta: bool) -> torch.Tensor:
     """Logits (B, K, *roi) of window crops (B, C, *roi), averaged in float32 over flips with ``tta``;
-    without, the network's own output (bf16 under autocast: no float32 copy of each window)."""
+    without, the engine's own output (bf16 under autocast: no float32 copy of each window)."""
     if not tta:
-        with torch.inference_mode(), autocast(crops.device, amp_dtype):
-            return model(crops)
+        return engine(crops)
     axes = [2 + a for a, size in enumerate(roi) if size > 1]
     flips = [()] + [tuple(d for j, d in enumerate(axes) if mask >> j & 1) for mask in range(1, 2 ** len(axes))]
     total = None
-    with torch.inference_mode(), autocast(crops.device, amp_dtype):
+    with torch.inference_mode():
         for dims in flips:
-            out = model(crops.flip(dims) if dims else crops).float()
+            out = engine(crops.flip(dims) if dims else crops).float()
             out = out.flip(dims) if dims else out
             total = out if total is None else total + out
     return total / len(flips)
