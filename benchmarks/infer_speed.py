@@ -14,7 +14,7 @@ export for a graph engine, is timed apart and printed):
   overlap 0.25, constant blending;
 - MONAI ``sliding_window_inference`` with our precision and layout: bf16 autocast
   (where the CPU runs it natively, else fp32) and channels-last, same overlap and blending;
-- ours, per engine (``infer.backend`` torch and openvino, at the same precision):
+- ours, per engine (``infer.backend`` torch and openvino at the same precision; onnxruntime, fp32):
   ``Predictor.logits`` with the run's ``infer`` settings, and ``Predictor.label_map``,
   the engine of ``test.py`` (the same windows, blended slab by slab into
   classes-last buffers, argmax per slab). OpenVINO compiles once per window shape,
@@ -54,6 +54,7 @@ METHODS = {
     "ours-slabs-torch": f"ours, torch engine: Predictor.label_map, test.py's engine ({PRECISION} + channels-last)",
     "ours-openvino": f"ours, openvino engine: Predictor.logits ({PRECISION})",
     "ours-slabs-openvino": f"ours, openvino engine: Predictor.label_map, test.py's engine ({PRECISION})",
+    "ours-slabs-onnxruntime": "ours, onnxruntime engine: Predictor.label_map, test.py's engine (fp32)",
 }
 
 
@@ -139,7 +140,7 @@ def print_table(args: argparse.Namespace, results: dict, labels: dict) -> None:
         print(f"| {title} | {r['setup']:.1f} | {r['seconds']:.1f} | {r['mvox_s']:.2f} | {r['rss_gb']:.2f} | "
               f"{agreement:.4f} |")
     same = results["monai-same"]["mvox_s"]
-    for backend in ("torch", "openvino"):
+    for backend in ("torch", "openvino", "onnxruntime"):
         print(f"test.py's engine (label_map, {backend}) / MONAI with the same precision and layout: "
               f"{results[f'ours-slabs-{backend}']['mvox_s'] / same:.2f}x")
     print(f"ours, openvino logits / MONAI defaults: {results['ours-openvino']['mvox_s'] / results['monai-defaults']['mvox_s']:.2f}x")

@@ -14,9 +14,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("preset", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_preset_loads(preset):
+def test_every_preset_loads_and_describes_a_network_that_builds(preset):
+    """Each preset's model, widths and patch build a network whose pooling its patch divides, and it
+    names its run after itself (the run folder's prefix)."""
+    from models3d import build_from_config
+
     cfg = load_config(preset)
-    assert cfg.data.root and cfg.model.name and cfg.train.epochs > 0
+    model = build_from_config(cfg.model, 1, 2, cfg.train.patch_size)
+    assert model.plan.total_pool and all(p % t == 0 for p, t in zip(cfg.train.patch_size, model.plan.total_pool))
+    assert cfg.name == preset.stem
 
 
 def test_contract_keys_exist_and_overrides_apply():

@@ -73,7 +73,8 @@ def test_export_prints_what_the_package_holds(exported):
     assert inspected.returncode == 0 and inspected.stdout == stdout
     meta = read_package(base / "model.zip").meta
     assert meta["config"]["infer"]["backend"] == "auto"  # the smoke run's torch is not carried along
-    assert meta["inference"]["normalisation"]["intensity_range"] == [-200.0, 300.0]
+    assert meta["inference"]["normalisation"] == {"modalities": None, "modality": "CT", "window": [-200.0, 300.0],
+                                                  "target": [0.0, 1.0]}
     assert meta["provenance"]["checkpoint"] == "best.pt" and meta["provenance"]["split"]["train"] == 3
 
 
@@ -163,7 +164,7 @@ def _has(module: str) -> bool:
 def checkpoint_run(tmp_path) -> Path:
     """A run folder with a checkpoint of an untrained network (no training needed to export)."""
     from pipeline.config import Config, config_to_dict, save_config
-    from pipeline.train.checkpoint import save_checkpoint
+    from pipeline.checkpoint import save_checkpoint
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -180,7 +181,7 @@ def checkpoint_run(tmp_path) -> Path:
 def test_the_package_carries_the_decided_post_processing(checkpoint_run, tmp_path):
     """A run's postprocessing.json is folded into the package's configuration; the weights are the run's."""
     from pipeline.predict.export import export_run
-    from pipeline.train.checkpoint import load_checkpoint
+    from pipeline.checkpoint import load_checkpoint
 
     (checkpoint_run / "postprocessing.json").write_text(json.dumps({"infer.tta": False, "infer.largest_component": [1]}))
     package = read_package(export_run(checkpoint_run, "best", tmp_path / "m.zip"))

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 from collections import Counter
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -147,9 +148,7 @@ def test_train_py_trains_from_lazy_stores_and_reuses_them_in_the_next_run(stack_
     assert first.stderr.count("first use") == 3  # every case (training and validation) converted once
     stores = sorted(p.name for p in (tmp_path / "stores").iterdir())
     assert len(stores) == 3 and all((tmp_path / "stores" / s / "meta.json").is_file() for s in stores)
-    rows = (tmp_path / "latest" / "log.csv").read_text(encoding="utf-8").splitlines()
-    header, last = rows[0].split(","), rows[-1].split(",")
-    assert 0.0 <= float(last[header.index("val_dice")]) <= 1.0  # validated slab by slab on its store
+    _assert_logged_dice_is_the_stores_dice(tmp_path / "latest", tmp_path / "stores")  # validated slab by slab
     second = run_cli(*args)
     assert second.returncode == 0 and second.stderr.count("reusing the lazy store") == 3
     assert sorted(p.name for p in (tmp_path / "stores").iterdir()) == stores
@@ -164,9 +163,24 @@ def test_train_py_trains_from_stores_of_nifti_volumes(tiny_dataset, tmp_path):
     assert done.stderr.count("first use") == 4  # 3 training cases and 1 validation case
     metas = [json.loads(p.read_text()) for p in (tmp_path / "stores").glob("*/meta.json")]
     assert len(metas) == 4 and all(m["image"].endswith(".nii.gz") for m in metas)
-    rows = (tmp_path / "latest" / "log.csv").read_text(encoding="utf-8").splitlines()
-    header, last = rows[0].split(","), rows[-1].split(",")
-    assert 0.0 <= float(last[header.index("val_dice")]) <= 1.0
+    _assert_logged_dice_is_the_stores_dice(tmp_path / "latest", tmp_path / "stores")
+
+
+def _assert_logged_dice_is_the_stores_dice(run: Path, stores: Path) -> None:
+    """The last epoch's logged validation Dice is the mean Dice of ``last.pt`` on the validation cases'
+    stores, recomputed here slab by slab."""
+    from pipeline.data.layouts import load_dataset
+    from pipeline.predict import Predictor
+    from pipeline.train.store_validation import store_dice
+
+    rows = (run / "log.csv").read_text(encoding="utf-8").splitlines()
+    logged = float(rows[-1].split(",")[rows[0].split(",").index("val_dice")])
+    split = json.loads((run / "split.json").read_text(encoding="utf-8"))
+    predictor = Predictor.from_run(run, "last")
+    dataset = load_dataset(split["root"], predictor.cfg.data)
+    scores = [np.mean(store_dice(predictor, open_store(dataset.case(i), predictor.cfg, stores), max(predictor.labels) + 1))
+              for i in split["val"]]
+    assert split["val"] and logged == pytest.approx(float(np.mean(scores)), abs=1e-4)
 
 
 def test_the_check_reads_large_nifti_volumes_by_slab_with_the_same_report(tiny_dataset, monkeypatch):
@@ -215,7 +229,7 @@ def test_validation_dice_of_a_store_equals_monais_whole_volume_prediction(stack_
 
     from pipeline import metrics
     from pipeline.predict import Predictor
-    from pipeline.predict.stack_job import store_dice
+    from pipeline.train.store_validation import store_dice
 
     root, run = stack_run
     predictor = Predictor.from_run(run, "last")

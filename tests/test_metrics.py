@@ -24,7 +24,8 @@ def _random_pair(rng: np.random.Generator, kind: str, ndim: int):
         start, end = rng.random(ndim) * shape, rng.random(ndim) * shape
         points = np.round(start + t[:, None] * (end - start)).astype(int).clip(0, np.array(shape) - 1)
         mask[tuple(points.T)] = True
-        return ndimage.binary_dilation(mask, iterations=int(rng.integers(0, 2)))
+        width = int(rng.integers(0, 2))  # SciPy's iterations=0 dilates until nothing changes: the whole volume
+        return ndimage.binary_dilation(mask, iterations=width) if width else mask
     def single():
         mask = np.zeros(shape, bool)
         mask[tuple(rng.integers(0, s) for s in shape)] = True
@@ -62,8 +63,15 @@ def test_distances_equal_medpy(kind, ndim, spacing_kind, seed):
         assert getattr(metrics, name)(pred, ref, spacing) == pytest.approx(value, rel=1e-6, abs=1e-12), name
 
 
-def test_at_least_fifty_random_cases_are_compared():
-    assert len(CASES) >= 50
+def test_the_random_cases_are_fifty_distinct_non_trivial_pairs():
+    """Every case compares two different non-empty masks (a pair with pred == ref would pass any distance
+    code with 0), and no two cases draw the same pair."""
+    seen = set()
+    for kind, ndim, _, seed in CASES:
+        pred, ref = _random_pair(np.random.default_rng([seed, ndim, len(kind)]), kind, ndim)
+        assert pred.any() and ref.any() and (pred != ref).any(), (kind, ndim, seed)
+        seen.add((pred.tobytes(), ref.tobytes()))
+    assert len(seen) == len(CASES) // 3 and len(CASES) >= 50  # the spacings reuse each pair
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -9,6 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from conftest import run_cli
@@ -82,6 +83,13 @@ def test_anisotropic_spacing_keeps_the_coarse_axis_and_shapes_the_patch(tmp_path
     np.testing.assert_allclose(chosen["data.spacing"], np.median(spacings, axis=0))
     patch = chosen["train.patch_size"]
     assert patch[2] < patch[0] and patch[2] <= 24 and np.prod(patch) <= 112 * 112 * 80 * 1.1
+    _, choices = plan(load_config(None, [f"data.root={tmp_path / 'aniso'}"]), timing=False)
+    reason = next(c.reason for c in choices if c.key == "data.spacing")
+    assert "anisotropic, so the coarse axis keeps its own median" in reason
+    iso = ((0.7, 0.7, 0.8), (0.8, 0.8, 0.9), (0.75, 0.75, 0.7), (0.9, 0.9, 1.0))  # mixed, not anisotropic
+    _, choices = plan(load_config(None, [f"data.root={_dataset(tmp_path / 'iso', 'MRI', 0.0, (1, 2), spacings=iso)}"]),
+                      timing=False)
+    assert "anisotropic" not in next(c.reason for c in choices if c.key == "data.spacing")
 
 
 def test_a_single_slice_set_is_planned_in_2d(tmp_path):
@@ -94,8 +102,22 @@ def test_two_channels_are_fingerprinted_and_timed_with_two_inputs(tmp_path):
     root = _dataset(tmp_path / "two", "MRI", 0.0, (100.0, 300.0), channels=2)
     found, choices = plan(load_config(None, [f"data.root={root}"]), timing=False)
     assert [c.channels for c in found.cases] == [2, 2, 2, 2]
-    cfg = load_config(None, ["train.patch_size=[16,16,8]", "model.channels=[4,8]"])
-    assert time_steps(cfg, in_channels=2, n_classes=2, steps=1, warmup=0) > 0
+
+def test_the_timed_step_is_the_loop_s_step_on_the_data_s_channels_and_crops(monkeypatch):
+    import pipeline.plan.budget as budget
+
+    seen = []
+
+    def step(model, batch, *args):
+        seen.append((next(model.parameters()).shape[1], tuple(batch["image"].shape), tuple(batch["label"].shape)))
+        return torch.tensor(0.5)
+
+    monkeypatch.setattr(budget, "train_step", step)
+    ticks = iter(np.arange(0.0, 100.0, 0.5))
+    cfg = load_config(None, ["train.patch_size=[16,16,8]", "model.channels=[4,8]", "train.batch_size=2",
+                             "train.samples_per_volume=3"])
+    assert time_steps(cfg, in_channels=2, n_classes=3, steps=3, warmup=2, clock=lambda: next(ticks)) == 0.5
+    assert seen == [(2, (6, 2, 16, 16, 8), (6, 1, 16, 16, 8))] * 5  # two warm-up steps, then three timed
 
 
 def test_the_schedule_fills_the_budget_by_a_fake_clock():

@@ -243,7 +243,7 @@ def test_resume_with_another_architecture_is_a_clear_error(tiny_dataset, tmp_pat
 def test_too_little_disk_room_is_refused_before_training(monkeypatch, tmp_path):
     import shutil as shutil_module
 
-    from pipeline.train.checkpoint import check_room
+    from pipeline.checkpoint import check_room
 
     monkeypatch.setattr(shutil_module, "disk_usage", lambda path: shutil_module._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     model = torch.nn.Conv3d(1, 8, 3)

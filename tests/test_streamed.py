@@ -26,7 +26,7 @@ from pipeline.evaluate.report import read_metrics_csv
 from pipeline.evaluate.rows import evaluate_case
 from pipeline.evaluate.slabs import score_stack, tally_slabs
 from pipeline.predict import Predictor
-from pipeline.predict.stack_job import predict_stack, stack_thumbnail, streamed_stack
+from pipeline.predict.stack_job import predict_slabs, stack_thumbnail, streamed_stack
 from pipeline.predict.engines import TorchEngine
 from pipeline.predict.streamed import stream_logits, window_starts
 
@@ -115,7 +115,7 @@ def test_a_stack_is_predicted_into_label_slices_equal_to_the_whole_volume(tmp_pa
                                                         "train.patch_size=[16,16,8]", "model.channels=[4,8]"])
     model = _network((16, 16, 8))
     predictor = Predictor(model, cfg, {0: "background", 1: "vessel", 2: "other"})
-    out = predict_stack(predictor, SliceStack(root / "kidney_1" / "images"), tmp_path / "pred")
+    out = predict_slabs(predictor, SliceStack(root / "kidney_1" / "images"), tmp_path / "pred")
     written = sorted(out.iterdir())
     assert [p.name for p in written] == [f"{z:04d}.tif" for z in range(20)]
     labels = np.stack([np.asarray(Image.open(p)) for p in written], axis=-1)
@@ -249,7 +249,7 @@ def test_a_killed_streamed_test_resumes_without_redoing_finished_slices(stack_ru
 
     monkeypatch.setattr(stack_job, "_write_slice", write_then_die)
     with pytest.raises(KeyboardInterrupt):
-        predict_stack(predictor, stack, out)
+        predict_slabs(predictor, stack, out)
     assert sorted(p.name for p in out.iterdir()) == written  # whole slices only, no temporary left
     kept = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     written.clear()
@@ -281,9 +281,9 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_finished_slices(stack_run
     monkeypatch.setattr(stack_job, "atomic_write", fill_up)
     with pytest.raises(UserError, match=r"0005.tif: disk full while writing predictions \(5 of 24 slices written and "
                                         r"kept\); free space and rerun the same command with --resume"):
-        predict_stack(predictor, stack, tmp_path / "pred")
+        predict_slabs(predictor, stack, tmp_path / "pred")
     assert len(list((tmp_path / "pred").iterdir())) == 5
     monkeypatch.setattr(stack_job.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10**9, 10**9, 1000))
     with pytest.raises(UserError, match=r"the predictions need about 0.00 GB, only 0.00 GB free"):
-        predict_stack(predictor, stack, tmp_path / "other")
+        predict_slabs(predictor, stack, tmp_path / "other")
     assert not (tmp_path / "other").exists() or not any((tmp_path / "other").iterdir())

@@ -163,7 +163,7 @@ def test_a_checkpoint_without_the_keys_prediction_needs_is_one_line(tmp_path):
     """Before: a file that loads under weights_only but lacks 'labels' ended in a KeyError traceback."""
     import torch
 
-    from pipeline.train.checkpoint import load_checkpoint
+    from pipeline.checkpoint import load_checkpoint
 
     torch.save({"model": {}, "config": {}}, tmp_path / "thin.pt")
     with pytest.raises(UserError, match="thin.pt: not a checkpoint of this tool .no labels, in_channels, epoch."):
@@ -175,7 +175,7 @@ def test_a_disk_full_while_saving_a_checkpoint_keeps_the_last_one_and_says_how_t
 
     import torch
 
-    from pipeline.train.checkpoint import save_checkpoint
+    from pipeline.checkpoint import save_checkpoint
 
     (tmp_path / "checkpoints").mkdir()
     path = tmp_path / "checkpoints" / "last.pt"

@@ -21,11 +21,11 @@ import numpy as np
 from ..config import DataConfig, load_config
 from ..errors import UserError, exit_on_user_error
 from .grids import grid_difference, spacing_from_affine
-from .io import kind_of, load_image, reader_options
+from .io import kind_of, load_image, reader_options, spacing_or_default
 from .cases import Case, Dataset
 from .layouts import load_dataset
 from .stack import stack_statistics
-from .store import check_same_grid
+from .grids import check_same_grid
 from .volume_slabs import VolumeSlabs, slab_source, volume_voxels
 
 
@@ -147,7 +147,7 @@ def check_stack_case(case: Case, dataset: Dataset, data: DataConfig,
             counts = label.counts
             problems += _label_problems(case, counts, dataset)
     spacing = source.spacing if isinstance(source, VolumeSlabs) else \
-        tuple(float(v) for v in (data.default_spacing or (1.0, 1.0, 1.0)))
+        spacing_or_default(data.default_spacing)
     return problems, CaseStats(image.shape, spacing, 1, image.intensity, counts)
 
 

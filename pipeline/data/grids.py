@@ -8,6 +8,20 @@ from collections.abc import Sequence
 import nibabel as nib
 import numpy as np
 
+from ..errors import UserError
+
+
+def check_same_grid(image, label) -> None:
+    """Refuse a label read by slab (``volume_slabs.SlabSource``) whose voxel grid is not its image's:
+    another shape, or, for volume files, another affine."""
+    if image.shape != label.shape:
+        raise UserError(f"{label.path}: shape {label.shape} differs from image shape {image.shape}; it must be on "
+                        f"the grid of {image.path.name} (a missing or extra slice?)")
+    affines = getattr(image, "affine", None), getattr(label, "affine", None)
+    if all(a is not None for a in affines) and not np.allclose(*affines, atol=1e-3):
+        raise UserError(f"{label.path}: label geometry (affine) differs from the image's ({image.path}); "
+                        "resample the label onto the image grid (nearest neighbour) first")
+
 
 def spacing_from_affine(affine: np.ndarray) -> tuple[float, ...]:
     """Voxel sizes (mm) from the columns of a 4x4 affine."""

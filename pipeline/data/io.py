@@ -31,7 +31,7 @@ from ..errors import UserError
 from .channel_files import channel_files, stack_channels
 from .formats import MAX_VOXELS, itk_to_array, read_dicom, read_h5
 from .grids import spacing_from_affine
-from .label_maps import grey_label, slice_plane
+from .label_maps import grey_label, is_binary_mask, slice_plane, values_present
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
@@ -145,10 +145,10 @@ def load_image(
     files = [path] if label else channel_files(path, case_id(path))
     try:
         if len(files) > 1:
-            options = (h5_key, _spacing_or_default(spacing), False)
+            options = (h5_key, spacing_or_default(spacing), False)
             array, affine = stack_channels(files, lambda file: _read_source(file, kind_of(file), *options))
         else:
-            array, affine = _read_source(path, kind_of(path), h5_key, _spacing_or_default(spacing), label)
+            array, affine = _read_source(path, kind_of(path), h5_key, spacing_or_default(spacing), label)
     except UserError:
         raise
     except (OSError, EOFError, ValueError, RuntimeError, KeyError, zlib.error, Image.DecompressionBombError,
@@ -164,8 +164,8 @@ def load_image(
         array = array[..., channel]
     if label:
         array = grey_label(array, path)
-        if array.dtype == np.uint8 and array.max(initial=0) == 255 and np.isin(array, (0, 255)).all():
-            array = (array > 0).astype(np.uint8)  # 0/255 masks (GIF, PNG) are binary labels
+        if array.dtype == np.uint8 and is_binary_mask(values_present(array), array.dtype):
+            array = (array > 0).astype(np.uint8)
     return array, np.asarray(affine, dtype=np.float64)
 
 
@@ -199,7 +199,8 @@ def _read_image2d(path: Path) -> np.ndarray:
     return np.moveaxis(array, 0, -1)
 
 
-def _spacing_or_default(spacing) -> tuple[float, float, float]:
+def spacing_or_default(spacing) -> tuple[float, float, float]:
+    """The voxel size (mm) of sources that carry none: ``data.default_spacing``, else 1 mm (the one rule)."""
     if spacing is None:
         return (1.0, 1.0, 1.0)
     values = tuple(float(v) for v in spacing)

@@ -1,13 +1,26 @@
 """What a label map holds: one class id per voxel (0, 1, 2, ...). Fractions, NaN, negatives and colour
-codes are refused with the file's name rather than cast, and a 0/255 mask is left to the readers."""
+codes are refused with the file's name rather than cast; a uint8 0/255 mask is a binary label read as
+0/1 (``is_binary_mask``: the one rule, for whole volumes, slabs, stores, counts and thumbnails)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
+
+
+def is_binary_mask(values: Collection[int], dtype: np.dtype) -> bool:
+    """True for a uint8 label whose values (those present) are 0 and 255 with some 255: a binary mask
+    (GIF, PNG, TIFF masks as DRIVE and SenNet ship them), whose 255 is class 1."""
+    return np.dtype(dtype) == np.uint8 and 255 in values and set(values) <= {0, 255}
+
+
+def values_present(array: np.ndarray) -> list[int]:
+    """The values a uint8 array holds (a count per possible value: no sort of the whole array)."""
+    return np.flatnonzero(np.bincount(array.ravel(), minlength=256)).tolist()
 
 
 def slice_plane(data: np.ndarray, file: Path, label: bool = False) -> np.ndarray:

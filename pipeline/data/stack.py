@@ -20,7 +20,8 @@ from PIL import Image
 from ..config import DataConfig
 from ..errors import UserError
 from .io import IMAGE_2D_SUFFIXES, list_images, read_slice
-from .label_maps import slice_plane
+from .label_maps import is_binary_mask, slice_plane
+from .normalisation import Normalisation
 
 SLAB = 16  # slices per slab when streaming
 
@@ -35,6 +36,7 @@ class SliceStack:
 
     def __init__(self, folder: str | Path, label: bool = False):
         self.folder, self.label = Path(folder), label
+        self.path = self.folder  # what every slab source is named by in messages
         self.files = list_images(self.folder, IMAGE_2D_SUFFIXES)
         if not self.files:
             raise UserError(f"{self.folder}: no slices ({', '.join(IMAGE_2D_SUFFIXES)})")
@@ -79,41 +81,17 @@ def _slice_array(file: Path, label: bool) -> np.ndarray:
 
 
 def normalised_reader(stack: SliceStack, d: DataConfig) -> Callable[[int, int], torch.Tensor]:
-    """``read(z0, z1)`` -> the network input (1, H, W, z1 - z0) of those slices, normalised as
-    ``data.modality`` says (as the in-memory preprocessing does, without the foreground crop)."""
-    modality = d.channel_modality[0] if d.channel_modality else d.modality  # one channel here
-    mean, std = _moments(stack, nonzero=modality == "MR") if modality != "CT" else (0.0, 1.0)
+    """``read(z0, z1)`` -> the network input (1, H, W, z1 - z0) of those slices, normalised by the one
+    rule (``Normalisation``) with the whole stack's moments from one streamed pass first (the in-memory
+    path takes the same moments; it also crops to the foreground, which the slab path does not)."""
+    normalisation = Normalisation.from_config(d)
+    moments = normalisation.slab_statistics((slab[None] for _, slab in stack.slabs()), 1) \
+        if normalisation.of_channel(0) != "CT" else ((0.0, 1.0),)
 
-    def read(start: int, stop: int) -> torch.Tensor:  # normalised in place: one float32 copy of the slab
-        raw = stack.slab(start, stop)
-        out = raw.astype(np.float32)
-        if modality == "CT":
-            (low, high), (b_low, b_high) = d.intensity_range, d.intensity_target
-            np.clip(out, low, high, out=out)
-            out -= low
-            out *= (b_high - b_low) / (high - low)
-            out += b_low
-        else:
-            out -= mean
-            out /= std
-            if modality == "MR":
-                out[raw == 0] = 0.0  # the z-score covers the body (non-zero voxels) only
-        return torch.from_numpy(out)[None]
+    def read(start: int, stop: int) -> torch.Tensor:
+        return torch.from_numpy(normalisation.run(stack.slab(start, stop)[None], moments))
 
     return read
-
-
-def _moments(stack: SliceStack, nonzero: bool) -> tuple[float, float]:
-    """Mean and standard deviation (population, as MONAI's NormalizeIntensity) of the stack's voxels
-    (non-zero ones with ``nonzero``), accumulated in float64 one slab at a time."""
-    n, total, squares = 0, 0.0, 0.0
-    for _, slab in stack.slabs():
-        values = slab[slab != 0] if nonzero else slab
-        values = values.astype(np.float64)
-        n, total, squares = n + values.size, total + values.sum(), squares + np.square(values).sum()
-    mean = total / max(n, 1)
-    std = float(np.sqrt(max(squares / max(n, 1) - mean**2, 0.0)))
-    return float(mean), std if std > 0 else 1.0
 
 
 @dataclass
@@ -148,11 +126,6 @@ def stack_statistics(stack: SliceStack, label: bool = False, thickness: int = SL
         if finite.any():
             stats.low = min(stats.low, float(slab[finite].min()))
             stats.high = max(stats.high, float(slab[finite].max()))
-    if label and stack_is_binary_mask(stats.counts, dtype):
+    if label and is_binary_mask(stats.counts, dtype):
         stats.counts, stats.binary_mask = {0: stats.counts.get(0, 0), 1: stats.counts[255]}, True
     return stats
-
-
-def stack_is_binary_mask(counts: dict[int, int], dtype: np.dtype) -> bool:
-    """True for a uint8 0/255 mask (the rule ``load_image(label=True)`` applies to a whole volume)."""
-    return dtype == np.uint8 and 255 in counts and set(counts) <= {0, 255}

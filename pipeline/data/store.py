@@ -34,8 +34,10 @@ import zarr
 from ..config import Config
 from ..errors import UserError
 from .cases import Case
-from .stack import SLAB, SliceStack, normalised_reader, stack_statistics
-from .volume_slabs import VolumeSlabs, slab_source, volume_voxels
+from .grids import check_same_grid
+from .io import spacing_or_default
+from .stack import SLAB, normalised_reader, stack_statistics
+from .volume_slabs import SlabSource, VolumeSlabs, slab_source, volume_voxels
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +137,7 @@ def build_store(case: Case, cfg: Config, folder: Path) -> None:
             raise UserError(f"{folder.parent}: disk full while building the lazy store of {case.id} (the partial "
                             "store was removed); free space or set data.store_dir to another disk") from None
         spacing = list(image.spacing) if isinstance(image, VolumeSlabs) else \
-            [float(s) for s in (cfg.data.default_spacing or (1.0, 1.0, 1.0))]
+            list(spacing_or_default(cfg.data.default_spacing))
         meta = {"case": case.id, "shape": list(image.shape), "spacing": spacing, "format": FORMAT,
                 "image": str(case.image), "label": str(case.label)}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
@@ -148,18 +150,7 @@ def build_store(case: Case, cfg: Config, folder: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def check_same_grid(image: SliceStack | VolumeSlabs, label: SliceStack | VolumeSlabs) -> None:
-    """Refuse a label whose voxel grid is not its image's: another shape, or (volumes) another affine."""
-    if image.shape != label.shape:
-        raise UserError(f"{label.folder}: shape {label.shape} differs from image shape {image.shape}; it must be on "
-                        f"the grid of {image.folder.name} (a missing or extra slice?)")
-    if isinstance(image, VolumeSlabs) and isinstance(label, VolumeSlabs) and \
-            not np.allclose(image.affine, label.affine, atol=1e-3):
-        raise UserError(f"{label.folder}: label geometry (affine) differs from the image's ({image.folder}); "
-                        "resample the label onto the image grid (nearest neighbour) first")
-
-
-def _write_arrays(image: SliceStack | VolumeSlabs, label: SliceStack | VolumeSlabs, cfg: Config, out: Path) -> None:
+def _write_arrays(image: SlabSource, label: SlabSource, cfg: Config, out: Path) -> None:
     shape = image.shape
     chunks = tuple(min(c, s) for c, s in zip(CHUNK, shape))
     images = zarr.create_array(out / "image.zarr", shape=shape, chunks=chunks, dtype="float16", compressors=None)

@@ -21,10 +21,10 @@ from monai import transforms as mt
 
 from skimage.exposure import equalize_adapthist
 
-from ..config import Config, DataConfig
-from ..errors import UserError
+from ..config import Config
 from .io import reader_options
 from .monai_reader import PipelineReader
+from .normalisation import Normalisation, normalise_tensor, record_moments
 
 IMAGE, LABEL = "image", "label"
 FG, BG = "label_fg_indices", "label_bg_indices"
@@ -68,19 +68,6 @@ def load_steps(cfg: Config, keys: Sequence[str] = (IMAGE, LABEL)) -> list:
     return [mt.LoadImaged(key, reader=readers[key], image_only=True, ensure_channel_first=True) for key in keys]
 
 
-def normalise_channels(image: torch.Tensor, d: DataConfig) -> torch.Tensor:
-    """``image`` (C, x, y, z) with channel k normalised as ``d.channel_modality[k]`` says: CT clipped to
-    ``intensity_range`` and mapped onto ``intensity_target``, MR z-scored over its non-zero voxels,
-    generic z-scored (a multi-modal case: each channel by its own modality)."""
-    if image.shape[0] != len(d.channel_modality):
-        raise UserError(f"data.channel_modality names {len(d.channel_modality)} channel(s) but the images have "
-                        f"{image.shape[0]}: give one modality per channel")
-    (low, high), (b_low, b_high) = d.intensity_range, d.intensity_target
-    by_modality = {"CT": mt.ScaleIntensityRange(a_min=low, a_max=high, b_min=b_low, b_max=b_high, clip=True),
-                   "MR": mt.NormalizeIntensity(nonzero=True), "generic": mt.NormalizeIntensity()}
-    return torch.cat([by_modality[m](image[k:k + 1]) for k, m in enumerate(d.channel_modality)])
-
-
 def preprocess_steps(cfg: Config, keys: Sequence[str] = (IMAGE, LABEL), sampler_indices: bool = False) -> list:
     """Reorient, resample, crop, normalise and pad loaded volumes; ``sampler_indices`` adds the
     crop sampler's foreground/background voxel indices. Every step is invertible."""
@@ -90,18 +77,15 @@ def preprocess_steps(cfg: Config, keys: Sequence[str] = (IMAGE, LABEL), sampler_
     if cfg.data.spacing is not None:
         steps.append(mt.Spacingd(keys, pixdim=cfg.data.spacing, mode=["bilinear", "nearest"][: len(keys)]))
     ct = d.modality == "CT"
+    normalisation = Normalisation.from_config(d)
+    if d.contrast == "none":  # the statistics of the whole image, as the slab reader takes them
+        steps.append(mt.Lambdad(IMAGE, func=partial(record_moments, normalisation=normalisation)))
     if d.crop_foreground:
         steps.append(mt.CropForegroundd(keys, source_key=IMAGE, select_fn=body_ct if ct else body_positive,
                                         margin=2, allow_smaller=True))
     if d.contrast == "clahe":  # after the crop: equalisation lifts the black border above zero
         steps.append(mt.Lambdad(IMAGE, func=clahe_tensor))
-    if d.channel_modality:
-        steps.append(mt.Lambdad(IMAGE, func=partial(normalise_channels, d=d)))  # picklable for workers
-    elif ct:
-        (low, high), (b_low, b_high) = d.intensity_range, d.intensity_target
-        steps.append(mt.ScaleIntensityRanged(IMAGE, a_min=low, a_max=high, b_min=b_low, b_max=b_high, clip=True))
-    else:  # MR: statistics over the body (non-zero voxels); generic (photos, microscopy): whole image
-        steps.append(mt.NormalizeIntensityd(IMAGE, nonzero=d.modality == "MR", channel_wise=True))
+    steps.append(mt.Lambdad(IMAGE, func=partial(normalise_tensor, normalisation=normalisation)))  # picklable
     steps.append(mt.SpatialPadd(keys, spatial_size=cfg.train.patch_size))
     steps.append(mt.EnsureTyped(keys, dtype=None))
     if sampler_indices:

@@ -32,7 +32,7 @@ from ..config import DataConfig
 from ..errors import UserError
 from .formats import affine_from_itk, h5_spacing
 from .channel_files import channel_files
-from .io import case_id, check_nifti_size, kind_of, read_geometry
+from .io import case_id, check_nifti_size, kind_of, read_geometry, spacing_or_default
 from .stack import SLAB, SliceStack
 
 STREAMED_KINDS = ("nifti", "h5", "itk")
@@ -47,7 +47,7 @@ class VolumeSlabs:
     """
 
     def __init__(self, path: str | Path, h5_key: str = "image", default_spacing=(1.0, 1.0, 1.0)):
-        self.path = self.folder = Path(path)  # ``folder``: the name messages use for any slab source
+        self.path = Path(path)
         kind = kind_of(self.path)
         if kind not in STREAMED_KINDS or (kind == "itk" and not self.path.name.lower().endswith(METAIMAGE_SUFFIXES)):
             raise UserError(f"{self.path}: only NIfTI, HDF5 and MetaImage volumes are read slab by slab; convert it "
@@ -158,7 +158,10 @@ def volume_voxels(path: Path, h5_key: str = "image") -> int | None:
     return None
 
 
-def slab_source(path: Path, d: DataConfig, label: bool = False) -> SliceStack | VolumeSlabs:
+SlabSource = SliceStack | VolumeSlabs  # a volume read by slab: ``path``, ``shape``, ``slab(a, b)``, ``slabs()``
+
+
+def slab_source(path: Path, d: DataConfig, label: bool = False) -> SlabSource:
     """A case's image or label read by slab: a folder of slices, or a NIfTI / HDF5 volume in RAS
     orientation; UserError naming the file and the way out for anything else."""
     path = Path(path)
@@ -167,4 +170,4 @@ def slab_source(path: Path, d: DataConfig, label: bool = False) -> SliceStack | 
     if not label and len(channel_files(path, case_id(path))) > 1:
         raise UserError(f"{path}: a case stored one file per channel is read whole, not slab by slab; store its "
                         "channels in one 4D NIfTI, or raise data.lazy_voxels above its voxel count to read it whole")
-    return VolumeSlabs(path, d.h5_label_key if label else d.h5_image_key, d.default_spacing or (1.0, 1.0, 1.0))
+    return VolumeSlabs(path, d.h5_label_key if label else d.h5_image_key, spacing_or_default(d.default_spacing))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..data.io import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, case_id, list_images
+from ..data.io import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, case_id, list_images, spacing_or_default
 from ..data.stack import SliceStack, stack_statistics
 from ..distributed import Dist, barrier, shard
 from ..errors import UserError
@@ -86,7 +86,7 @@ def _evaluate_pair(item: tuple, labels: dict[int, str] | None, spacing: tuple[fl
         if labels is None:
             found = set(stack_statistics(pred_stack, label=True).counts) | set(stack_statistics(ref_stack, label=True).counts)
             labels = {i: f"label {i}" for i in range(1, max(max(found), 1) + 1)}
-        return score_stack(pred_stack, ref_stack, case, {0: "background", **labels}, spacing or (1.0, 1.0, 1.0),
+        return score_stack(pred_stack, ref_stack, case, {0: "background", **labels}, spacing_or_default(spacing),
                            options)
     return evaluate_files(case, pred, ref, labels, mask, options)
 

@@ -77,7 +77,7 @@ def score_stack(pred: SliceStack, ref: SliceStack, case: str, labels: dict[int, 
     foreground classes of ``labels``, gathered slab by slab: equal to the rows of the whole volumes,
     in memory that does not grow with the number of slices. A 0/255 mask (either side) counts as 0/1."""
     if pred.shape != ref.shape:
-        raise UserError(f"{pred.folder}: prediction shape {pred.shape} differs from label shape {ref.shape}")
+        raise UserError(f"{pred.path}: prediction shape {pred.shape} differs from label shape {ref.shape}")
     tolerances = options.tolerances(labels)
     pairs = ((z, p, r) for (z, p), (_, r) in zip(_class_slabs(pred), _class_slabs(ref)))
     tallies = tally_slabs(pairs, [k for k in labels if k != 0], options)

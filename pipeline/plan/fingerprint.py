@@ -17,9 +17,9 @@ import numpy as np
 from ..config import DataConfig
 from ..data.cases import Case, Dataset
 from ..data.grids import spacing_from_affine
-from ..data.io import kind_of, load_image, reader_options
+from ..data.io import kind_of, load_image, reader_options, spacing_or_default
 from ..data.label_maps import class_ids
-from ..data.stack import stack_is_binary_mask
+from ..data.label_maps import is_binary_mask
 from ..data.volume_slabs import VolumeSlabs, slab_source, volume_voxels
 
 SAMPLE = 10_000  # foreground intensities kept per case
@@ -117,9 +117,9 @@ def _streamed_facts(case: Case, data: DataConfig, rng: np.random.Generator) -> C
         for v, n in zip(values.tolist(), counts.tolist()):
             classes[int(v)] = classes.get(int(v), 0) + n
         samples.append(_sample(slab[ref > 0], rng))
-    if stack_is_binary_mask(classes, dtype):  # a 0/255 mask, counted as the readers count it
+    if is_binary_mask(classes, dtype):  # a 0/255 mask, counted as the readers count it
         classes = {0: classes.get(0, 0), 1: classes[255]}
-    spacing = image.spacing if isinstance(image, VolumeSlabs) else tuple(data.default_spacing or (1.0, 1.0, 1.0))
+    spacing = image.spacing if isinstance(image, VolumeSlabs) else spacing_or_default(data.default_spacing)
     return CaseFacts(tuple(image.shape), tuple(float(s) for s in spacing), 1,
                      zeros / float(np.prod(image.shape)), classes, _sample(np.concatenate(samples), rng))
 

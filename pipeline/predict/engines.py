@@ -11,7 +11,7 @@ flip and blend the windows; an engine only turns a (B, C, *patch) float32 batch 
 - ``OnnxRuntimeEngine``: the same graph in ONNX Runtime.
 
 ``infer.backend: auto`` takes OpenVINO on a CPU when it is installed (about twice
-PyTorch's speed there, ``benchmarks/infer_speed.py``) and PyTorch otherwise; the
+PyTorch's speed there at the same precision, ``benchmarks/infer_speed.py``) and PyTorch otherwise; the
 choice and its reason are logged.
 """
 
@@ -130,8 +130,8 @@ def resolve_backend(backend: str, device: torch.device) -> tuple[str, str]:
         if device.type != "cpu":
             return "torch", f"auto on {device.type}: PyTorch runs the GPU"
         if installed("openvino"):
-            return "openvino", "auto on the CPU: OpenVINO is installed (about 2x PyTorch's windows per second here)"
-        return "torch", "auto on the CPU: OpenVINO is not installed (pip install openvino for about 2x)"
+            return "openvino", "auto on the CPU, where OpenVINO ran 1.8x PyTorch in benchmarks/infer_speed.py"
+        return "torch", "auto on the CPU: OpenVINO is not installed (pip install openvino: 1.8x in benchmarks)"
     if backend != "torch" and device.type != "cpu":
         raise UserError(f"infer.backend: {backend} runs on the CPU here; use torch or auto on {device.type}")
     if not installed(backend):

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import config_from_dict, merge_overrides
+from ..data.normalisation import Normalisation
 from ..errors import UserError, exit_on_user_error, setup_logging
-from ..train.checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint
 from .onnx_graph import to_onnx
 from .package import NETWORK, WEIGHTS, Package, created, read_package, source_commit, write_package
 from .postprocess import decided_overrides
@@ -57,9 +58,8 @@ def inference_record(cfg) -> dict[str, Any]:
     """What inference needs, in one place for a reader of ``package.json`` (the config holds the same)."""
     d, i = cfg.data, cfg.infer
     return {
-        "normalisation": {"modality": d.modality, "channel_modality": d.channel_modality,
-                          "intensity_range": d.intensity_range, "intensity_target": d.intensity_target,
-                          "contrast": d.contrast, "crop_foreground": d.crop_foreground, "channel": d.channel},
+        "normalisation": Normalisation.from_config(d).to_dict(),
+        "before_normalisation": {"channel": d.channel, "contrast": d.contrast, "crop_foreground": d.crop_foreground},
         "spacing_mm": d.spacing, "default_spacing_mm": d.default_spacing, "patch": cfg.train.patch_size,
         "overlap": i.overlap, "blend": i.blend, "flips": i.tta, "largest_component": i.largest_component,
         "fill_holes": i.fill_holes, "model": {"name": cfg.model.name, "channels": cfg.model.channels},

@@ -29,7 +29,7 @@ from ..data.monai_reader import to_meta_tensor
 from ..data.transforms import IMAGE, preprocess_transforms
 from ..errors import UserError
 from ..runtime import resolve_precision, select_device
-from ..train.checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint
 from .engines import Engine, TorchEngine, build_engine
 from .onnx_graph import to_onnx
 from .package import Package, read_package

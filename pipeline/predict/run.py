@@ -19,13 +19,12 @@ from tqdm import tqdm
 
 from ..config import Config, load_config
 from ..data.cases import Case
-from ..data.grids import grid_difference
-from ..data.io import ALL_SUFFIXES, case_id, list_images, load_image, reader_options
-from ..data.label_maps import class_ids
+from ..data.grids import check_same_grid, grid_difference
+from ..data.io import ALL_SUFFIXES, case_id, list_images, load_image, reader_options, spacing_or_default
+from ..data.label_maps import class_ids, is_binary_mask
 from ..data.layouts import load_dataset
 from ..data.stack import SliceStack
-from ..data.store import check_same_grid
-from ..data.volume_slabs import VolumeSlabs, slab_source
+from ..data.volume_slabs import SlabSource, VolumeSlabs, slab_source
 from ..data.writers import save_nifti, write_label_like
 from ..distributed import Dist, barrier, on_every_rank, on_main, shard, slice_share
 from ..errors import UserError
@@ -35,7 +34,7 @@ from ..evaluate.rows import MetricOptions, evaluate_case, summarize
 from ..evaluate.slabs import score_stack
 from .outputs import discard_unfinished, new_output_dir
 from .predictor import Predictor
-from .stack_job import predict_stack, stack_thumbnail, streamed_stack, write_volume_prediction
+from .stack_job import predict_slabs, stack_thumbnail, streamed_stack, write_volume_prediction
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +100,7 @@ def scored_kind(run_dir: Path, data: str | None, images: str | None, checkpoint:
     return "training" if test & set(split["train"]) else "selection" if test & chosen_on else "held-out"
 
 
-def check_streamed(cfg: Config, case: Case, stack: SliceStack | VolumeSlabs) -> None:
+def check_streamed(cfg: Config, case: Case, stack: SlabSource) -> None:
     """Refuse options the slab-by-slab path cannot honour, naming them and the way out."""
     unsupported = [k for k, on in (("infer.auc", cfg.infer.auc),
                                    ("infer.largest_component", cfg.infer.largest_component),
@@ -114,7 +113,7 @@ def check_streamed(cfg: Config, case: Case, stack: SliceStack | VolumeSlabs) -> 
                         f"turn it off or raise infer.stream_voxels above {int(np.prod(stack.shape))}")
 
 
-def _test_streamed_case(predictor: Predictor, case: Case, stack: SliceStack | VolumeSlabs, out_dir: Path,
+def _test_streamed_case(predictor: Predictor, case: Case, stack: SlabSource, out_dir: Path,
                         info: Dist) -> list[dict]:
     """A slice stack or volume above ``infer.stream_voxels``, in bounded memory, its slices shared by the
     ranks: label slices in ``predictions/<case>/`` (a volume: slices in ``partial/<case>/``, then
@@ -130,7 +129,7 @@ def _test_streamed_case(predictor: Predictor, case: Case, stack: SliceStack | Vo
         log.info("%s: %s voxels, predicted slab by slab", case.id, "x".join(map(str, stack.shape)))
     folder = out_dir / ("partial" if volume else "predictions") / case.id
     probabilities = out_dir / "probabilities" / case.id if cfg.infer.probabilities else None
-    on_every_rank(lambda: predict_stack(predictor, stack, folder, slice_share(stack.shape[2], info), probabilities), info)
+    on_every_rank(lambda: predict_slabs(predictor, stack, folder, slice_share(stack.shape[2], info), probabilities), info)
     if not info.is_main:
         return []
     pred = SliceStack(folder, label=True)
@@ -144,8 +143,8 @@ def _test_streamed_case(predictor: Predictor, case: Case, stack: SliceStack | Vo
     rows = score_stack(pred, ref, case.id, predictor.labels, spacing, options) if ref is not None else []
     (image, factor), pred_thumb = stack_thumbnail(stack), stack_thumbnail(pred)[0]
     ref_thumb = stack_thumbnail(ref)[0] if ref is not None else None
-    if ref_thumb is not None and set(np.unique(ref_thumb).tolist()) <= {0, 255}:
-        ref_thumb = ref_thumb // 255  # a 0/255 mask
+    if ref_thumb is not None and is_binary_mask(np.unique(ref_thumb).tolist(), ref_thumb.dtype):
+        ref_thumb = (ref_thumb > 0).astype(np.uint8)
     spacing = tuple(factor * s for s in spacing)
     slice_figure(image, ref_thumb, pred_thumb, spacing, out_dir / "slices" / f"{case.id}.png",
                  title=f"{case.id} (every {factor}. voxel)" if factor > 1 else case.id)
@@ -156,7 +155,7 @@ def _test_streamed_case(predictor: Predictor, case: Case, stack: SliceStack | Vo
 
 def _spacing(cfg: Config) -> tuple[float, float, float]:
     """Voxel size (mm) of slice stacks, which carry none: ``data.default_spacing``, else 1 mm."""
-    return tuple(float(s) for s in (cfg.data.default_spacing or (1.0, 1.0, 1.0)))
+    return spacing_or_default(cfg.data.default_spacing)
 
 
 def _test_case(predictor: Predictor, case: Case, out_dir: Path) -> list[dict]:

@@ -24,12 +24,9 @@ from tqdm import tqdm
 
 from ..config import Config
 from ..data.stack import SliceStack, normalised_reader
-from ..data.store import VolumeStore
-from ..data.volume_slabs import VolumeSlabs, slab_source, volume_voxels
+from ..data.volume_slabs import SlabSource, VolumeSlabs, slab_source, volume_voxels
 from ..data.writers import write_label_planes
 from ..errors import UserError
-from ..evaluate.rows import MetricOptions
-from ..evaluate.slabs import tally_slabs
 from ..files import atomic_write
 from .predictor import Predictor
 from .streamed import stream_logits
@@ -37,7 +34,7 @@ from .streamed import stream_logits
 log = logging.getLogger(__name__)
 
 
-def predict_stack(predictor: Predictor, stack: SliceStack, out: Path, part: tuple[int, int] | None = None,
+def predict_slabs(predictor: Predictor, stack: SlabSource, out: Path, part: tuple[int, int] | None = None,
                   probabilities: Path | None = None) -> Path:
     """Write the label map of ``stack`` (slices ``part=(a, b)`` only, default all) into the folder
     ``out``, one slab at a time; with ``probabilities``, also each foreground class's softmax as
@@ -77,7 +74,7 @@ def predict_stack(predictor: Predictor, stack: SliceStack, out: Path, part: tupl
     return out
 
 
-def slice_names(stack: SliceStack | VolumeSlabs) -> list[str]:
+def slice_names(stack: SlabSource) -> list[str]:
     """File names of the label slices: the input's slice names as .tif, or 00000.tif ... for a volume."""
     if isinstance(stack, SliceStack):
         return [f.with_suffix(".tif").name for f in stack.files]
@@ -95,7 +92,7 @@ def _runs(indices: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
-def _slice_bytes(stack: SliceStack) -> int:
+def _slice_bytes(stack: SlabSource) -> int:
     """Disk space of one uint8 label slice (uncompressed TIFF: the pixels plus a header)."""
     return stack.shape[0] * stack.shape[1] + 1024
 
@@ -120,7 +117,7 @@ def _write_slice(path: Path, plane: np.ndarray, done: int, total: int) -> None:
                         "free space and rerun the same command with --resume") from None
 
 
-def streamed_stack(case_image: Path, cfg: Config) -> SliceStack | VolumeSlabs | None:
+def streamed_stack(case_image: Path, cfg: Config) -> SlabSource | None:
     """The slab reader of ``case_image`` when it is to be predicted slab by slab: a slice stack, NIfTI,
     HDF5 or MetaImage volume with more voxels than ``infer.stream_voxels`` and at least one patch along every axis
     (smaller ones are padded by the in-memory path); None otherwise. Reads headers only.
@@ -150,27 +147,10 @@ def write_volume_prediction(slices: Path, source: VolumeSlabs, out: Path) -> Pat
     return write_label_planes(planes(), source.shape, source.path, source.affine, out)
 
 
-def stack_thumbnail(stack: SliceStack, size: int = 256) -> tuple[np.ndarray, int]:
+def stack_thumbnail(stack: SlabSource, size: int = 256) -> tuple[np.ndarray, int]:
     """The stack subsampled by a whole factor so that no axis exceeds ``size`` voxels, read slab by
     slab (for slice images of volumes too large to hold); returns (array, factor)."""
     factor = max(1, -(-max(stack.shape) // size))
     # copies: a strided view would keep each whole slice alive
     parts = [stack.slab(z, z + 1)[::factor, ::factor].copy() for z in range(0, stack.shape[2], factor)]
     return np.concatenate(parts, axis=-1), factor
-
-
-def store_dice(predictor: Predictor, store: VolumeStore, n_classes: int) -> list[float]:
-    """Dice of each foreground class of a lazy store's label against its prediction (no flips),
-    predicted and counted slab by slab (validation during lazy training)."""
-    def read(start: int, stop: int) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(store.image[:, :, start:stop], dtype=np.float32))[None]
-
-    def pairs():
-        for slab in stream_logits(predictor.engine, read, store.shape, predictor.cfg.train.patch_size,
-                                  predictor.cfg.infer, n_classes):
-            pred = slab.logits.argmax(dim=0).to(torch.uint8).cpu().numpy()  # a copy: the slab is a buffer view
-            yield slab.start, pred, np.asarray(store.label[:, :, slab.start : slab.start + pred.shape[-1]])
-
-    tallies = tally_slabs(pairs(), range(1, n_classes), MetricOptions(names=("dice",)))
-    return [tallies[k].metrics((1.0, 1.0, 1.0), options=MetricOptions(names=("dice",)))["dice"]
-            for k in range(1, n_classes)]

@@ -24,6 +24,7 @@ from torch.distributed import get_backend as dist_backend
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from ..checkpoint import check_room, load_checkpoint, save_checkpoint
 from ..config import Config
 from ..data.cases import Case, Dataset
 from ..data.store import VolumeStore, lazy_cases
@@ -32,16 +33,15 @@ from ..distributed import Dist, any_rank, barrier, gather, shard
 from ..errors import UserError
 from ..evaluate import metrics
 from ..predict.predictor import Predictor
-from ..predict.stack_job import store_dice
 from ..runtime import autocast, input_layout, resolve_precision, seed_everything, select_device
 from . import history
 from .budget_clock import BudgetClock
-from .checkpoint import check_room, load_checkpoint, save_checkpoint
 from .loaders import training_loader, validation_items
 from .losses import build_loss
 from .replay import Replay, replay_from, seed_epoch
 from .signals import TrainingInterrupted, stop_requests
 from .state import TrainState
+from .store_validation import store_dice
 
 log = logging.getLogger(__name__)
 

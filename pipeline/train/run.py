@@ -21,7 +21,7 @@ from ..data.layouts import load_dataset
 from ..data.splits import split_cases
 from ..distributed import Dist, on_main
 from ..errors import UserError
-from .checkpoint import load_resume_checkpoint
+from ..checkpoint import load_resume_checkpoint
 from .loop import Run, fit
 from .postprocessing import decide_after_training
 from .signals import TrainingInterrupted

@@ -19,7 +19,7 @@ from models3d import build_from_config
 from ..config import Config, config_to_dict
 from ..errors import UserError
 from ..runtime import channels_last
-from .checkpoint import capture_rng, restore_rng
+from ..checkpoint import capture_rng, restore_rng
 from .optim import build_optimizer
 
 

@@ -2,9 +2,10 @@
 
 A checkpoint holds model, optimizer, scheduler and scaler state, the epoch, the
 best validation score, the global random states (Python, NumPy, torch) and the
-resolved config (``state.TrainState.checkpoint``). It is loaded with
+resolved config (``train.state.TrainState.checkpoint``). It is loaded with
 ``torch.load(weights_only=True)``, so every value is a tensor, number, string or
-container of those: NumPy states are stored as tensors for that reason.
+container of those: NumPy states are stored as tensors for that reason. It sits below training
+(which writes and resumes) and prediction (which reads the weights).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import UserError
-from ..files import atomic_write
+from .errors import UserError
+from .files import atomic_write
 
 log = logging.getLogger(__name__)
 
