@@ -24,9 +24,9 @@ KiTS-sized CT (512 x 512 x 600, 0.8 x 0.8 x 1.0 mm, 3 classes) through
 ``test.py`` with the demo network of ``--demo-run``, without and with test-time
 flips. Run it alone on the machine: every figure is a timing.
 
-``--engines``: only ``test.py`` predicting the test stack (no labels: prediction
-alone, slab by slab) with the network of ``--demo-run``, once per inference
-engine (``infer.backend`` torch and openvino), each in its own process, with wall
+``--engines``: only ``test.py`` predicting one generated stack of ``--shape`` (its
+labels removed: prediction alone, slab by slab, ``--data`` of its root) with the
+network of ``--demo-run``, once per inference engine (``infer.backend`` torch and openvino), each in its own process, with wall
 time, peak RSS and the share of label voxels on which the two agree. The demo
 network was trained on CT phantoms, not on this stack: only time, memory and
 agreement mean anything there.
@@ -140,26 +140,30 @@ def class_max(logits):
 
 
 def engine_stages(work: Path, shape: tuple[int, int, int], demo_run: Path) -> None:
-    """``test.py`` on the test stack with each engine; prints the table and the ratio."""
+    """``test.py`` predicting one generated stack (its labels removed: prediction alone) with each engine."""
+    import shutil
+
     import numpy as np
 
     from pipeline.data.stack import SliceStack
 
-    root = work / "stacks"
-    if not (root / "kidney_2" / "images").is_dir():
-        run_stage("generate (2 stacks)", ["-m", "pipeline.synthetic", "--kind", "kidney-stack", "--cases", "2",
-                                          "--shape", *map(str, shape), "--out", str(root)], work / "generate.log")
+    root = work / "engine_stack"
+    if not (root / "kidney_1" / "images").is_dir():
+        run_stage("generate (1 stack)", ["-m", "pipeline.synthetic", "--kind", "kidney-stack", "--cases", "1",
+                                         "--shape", *map(str, shape), "--out", str(root)], work / "generate.log")
+        shutil.rmtree(root / "kidney_1" / "labels")
     rows, voxels = {}, float(np.prod(shape))
     for backend in ("torch", "openvino"):
         out = work / f"engine-{backend}-{time.strftime('%H%M%S')}"
-        rows[backend] = run_stage(backend, ["test.py", "--run", str(demo_run), "--images", str(root / "kidney_2" / "images"),
-                                            "--out", str(out), "--set", "infer.stream_voxels=0", f"infer.backend={backend}"],
+        rows[backend] = run_stage(backend, ["test.py", "--run", str(demo_run), "--data", str(root), "--out", str(out),
+                                            "--set", "infer.stream_voxels=0", f"infer.backend={backend}"],
                                   work / f"engine-{backend}.log")
-        rows[backend]["labels"] = out / "predictions" / "images"
-    equal = sum(int(np.count_nonzero(a == b)) for (_, a), (_, b) in
-                zip(SliceStack(rows["torch"]["labels"], label=True).slabs(), SliceStack(rows["openvino"]["labels"], label=True).slabs()))
-    print(f"test.py predicting kidney_2 ({'x'.join(map(str, shape))}, {voxels / 1e9:.2f} G voxels, no labels), network of "
-          f"{demo_run.name}, one process each\n| engine | seconds | Mvoxel/s | peak RSS (GB) |\n| --- | ---: | ---: | ---: |")
+        rows[backend]["labels"] = SliceStack(out / "predictions" / "kidney_1", label=True)
+    equal = sum(int(np.count_nonzero(a == b)) for (_, a), (_, b) in zip(rows["torch"]["labels"].slabs(),
+                                                                        rows["openvino"]["labels"].slabs()))
+    print(f"test.py predicting a generated stack ({'x'.join(map(str, shape))}, {voxels / 1e9:.2f} G voxels, no labels), "
+          f"network of {demo_run.name}, one process each\n| engine | seconds | Mvoxel/s | peak RSS (GB) |\n"
+          "| --- | ---: | ---: | ---: |")
     for backend, r in rows.items():
         print(f"| {backend} | {r['seconds']:.0f} | {voxels / r['seconds'] / 1e6:.2f} | {r['rss_gb']:.2f} |")
     print(f"openvino / torch: {rows['torch']['seconds'] / rows['openvino']['seconds']:.2f}x; label voxels equal: "

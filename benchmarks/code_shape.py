@@ -2,7 +2,7 @@
 
     python benchmarks/code_shape.py [--root .] [--max-lines 300] [--max-function 50]
 
-Counts every ``.py`` file outside ``benchmarks/`` and hidden folders; a function's
+Counts every ``.py`` file outside outputs/, data/ and hidden folders; a function's
 length runs from its ``def`` line to its last line (decorators and docstring included).
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 
 def python_files(root: Path) -> list[Path]:
-    """Every .py file under ``root`` except in benchmarks/, outputs/, data/ and hidden folders (.venv)."""
-    skip = {"benchmarks", "outputs", "data"}
+    """Every .py file under ``root`` except in outputs/, data/ and hidden folders (.venv)."""
+    skip = {"outputs", "data"}
     found = []
     for path in root.rglob("*.py"):
         parts = path.relative_to(root).parts

@@ -49,7 +49,8 @@ from pipeline.config import Config, load_config  # noqa: E402
 from pipeline.data.layouts import load_dataset  # noqa: E402
 from pipeline.plan.budget import fit_schedule, time_steps  # noqa: E402
 from pipeline.plan.planner import planned_config  # noqa: E402
-from real_data import REFERENCES, cpu_name, held_out, run  # noqa: E402
+from real_data import REFERENCES, held_out, run  # noqa: E402
+from real_data_report import cpu_name  # noqa: E402
 
 LR_RETRY = 0.2  # the factor of a redone run's learning rate
 # the 2D U-SegNet paper's table, where this project's family comes from: Dice, parameters (M)

@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -37,11 +34,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # real_data_report.py beside it
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.data.layouts import load_dataset  # noqa: E402
-from pipeline.data.io import load_image, reader_options  # noqa: E402
-from pipeline.evaluate.figures import error_figure  # noqa: E402
+from pipeline.data.io import load_image  # noqa: E402
+from real_data_report import fmt, write_figure, write_results  # noqa: E402
 
 # metric, the seed's figure, the target (None: no target), better when higher. NSD at the preset's
 # tolerance, 1 (a voxel: neither dataset's files carry a spacing); clDice for DRIVE's vessels.
@@ -66,10 +64,6 @@ REFERENCES = {
                 "CPU: Dice 0.766, AUC 0.953. All inside the FOV against the first observer.",
     },
 }
-
-
-def fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}" if abs(value) >= 10 else f"{value:.4f}"
 
 
 def accuracy_ceiling(dice: float, share: float) -> tuple[float, float]:
@@ -118,22 +112,7 @@ def run(cmd: list[str], log: Path) -> float:
     return seconds
 
 
-def shown_path(path: Path) -> str:
-    """``path`` relative to the repository when inside it."""
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", choices=sorted(REFERENCES))
     parser.add_argument("--data", help="dataset root (default: the preset's data.root)")
@@ -147,37 +126,29 @@ def main() -> None:
                              "folder; the published numbers use none)")
     parser.add_argument("--plan", metavar="BUDGET",
                         help="no preset: train.py plans from the data for this budget (e.g. 60m); results stay in --out")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    ref = REFERENCES[args.dataset]
-    cfg = load_config(ROOT / ref["config"])
-    root = args.data or str((ROOT / cfg.data.root).resolve())
-    ids = [c.id for c in load_dataset(root, cfg.data).training]
-    try:
-        test_ids = held_out(ids, args.holdout, cfg.train.seed, args.cases)
-    except ValueError as err:  # one line and exit 2, as the pipeline's own user errors
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    out = Path(args.out) / f"{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True)
-    listed = "[" + ",".join(test_ids) + "]"
-    preset = [] if args.plan else ["--config", ref["config"]]  # planned: the split's keys and the budget only
+
+def train_command(args: argparse.Namespace, ref: dict, out: Path, root: str, test_ids: list[str]) -> list[str]:
+    """``train.py`` on every case but ``test_ids``, without validation cases: the preset's, or planned
+    for ``--plan``'s budget from the split's keys alone."""
+    preset = [] if args.plan else ["--config", ref["config"]]
     budget = [f"train.budget={args.plan}"] if args.plan else []
-    train_cmd = [sys.executable, "train.py", *preset, "--set", f"output_dir={out}", f"data.root={root}",
-                 f"data.test_cases={listed}", "data.val_fraction=0", *budget, *args.overrides]
-    print(f"{args.dataset}: training on {len(ids) - len(test_ids)} cases, holding out {', '.join(test_ids)}", flush=True)
-    train_seconds = run(train_cmd, out / "train.log")
-    run_dir = (out / "latest").resolve()
-    test_cmd = [sys.executable, "test.py", "--run", str(run_dir), "--checkpoint", "last"]
-    test_seconds = run(test_cmd, out / "test.log")
-    summary = json.loads((run_dir / "test" / "summary.json").read_text(encoding="utf-8"))
-    (foreground,) = summary["classes"].values()  # both datasets have one foreground class
-    metrics = foreground["metrics"]
-    means = {name: values["mean"] for name, values in metrics.items()}
+    return [sys.executable, "train.py", *preset, "--set", f"output_dir={out}", f"data.root={root}",
+            "data.test_cases=[" + ",".join(test_ids) + "]", "data.val_fraction=0", *budget, *args.overrides]
 
+
+def foreground_means(test_dir: Path) -> dict:
+    """The one foreground class's metrics of ``test_dir/summary.json`` (both datasets have one)."""
+    summary = json.loads((test_dir / "summary.json").read_text(encoding="utf-8"))
+    (foreground,) = summary["classes"].values()
+    return foreground["metrics"]
+
+
+def compare(ref: dict, means: dict) -> list[tuple]:
+    """(metric, ours, seed, target, verdict) per reference row that the run scored, each printed."""
     lines = []
-    rows = [row for row in ref["rows"] if row[0] in means]  # a planned run computes no AUC (infer.auc is off)
-    for metric, seed_value, target, higher in rows:
+    for metric, seed_value, target, higher in (row for row in ref["rows"] if row[0] in means):
         ours = means[metric]  # None when no held-out case has a finite value (an empty prediction)
         if target is None:
             met = ""
@@ -189,106 +160,73 @@ def main() -> None:
         lines.append((metric, ours, seed_value, target, met))
         print(f"{metric:12s} ours {fmt(ours):>8}   seed {fmt(seed_value):>8}   "
               f"target {('>= ' if higher else '<= ') + str(target) if target is not None else '-':>8}{met}")
-    print(f"training wall time {train_seconds / 60:.1f} min (budget {ref['minutes']} min); "
-          f"testing {test_seconds:.0f} s for {len(test_ids)} cases")
+    return lines
 
-    # the same network without the preset's test-time levers: what they add on held-out data
+
+def without_levers(run_dir: Path, test_cmd: list[str], out: Path, lines: list[tuple]):
+    """The same network scored without the run's test-time levers (what they add on held-out data):
+    (levers, the command, metric means), or ([], None, None) when the run uses none."""
     run_cfg = load_config(run_dir / "config.yaml")
     levers = [key for key in ("tta", "largest_component") if getattr(run_cfg.infer, key)]
-    ablation_cmd, plain = None, None
-    if levers:
-        ablation_cmd = [*test_cmd, "--out", str(run_dir / "test-without-levers"),
-                        "--set", *(f"infer.{key}=false" for key in levers)]
-        run(ablation_cmd, out / "test-without-levers.log")
-        plain_summary = json.loads((run_dir / "test-without-levers" / "summary.json").read_text(encoding="utf-8"))
-        (plain_foreground,) = plain_summary["classes"].values()
-        plain = {name: values["mean"] for name, values in plain_foreground["metrics"].items()}
-        for metric, *_ in rows:
-            print(f"{metric:12s} without {'/'.join(levers)}: {fmt(plain[metric]):>8} (with: {fmt(means[metric])})")
+    if not levers:
+        return levers, None, None
+    command = [*test_cmd, "--out", str(run_dir / "test-without-levers"),
+               "--set", *(f"infer.{key}=false" for key in levers)]
+    run(command, out / "test-without-levers.log")
+    plain = {name: v["mean"] for name, v in foreground_means(run_dir / "test-without-levers").items()}
+    for metric, ours, *_ in lines:
+        print(f"{metric:12s} without {'/'.join(levers)}: {fmt(plain[metric]):>8} (with: {fmt(ours)})")
+    return levers, command, plain
 
-    ceiling = None
+
+def accuracy_note(cfg, ref: dict, root: str, test_ids: list[str], means: dict) -> str | None:
+    """Where accuracy and Dice are tied through the vessel share (FOV masks), what the Dice target allows."""
     share = foreground_share(cfg, root, test_ids)
-    if share is not None and "accuracy" in means:  # accuracy and Dice are tied through the vessel share
-        dice_target = next(target for metric, _, target, _ in ref["rows"] if metric == "dice")
-        at_most, balanced = accuracy_ceiling(dice_target, share)
-        ceiling = (f"Accuracy and Dice are tied: vessels are {100 * share:.1f} % of the held-out FOV pixels, so Dice "
-                   f"{dice_target} allows an accuracy of at most {at_most:.4f} (no false positives at all), "
-                   f"{balanced:.4f} with as many false positives as false negatives.")
-        print(ceiling)
+    if share is None or "accuracy" not in means:
+        return None
+    dice_target = next(target for metric, _, target, _ in ref["rows"] if metric == "dice")
+    at_most, balanced = accuracy_ceiling(dice_target, share)
+    note = (f"Accuracy and Dice are tied: vessels are {100 * share:.1f} % of the held-out FOV pixels, so Dice "
+            f"{dice_target} allows an accuracy of at most {at_most:.4f} (no false positives at all), "
+            f"{balanced:.4f} with as many false positives as false negatives.")
+    print(note)
+    return note
+
+
+def main() -> None:
+    args = parse_args()
+    ref = REFERENCES[args.dataset]
+    cfg = load_config(ROOT / ref["config"])
+    root = args.data or str((ROOT / cfg.data.root).resolve())
+    ids = [c.id for c in load_dataset(root, cfg.data).training]
+    try:
+        test_ids = held_out(ids, args.holdout, cfg.train.seed, args.cases)
+    except ValueError as err:  # one line and exit 2, as the pipeline's own user errors
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    out = Path(args.out) / f"{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True)
+    train_cmd = train_command(args, ref, out, root, test_ids)
+    print(f"{args.dataset}: training on {len(ids) - len(test_ids)} cases, holding out {', '.join(test_ids)}", flush=True)
+    train_seconds = run(train_cmd, out / "train.log")
+    run_dir = (out / "latest").resolve()
+    test_cmd = [sys.executable, "test.py", "--run", str(run_dir), "--checkpoint", "last"]
+    test_seconds = run(test_cmd, out / "test.log")
+    metrics = foreground_means(run_dir / "test")
+    means = {name: values["mean"] for name, values in metrics.items()}
+    lines = compare(ref, means)  # a planned run computes no AUC (infer.auc is off)
+    print(f"training wall time {train_seconds / 60:.1f} min (budget {ref['minutes']} min); "
+          f"testing {test_seconds:.0f} s for {len(test_ids)} cases")
+    levers, ablation_cmd, plain = without_levers(run_dir, test_cmd, out, lines)
+    ceiling = accuracy_note(cfg, ref, root, test_ids, means)
 
     # published numbers go into the repository; an experiment (--set, --cases) keeps its files in its own folder
     published = not args.overrides and not args.cases and not args.plan
     results_dir = ROOT / "benchmarks" / "results" if published else out
     figure = write_figure(args.dataset, cfg, root, test_ids, run_dir / "test",
-                          ROOT / "docs" / "figures" if published else out)
+                          ROOT / "docs" / "figures" if published else out, ref.get("crop"))
     write_results(results_dir, figure, args.dataset, ref, lines, metrics, train_seconds, test_seconds, train_cmd,
                   test_cmd, test_ids, run_dir, levers, ablation_cmd, plain, ceiling)
-
-
-def write_figure(dataset: str, cfg, root: str, test_ids: list[str], test_dir: Path, figures_dir: Path) -> Path:
-    """``<figures_dir>/<dataset>_errors.png`` for up to four held-out cases; returns its path."""
-    cases = {c.id: c for c in load_dataset(root, cfg.data).training}
-    rows = []
-    for case_id in test_ids[:4]:
-        case = cases[case_id]
-        image, affine = load_image(case.image, **reader_options(cfg.data))
-        label, _ = load_image(case.label, **reader_options(cfg.data, label=True))
-        pred, _ = load_image(test_dir / "predictions" / f"{case_id}.nii.gz", label=True)
-        if case.mask is not None:  # score and show inside the field of view only
-            label = label * (load_image(case.mask, **reader_options(cfg.data, label=True))[0] > 0)
-        rows.append((case_id, image, label, pred, affine))
-    out = figures_dir / f"{dataset}_errors.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    error_figure(rows, out, crop=REFERENCES[dataset].get("crop"))
-    print(f"figure: {shown_path(out)}")
-    return out
-
-
-def write_results(results_dir: Path, figure: Path, dataset, ref, lines, metrics, train_seconds, test_seconds,
-                  train_cmd, test_cmd, test_ids, run_dir, levers, ablation_cmd, plain, ceiling) -> None:
-    def shown(cmd: list[str]) -> str:
-        return shlex.join(["python", *cmd[1:]])
-    without = f"without {' / '.join(levers)}" if levers else "without test-time levers"
-    table = [f"| metric | ours (mean of held-out) | median | {without} | seed | target |", "|---|---|---|---|---|---|"]
-    for metric, ours, seed_value, target, met in lines:
-        median = metrics[metric]["median"]
-        table.append(f"| {metric} | {fmt(ours)}{' (' + met.strip() + ')' if met else ''} | {fmt(median)} | "
-                     f"{fmt(plain[metric]) if plain else '-'} | {fmt(seed_value)} | {fmt(target)} |")
-    split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
-    validated = f" and validated on {len(split['val'])} ({', '.join(split['val'])})" if split["val"] else ""
-    text = "\n".join([
-        f"# {dataset}: held-out quality of " + (f"`{ref['config']}`" if "--config" in train_cmd else
-                                                 "the plan (train.py without a preset)"),
-        "",
-        f"`{shlex.join(['python', 'benchmarks/real_data.py', *sys.argv[1:]])}` on {cpu_name()}, "
-        f"{os.cpu_count()} logical CPUs, no GPU; "
-        f"torch {__import__('torch').__version__}, {time.strftime('%Y-%m-%d')}.",
-        f"Trained on {len(split['train'])} cases{validated}; held out (scored with the last checkpoint): "
-        f"{', '.join(test_ids)}.",
-        "",
-        *table,
-        "",
-        f"Training wall time: {train_seconds / 60:.1f} min (budget {ref['minutes']} min). "
-        f"Testing: {test_seconds:.0f} s for {len(test_ids)} cases.",
-        "",
-        f"References: {ref['note']}",
-        "",
-        *([ceiling, ""] if ceiling else []),
-        "Commands run by the script:",
-        "",
-        "```",
-        shown(train_cmd),
-        shown(test_cmd),
-        *([shown(ablation_cmd)] if ablation_cmd else []),
-        "```",
-        "",
-        f"Per-case rows: `{shown_path(results_dir / f'{dataset}_cases.csv')}`. Figure: `{shown_path(figure)}`.",
-        "",
-    ])
-    out = results_dir / f"{dataset}.md"
-    out.write_text(text, encoding="utf-8")
-    shutil.copy(run_dir / "test" / "metrics.csv", out.with_name(f"{dataset}_cases.csv"))
-    print(f"results: {shown_path(out)}")
 
 
 if __name__ == "__main__":

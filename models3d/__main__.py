@@ -11,29 +11,17 @@ import time
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from . import MODEL_NAMES, build_model
 
 
 def count_macs(model: nn.Module, x: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass, counted on conv layers (the rest is negligible)."""
-    total = 0
-
-    def hook(module: nn.Module, inputs, output) -> None:
-        nonlocal total
-        kernel = module.weight.shape[2:].numel()
-        if isinstance(module, (nn.ConvTranspose2d, nn.ConvTranspose3d)):  # every input voxel scatters a kernel
-            total += inputs[0].numel() * module.out_channels * kernel // module.groups
-        else:
-            total += output.numel() * module.in_channels * kernel // module.groups
-
-    convolutions = (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, convolutions)]
-    with torch.no_grad():
+    """Multiply-accumulates of one forward pass: half the FLOP ``torch.utils.flop_counter`` counts
+    (convolutions, transposed ones and matmuls; the memory-bound operators count none)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
-    for h in handles:
-        h.remove()
-    return total
+    return counter.get_total_flops() // 2
 
 
 def time_step(model: nn.Module, x: torch.Tensor, repeats: int) -> float:

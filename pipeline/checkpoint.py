@@ -11,6 +11,7 @@ container of those: NumPy states are stored as tensors for that reason. It sits 
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import pickle
 import random
@@ -55,6 +56,16 @@ def restore_rng(state: dict) -> None:
     random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
     np.random.set_state(_numpy_tuple(state["numpy"]))
     torch.set_rng_state(state["torch"])
+
+
+def weights_digest(weights: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's names and values: which weights a decision was made with."""
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        tensor = weights[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def previous_path(path: Path) -> Path:

@@ -23,6 +23,16 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def smoke_run(tiny_dataset, tmp_path_factory) -> Path:
+    """A smoke training run (configs/smoke.yaml) on ``tiny_dataset``, its run folder (read-only: copy it to
+    change it)."""
+    out = tmp_path_factory.mktemp("smoke_run")
+    result = run_cli(*smoke_args(tiny_dataset, out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return (out / "latest").resolve()
+
+
+@pytest.fixture(scope="session")
 def stack_run(tmp_path_factory) -> tuple[Path, Path]:
     """(dataset root, run folder): three generated kidney stacks of 48 x 40 x 24 in the SenNet layout
     and a one-epoch smoke run trained on them (read-only)."""

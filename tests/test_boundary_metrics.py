@@ -196,6 +196,7 @@ def test_configuration_keys_are_checked(tmp_path):
             load_config(None, [bad])
 
 
+@pytest.mark.slow
 def test_evaluate_cli_takes_the_options_as_flags(tmp_path):
     rng = np.random.default_rng(5)
     ref = _vessels(rng, (30, 30, 10)).astype(np.uint8)

@@ -93,6 +93,7 @@ def test_mixed_ct_and_mr_channels_are_each_normalised_by_their_own_modality(tmp_
     assert problems == ["has 2 channel(s), data.channel_modality names 3"] * 3
 
 
+@pytest.mark.slow
 def test_a_two_channel_network_trains_and_predicts_on_channel_files(tmp_path):
     root = _nnunet_dataset(tmp_path / "set", names=("CT", "T1"))  # each channel by its own modality
     checked = run_cli("-m", "pipeline.check", "--data", str(root))

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import torch
 
 from conftest import run_cli, smoke_args
+
+pytestmark = [pytest.mark.slow, pytest.mark.torchrun]
 
 
 def _torchrun(*args: str, nproc: int = 2):

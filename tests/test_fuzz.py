@@ -16,6 +16,8 @@ from hostile_run import call, evaluate_combinations, judge_check, judge_evaluate
 SEED = 19
 SAMPLE = 8  # (format, mutation) pairs per expensive entry point, besides the valid ones
 
+pytestmark = pytest.mark.slow
+
 
 def _sample(pairs: list[tuple[str, str]], salt: int) -> list[tuple[str, str]]:
     """A seeded sample that always holds the valid case of every format (a refusal-only sample proves little)."""

@@ -8,6 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from pipeline.errors import UserError
+from pipeline.data.grids import spacing_from_affine
 from pipeline.data.io import case_id, read_geometry, read_volume
 from pipeline.data.writers import write_label_like
 
@@ -87,3 +88,13 @@ def test_case_id_strips_image_suffixes():
     assert case_id("a/case_001.nii.gz") == "case_001"
     assert case_id("x.mha") == "x"
     assert case_id("21_training.tif") == "21_training"
+
+
+def test_spacing_of_an_oblique_anisotropic_affine_is_its_column_lengths():
+    from scipy.spatial.transform import Rotation
+
+    rotation = Rotation.from_euler("xyz", [20, -35, 50], degrees=True).as_matrix()
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([0.7, 1.3, 4.0]) @ np.diag([-1, 1, 1])  # a flipped axis keeps its size
+    assert spacing_from_affine(affine) == pytest.approx((0.7, 1.3, 4.0), abs=1e-12)
+    assert all(type(v) is float for v in spacing_from_affine(affine))

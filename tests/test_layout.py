@@ -17,6 +17,7 @@ def _code_shape():
     return module
 
 
+@pytest.mark.slow
 def test_no_module_over_300_lines_and_no_function_over_50():
     shape = _code_shape()
     files = shape.python_files(REPO)
@@ -34,8 +35,8 @@ def test_scripts_only_parse_arguments(script):
     assert len((REPO / script).read_text(encoding="utf-8").splitlines()) <= 60
 
 
-@pytest.mark.parametrize("module", ["pipeline.check", "pipeline.evaluate", "pipeline.plan", "pipeline.synthetic",
-                                    "models3d"])
+@pytest.mark.parametrize("module", ["pipeline.check", "pipeline.evaluate", "pipeline.export", "pipeline.plan",
+                                    "pipeline.synthetic", "models3d"])
 def test_commands_users_type_still_resolve(module):
     result = run_cli("-m", module, "--help")
     assert result.returncode == 0 and "usage:" in result.stdout

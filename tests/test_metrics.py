@@ -7,7 +7,9 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from medpy.metric import binary as medpy
+from monai.metrics import compute_roc_auc
 from scipy import ndimage
 
 from pipeline import metrics
@@ -137,6 +139,8 @@ def test_roc_auc_equals_pairwise_definition():
     pos, neg = prob[ref], prob[~ref]
     pairwise = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (pos.size * neg.size)
     assert metrics.roc_auc(prob, ref) == pytest.approx(pairwise, rel=1e-12)
+    monai_auc = compute_roc_auc(torch.as_tensor(prob), torch.as_tensor(ref, dtype=torch.float64))
+    assert metrics.roc_auc(prob, ref) == pytest.approx(monai_auc, rel=1e-12)  # MONAI counts ties half too
     assert metrics.roc_auc(ref.astype(float), ref) == 1.0
     assert math.isnan(metrics.roc_auc(prob, np.zeros(300, bool)))
 

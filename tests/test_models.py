@@ -129,6 +129,7 @@ def _blob_volume(size=(16, 16, 16)):
     return image[None, None], label[None].long()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_each_model_overfits_one_tiny_volume(name):
     torch.manual_seed(0)
@@ -180,3 +181,12 @@ def test_single_slice_network_refuses_a_volume():
     model = build_model("resunet", channels=(4, 8), patch_size=(16, 16, 1))
     with pytest.raises(ValueError, match="single-slice"):
         model(torch.randn(1, 1, 16, 16, 4))
+
+
+def test_count_macs_is_the_hand_count_of_a_convolution_and_a_transposed_one():
+    from models3d.__main__ import count_macs
+
+    conv = torch.nn.Conv3d(3, 5, kernel_size=3, padding=1)
+    assert count_macs(conv, torch.zeros(2, 3, 8, 6, 4)) == 2 * 5 * 8 * 6 * 4 * 3 * 27  # output voxels x fan-in
+    up = torch.nn.ConvTranspose3d(4, 2, kernel_size=2, stride=2)
+    assert count_macs(up, torch.zeros(1, 4, 3, 3, 3)) == 4 * 27 * 2 * 8  # each input voxel scatters a kernel

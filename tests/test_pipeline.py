@@ -21,14 +21,15 @@ from pipeline.metrics import cldice, nsd, roc_auc
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
-def trained(tiny_dataset, tmp_path_factory):
-    """One smoke training run and its test, shared by the checks below."""
+def trained(smoke_run, tmp_path_factory):
+    """One smoke training run (a copy of the session's) and its test, shared by the checks below."""
     out = tmp_path_factory.mktemp("outputs")
-    result = run_cli(*smoke_args(tiny_dataset, out))
-    assert result.returncode == 0, result.stderr
-    run = (out / "latest").resolve()
+    run = Path(shutil.copytree(smoke_run, out / smoke_run.name))
+    (out / "latest").symlink_to(run.name)
     result = run_cli("test.py", "--run", str(out / "latest"))
     assert result.returncode == 0, result.stderr
     return run, result.stdout

@@ -166,6 +166,7 @@ def test_the_log_shows_the_value_that_wins_beside_the_planned_one(tmp_path, capl
     assert lines["data.modality"] == "plan: data.modality = generic  (the preset's; the plan: CT)"
 
 
+@pytest.mark.slow
 def test_train_py_plans_own_data_and_keeps_the_plan_in_the_run(tmp_path):
     root = _dataset(tmp_path / "mr", "MRI", 0.0, (1500.0, 3700.0))
     trained = run_cli("train.py", "--set", f"data.root={root}", f"output_dir={tmp_path / 'runs'}", "train.epochs=1",
@@ -223,3 +224,40 @@ def test_a_case_read_slab_by_slab_has_the_fingerprint_of_the_whole_case(tmp_path
         np.testing.assert_allclose(a.spacing, b.spacing)
         np.testing.assert_array_equal(np.sort(a.foreground, axis=0), np.sort(b.foreground, axis=0))  # every voxel
     assert whole[0].shape == (40, 36, 20) and whole[0].spacing == pytest.approx((0.8, 0.7, 2.5))
+
+
+@pytest.mark.parametrize("command", ["train", "plan"])
+def test_the_plan_refuses_what_the_dataset_check_refuses(tmp_path, command):
+    """Before (08dfd2b): the plan fingerprinted the data before any check, so a label cut to 30 rows ended in an
+    IndexError traceback (exit 1)."""
+    root = _dataset(tmp_path / "ct", "CT", -1000.0, (40.0, 80.0))
+    label = nib.load(root / "labelsTr" / "c2.nii.gz")
+    nib.save(nib.Nifti1Image(np.asarray(label.dataobj)[:30], label.affine), root / "labelsTr" / "c2.nii.gz")
+    args = (["train.py", "--set", f"data.root={root}", f"output_dir={tmp_path / 'runs'}", "train.epochs=1"]
+            if command == "train" else ["-m", "pipeline.plan", "--data", str(root)])
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "c2.nii.gz" in result.stderr and "shape" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_streamed_case_samples_its_foreground_uniformly_across_slabs(tmp_path):
+    """Before (08dfd2b): up to 10,000 values per slab were pooled and resampled, so a slab with 9,000 foreground
+    voxels weighed as much as one with 90,000 (its share of the sample was about 47 %, not 9 %)."""
+    from pipeline.data.layouts import load_dataset
+    from pipeline.plan.fingerprint import SAMPLE, fingerprint
+
+    image, label = np.zeros((100, 100, 32), np.float32), np.zeros((100, 100, 32), np.uint8)
+    label[:30, :30, 2:12], image[:30, :30, 2:12] = 1, 1.0  # 9,000 voxels in the first slab (slices 0-15)
+    label[:, :, 20:29], image[:, :, 20:29] = 1, 2.0  # 90,000 in the second (16-31)
+    for folder, array in (("imagesTr", image), ("labelsTr", label)):
+        (tmp_path / folder).mkdir()
+        nib.save(nib.Nifti1Image(array, np.eye(4)), tmp_path / folder / "c0.nii.gz")
+    (tmp_path / "dataset.json").write_text(json.dumps({"modality": {"0": "CT"}, "labels": {"0": "bg", "1": "fg"},
+                                                       "training": [{"image": "./imagesTr/c0.nii.gz",
+                                                                     "label": "./labelsTr/c0.nii.gz"}]}))
+    cfg = load_config(None, [f"data.root={tmp_path}", "data.lazy_voxels=1"])  # read slab by slab
+    (case,) = fingerprint(load_dataset(tmp_path, cfg.data), cfg.data).cases
+    assert case.foreground.shape == (SAMPLE, 1)
+    share = float(np.mean(case.foreground == 1.0))
+    assert 0.08 < share < 0.102  # 9,000 of 99,000 voxels: 9.1 %, sd 0.3 %

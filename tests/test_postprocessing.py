@@ -9,13 +9,15 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import run_cli, smoke_args
+from pipeline.checkpoint import save_checkpoint, weights_digest
 from pipeline.config import load_config
 from pipeline.plan.planner import planned_config
 from pipeline.predict.postprocess import fill_holes, keep_largest, postprocess
 from pipeline.predict.predictor import Predictor
-from pipeline.train.postprocessing import choose
+from pipeline.train.postprocessing import choose, decide_after_training
 
 
 def _box(shape=(20, 20, 10), lo=(4, 4, 2), hi=(16, 16, 8), value=1) -> np.ndarray:
@@ -66,19 +68,36 @@ def test_each_step_is_kept_only_where_it_raises_the_validation_dice():
     assert kept["infer.largest_component"] == [] and kept["infer.tta"] is False  # nothing helps a perfect map
 
 
-def test_a_planned_run_decides_on_its_validation_cases_and_test_py_applies_it(tiny_dataset, tmp_path):
+@pytest.mark.slow
+def test_a_planned_run_decides_on_its_validation_cases_and_test_py_applies_it(tiny_dataset, tmp_path, caplog):
+    """Before (08dfd2b): with the default backend (auto: OpenVINO) the decision crashed on a predictor without
+    a PyTorch network; a changed best.pt kept the old decision, and ``last`` got ``best``'s decision."""
     trained = run_cli(*smoke_args(tiny_dataset, tmp_path / "runs", "train.epochs=1", "train.decide_postprocessing=true",
-                                  "infer.tta=false"))
+                                  "infer.tta=false", "infer.backend=auto"))
     assert trained.returncode == 0, trained.stderr[-2000:]
     run = (tmp_path / "runs" / "latest").resolve()
     decision = json.loads((run / "postprocessing.json").read_text())
     assert decision["cases"] == json.loads((run / "split.json").read_text())["val"] != []
     assert set(decision) >= {"infer.tta", "infer.largest_component", "infer.fill_holes", "dice"}
-    (run / "postprocessing.json").write_text(json.dumps({**decision, "infer.tta": True,
-                                                         "infer.fill_holes": [1]}))
-    assert Predictor.from_run(run).cfg.infer.tta is True  # the decision over the run's config
-    assert Predictor.from_run(run).cfg.infer.fill_holes == (1,)
-    assert Predictor.from_run(run, overrides=["infer.tta=false"]).cfg.infer.tta is False  # the user's key over it
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert decision["weights"] == weights_digest(best["model"])
+    (run / "postprocessing.json").write_text(json.dumps({**decision, "infer.tta": True, "infer.fill_holes": [1]}))
+    torch_engine = ["infer.backend=torch"]
+    assert Predictor.from_run(run, overrides=torch_engine).cfg.infer.tta is True  # the decision over the run's config
+    assert Predictor.from_run(run, overrides=torch_engine).cfg.infer.fill_holes == (1,)
+    assert Predictor.from_run(run, overrides=["infer.tta=false", *torch_engine]).cfg.infer.tta is False  # the user's key
+
+    best["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in best["model"].items()}  # a new best.pt
+    save_checkpoint(best, run / "checkpoints" / "best.pt")
+    assert Predictor.from_run(run, overrides=torch_engine).cfg.infer.fill_holes is False  # not for these weights: as configured
+    assert "decided with other weights" in caplog.text
+    decide_after_training(load_config(run / "config.yaml"), run)  # made again for the new best.pt
+    again = json.loads((run / "postprocessing.json").read_text())
+    assert again["weights"] == weights_digest(best["model"])
+    (run / "postprocessing.json").write_text(json.dumps({**again, "infer.fill_holes": [1]}))
+    assert Predictor.from_run(run, "best", torch_engine).cfg.infer.fill_holes == (1,)
+    assert Predictor.from_run(run, "last", torch_engine).cfg.infer.fill_holes is False  # best's decision, not last's
+
     (run / "postprocessing.json").write_text("{not json")
     broken = run_cli("test.py", "--run", str(run))
     assert broken.returncode == 2 and "postprocessing.json: cannot read" in broken.stderr

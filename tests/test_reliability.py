@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import os
 import resource
 import shutil
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from monai.inferers.utils import sliding_window_inference
 from PIL import Image
 
 from conftest import REPO, run_cli, smoke_args
@@ -75,6 +77,7 @@ def _assert_same(a: dict, b: dict) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tiny_dataset, tmp_path, uninterrupted):
     proc = _start_and_signal(tiny_dataset, tmp_path, signal.SIGKILL, after_epoch=1, delay=0.3)
     assert proc.returncode == -signal.SIGKILL
@@ -86,6 +89,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tiny_data
     _assert_same(_weights(run), uninterrupted)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_exact_step_and_resume_matches(tiny_dataset, tmp_path, uninterrupted):
     proc = _start_and_signal(tiny_dataset, tmp_path, signal.SIGTERM, after_epoch=1, delay=0.0)
     stderr = proc.stderr.read()
@@ -100,6 +104,7 @@ def test_sigterm_saves_the_exact_step_and_resume_matches(tiny_dataset, tmp_path,
     _assert_same(_weights(run), uninterrupted)
 
 
+@pytest.mark.slow
 def test_damaged_last_checkpoint_falls_back_to_the_previous_one(tiny_dataset, tmp_path):
     first = run_cli(*smoke_args(tiny_dataset, tmp_path, "train.epochs=2"))
     assert first.returncode == 0, first.stderr
@@ -124,6 +129,7 @@ class _Plant:
         return (os.system, (f"touch {self.path}",))
 
 
+@pytest.mark.slow
 def test_hostile_checkpoint_never_runs_code(tiny_dataset, tmp_path):
     marker = tmp_path / "planted"
     evil = tmp_path / "evil.pt"
@@ -202,6 +208,7 @@ def test_links_out_of_the_root_are_refused(tiny_dataset, tmp_path):
     assert result.returncode == 2 and "outside the dataset root" in result.stderr
 
 
+@pytest.mark.slow
 def test_all_background_training_case_trains_to_the_end(tiny_dataset, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(tiny_dataset, root)
@@ -214,23 +221,33 @@ def test_all_background_training_case_trains_to_the_end(tiny_dataset, tmp_path):
     assert _epochs_logged((tmp_path / "out" / "latest").resolve()) == [1, 2]
 
 
-def test_out_of_memory_while_stitching_retries_on_the_cpu(monkeypatch, caplog):
-    calls = []
+class _OnTheGpu(torch.Tensor):
+    """A CPU tensor that says it lies on a GPU, so the stitching takes its GPU path on this machine."""
 
-    def fake(image, roi_size, sw_batch_size, predictor, overlap, mode, progress, sw_device, device):
-        calls.append(torch.device(device))
-        if torch.device(device).type != "cpu":
+    @property
+    def is_cuda(self) -> bool:
+        return True
+
+
+def test_out_of_memory_while_stitching_retries_buffered_then_on_the_cpu(monkeypatch, caplog):
+    calls, signature = [], inspect.signature(sliding_window_inference)
+
+    def fake(*args, **kwargs):
+        call = signature.bind(*args, **kwargs).arguments
+        calls.append((torch.device(call["device"]).type, call.get("buffer_steps")))
+        if len(calls) < 3:
             raise torch.OutOfMemoryError("CUDA out of memory (mocked)")
-        return torch.zeros(1, 2, *image.shape[2:])
+        return torch.ones(1, 2, *call["inputs"].shape[2:])
 
-    monkeypatch.setattr("pipeline.predict.sliding.sliding_window_inference", fake)
-    model = torch.nn.Conv3d(1, 2, 1)
-    logits = predict_volume(TorchEngine(model, None), torch.zeros(1, 1, 8, 8, 8), (8, 8, 8), InferConfig(), stitch_device=torch.device("cuda"))
-    assert logits.shape == (1, 2, 8, 8, 8) and logits.device.type == "cpu"
-    assert [d.type for d in calls] == ["cuda", "cpu"]
-    assert "stitching on the CPU instead" in caplog.text
+    monkeypatch.setattr("monai.inferers.inferer.sliding_window_inference", fake)
+    image = torch.zeros(1, 1, 8, 8, 8).as_subclass(_OnTheGpu)
+    logits = predict_volume(TorchEngine(torch.nn.Conv3d(1, 2, 1), None), image, (8, 8, 8), InferConfig(tta=False))
+    assert torch.equal(logits, torch.ones(1, 2, 8, 8, 8))
+    assert calls == [("cpu", None), ("cpu", 1), ("cpu", None)]  # on the input's device, buffered, then CPU
+    assert "GPU stitching failed" in caplog.text and "attempting on CPU" in caplog.text
 
 
+@pytest.mark.slow
 def test_resume_with_another_architecture_is_a_clear_error(tiny_dataset, tmp_path):
     first = run_cli(*smoke_args(tiny_dataset, tmp_path, "train.epochs=1"))
     assert first.returncode == 0, first.stderr
@@ -251,6 +268,7 @@ def test_too_little_disk_room_is_refused_before_training(monkeypatch, tmp_path):
         check_room(tmp_path, model)
 
 
+@pytest.mark.slow
 def test_stopped_test_and_evaluation_redo_only_missing_cases(tiny_dataset, tmp_path):
     assert run_cli(*smoke_args(tiny_dataset, tmp_path, "train.epochs=1")).returncode == 0
     run = (tmp_path / "latest").resolve()

@@ -116,6 +116,7 @@ def test_train_state_checkpoint_round_trip():
     assert torch.equal(torch.get_rng_state(), checkpoint["rng"]["torch"])
 
 
+@pytest.mark.slow
 def test_a_finished_run_extended_with_more_epochs_trains_on_a_replanned_poly_decay(tiny_dataset, tmp_path):
     """Before: train.py --resume RUN --set train.epochs=N on a finished run trained every added epoch at
     learning rate 0 (PyTorch's chained PolynomialLR stays at its final 0) and left the weights as they were."""
@@ -134,3 +135,26 @@ def test_a_finished_run_extended_with_more_epochs_trains_on_a_replanned_poly_dec
     assert lr[4] == pytest.approx(lr0 * (1 - 3 / 4) ** 0.9, rel=1e-5)
     after = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.slow
+def test_a_budgeted_run_without_validation_keeps_its_final_weights_as_best(tiny_dataset, tmp_path, monkeypatch):
+    """Before (08dfd2b): the epoch count frozen in the checkpoint's config (1) was taken as the last epoch, so
+    best.pt was written there and kept after the budget clock had raised the run to 2 epochs."""
+    from pipeline.train import loop
+    from pipeline.train.run import run_training
+
+    class RaisedToTwo:  # the budget clock's refit after a fast first epoch
+        def __init__(self, budget):
+            pass
+
+        def refit(self, cfg, run_dir, state, epoch, total, info):
+            return 2
+
+    monkeypatch.setattr(loop, "BudgetClock", RaisedToTwo)
+    cfg = load_config(REPO / "configs" / "smoke.yaml", [f"data.root={tiny_dataset}", f"output_dir={tmp_path}",
+                                                         "data.val_fraction=0", "train.epochs=1", "train.budget=1h"])
+    run = run_training(cfg)
+    best, last = (torch.load(run / "checkpoints" / f"{n}.pt", weights_only=True) for n in ("best", "last"))
+    assert (best["epoch"], last["epoch"]) == (2, 2)
+    assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])

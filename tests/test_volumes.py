@@ -29,6 +29,7 @@ def _as_nifti(root: Path, out: Path, case: str = "kidney_1") -> np.ndarray:
     return affine
 
 
+@pytest.mark.slow
 def test_test_py_streams_a_large_nifti_volume_into_its_own_geometry(stack_run, tmp_path):
     """A NIfTI above infer.stream_voxels is read slab by slab in RAS order (x and z flipped back),
     predicted, written as predictions/<case>.nii.gz in the file's own geometry and scored slab by
@@ -90,6 +91,7 @@ def test_a_volume_predicted_by_slab_is_written_in_its_sources_geometry(suffix, t
     assert np.array_equal(oriented[0].numpy(), ras)
 
 
+@pytest.mark.slow
 def test_test_py_refuses_a_label_whose_axes_run_otherwise(stack_run, tmp_path):
     """A label stored with x reversed relative to its image: compared voxel by voxel it would be mirrored."""
     root, run = stack_run

@@ -11,6 +11,7 @@ Exits 1 when any problem is an error. ``train.py`` runs the same check.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,13 +21,14 @@ import numpy as np
 
 from ..config import DataConfig, load_config
 from ..errors import UserError, exit_on_user_error
-from .grids import grid_difference, spacing_from_affine
+from .grids import check_same_grid, grid_difference, spacing_from_affine
 from .io import kind_of, load_image, reader_options, spacing_or_default
 from .cases import Case, Dataset
 from .layouts import load_dataset
 from .stack import stack_statistics
-from .grids import check_same_grid
 from .volume_slabs import VolumeSlabs, slab_source, volume_voxels
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -278,3 +280,20 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def checked_dataset(data: DataConfig) -> Dataset:
+    """The dataset of ``data.root`` after the dataset check: warnings logged, the first error raised (what
+    training and planning start from)."""
+    dataset = load_dataset(data.root, data)
+    report = check_dataset(dataset, data)
+    for problem in report.problems:
+        if problem.severity == "warning":
+            log.warning("%s", problem)
+    if report.errors:
+        first, more = report.errors[0], len(report.errors) - 1
+        raise UserError(f"{first.file}: {first.message}" + (f" ({first.hint})" if first.hint else "")
+                        + (f"; {more} more problem(s): see `python -m pipeline.check --data {data.root}`" if more else ""))
+    if not dataset.training:
+        raise UserError(f"{data.root}: no training cases")
+    return dataset

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import nibabel as nib
 import numpy as np
+from nibabel.affines import voxel_sizes
 
 from ..errors import UserError
 
@@ -24,8 +25,8 @@ def check_same_grid(image, label) -> None:
 
 
 def spacing_from_affine(affine: np.ndarray) -> tuple[float, ...]:
-    """Voxel sizes (mm) from the columns of a 4x4 affine."""
-    return tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
+    """Voxel sizes (mm) of a 4x4 affine (``nibabel.affines.voxel_sizes``) as plain floats."""
+    return tuple(float(v) for v in voxel_sizes(affine))
 
 
 def grid_difference(shape: Sequence[int], affine: np.ndarray, image_shape: Sequence[int],

@@ -103,32 +103,49 @@ def _case_facts(case: Case, data: DataConfig, rng: np.random.Generator) -> CaseF
     values, counts = np.unique(label, return_counts=True)
     return CaseFacts(tuple(int(s) for s in shape), tuple(float(s) for s in spacing), channels,
                      float(np.mean(first == 0)), {int(v): int(n) for v, n in zip(values, counts)},
-                     _sample(image[label > 0], rng))
+                     ForegroundSample(rng).add(image[label > 0]).values())
 
 
 def _streamed_facts(case: Case, data: DataConfig, rng: np.random.Generator) -> CaseFacts:
     """``_case_facts`` one slab at a time: memory holds a slab and the samples, not the case."""
     image, label = slab_source(case.image, data), slab_source(case.label, data, label=True)
-    zeros, classes, samples, dtype = 0, {}, [], None
+    zeros, classes, sample, dtype = 0, {}, ForegroundSample(rng), None
     for (_, slab), (_, ref) in zip(image.slabs(), label.slabs()):
         dtype = ref.dtype
         zeros += int(np.count_nonzero(slab == 0))
         values, counts = np.unique(ref, return_counts=True)
         for v, n in zip(values.tolist(), counts.tolist()):
             classes[int(v)] = classes.get(int(v), 0) + n
-        samples.append(_sample(slab[ref > 0], rng))
+        sample.add(slab[ref > 0])
     if is_binary_mask(classes, dtype):  # a 0/255 mask, counted as the readers count it
         classes = {0: classes.get(0, 0), 1: classes[255]}
     spacing = image.spacing if isinstance(image, VolumeSlabs) else spacing_or_default(data.default_spacing)
     return CaseFacts(tuple(image.shape), tuple(float(s) for s in spacing), 1,
-                     zeros / float(np.prod(image.shape)), classes, _sample(np.concatenate(samples), rng))
+                     zeros / float(np.prod(image.shape)), classes, sample.values())
 
 
-def _sample(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """At most ``SAMPLE`` rows of ``values`` (voxels,) or (voxels, channels), as (rows, channels)."""
-    values = values.astype(np.float64, copy=False)
-    values = values[:, None] if values.ndim == 1 else values
-    return values if len(values) <= SAMPLE else values[rng.choice(len(values), SAMPLE, replace=False)]
+class ForegroundSample:
+    """A uniform sample of at most ``SAMPLE`` values, without replacement, of values added part by part
+    (slab by slab): each value draws a random key and the ``SAMPLE`` smallest keys are kept, so a part
+    weighs by its number of values, whatever the parts' sizes. Memory: one part and the sample."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng, self.keys, self.kept = rng, np.zeros(0), np.zeros((0, 1))
+
+    def add(self, values: np.ndarray) -> ForegroundSample:
+        values = values.astype(np.float64, copy=False)
+        values = values[:, None] if values.ndim == 1 else values
+        keys = np.concatenate([self.keys, self.rng.random(len(values))])
+        kept = np.concatenate([self.kept.reshape(-1, values.shape[1]), values]) if len(self.kept) else values
+        if len(keys) > SAMPLE:
+            smallest = np.argpartition(keys, SAMPLE - 1)[:SAMPLE]
+            keys, kept = keys[smallest], kept[smallest]
+        self.keys, self.kept = keys, kept
+        return self
+
+    def values(self) -> np.ndarray:
+        """The sample as (rows, channels)."""
+        return self.kept
 
 
 def describe(found: Fingerprint) -> Iterator[str]:

@@ -15,7 +15,7 @@ import numpy as np
 import yaml
 
 from ..config import Config, config_from_dict, load_config, merge_overrides, read_yaml
-from ..data.layouts import load_dataset
+from ..data.check import checked_dataset
 from ..data.splits import split_cases
 from ..errors import UserError
 from ..predict.postprocess import DECIDED_KEYS
@@ -60,7 +60,7 @@ def plan(base: Config, overrides: Sequence[str] = (), timing: bool = True,
     """Fingerprint of ``base.data.root`` and the plan for it; the schedule is timed unless ``timing`` is
     off or the user (or the raw ``preset``) fixed ``train.epochs``. ``overrides`` are the user's keys,
     ``preset`` a preset's: they win, and the timed steps use them."""
-    dataset = load_dataset(base.data.root, base.data)
+    dataset = checked_dataset(base.data)  # the plan reads only what the dataset check lets through
     found = fingerprint(dataset, base.data, base.train.seed)
     if not found.cases:
         raise UserError(f"{base.data.root}: no labelled training cases to plan from")

@@ -93,7 +93,8 @@ class OpenVINOEngine:
             self.requests[shape] = self.core.compile_model(graph, "CPU", self.config).create_infer_request()
             log.debug("openvino: compiled for windows %s", shape)
         batch = np.ascontiguousarray(windows.detach().float().cpu().numpy())
-        return torch.from_numpy(self.requests[shape].infer({0: batch})[0])
+        result = self.requests[shape].infer({0: batch}, share_outputs=False)  # a copy: the next call reuses the buffer
+        return torch.from_numpy(result[0])
 
 
 class OnnxRuntimeEngine:

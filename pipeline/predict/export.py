@@ -22,7 +22,7 @@ from typing import Any
 from ..config import config_from_dict, merge_overrides
 from ..data.normalisation import Normalisation
 from ..errors import UserError, exit_on_user_error, setup_logging
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, weights_digest
 from .onnx_graph import to_onnx
 from .package import NETWORK, WEIGHTS, Package, created, read_package, source_commit, write_package
 from .postprocess import decided_overrides
@@ -38,7 +38,7 @@ def export_run(run_dir: str | Path, checkpoint: str = "best", out: str | Path = 
         raise UserError(f"{run_dir}: not a run folder (no config.yaml); pass --run RUN_DIR")
     path = run_dir / "checkpoints" / f"{checkpoint}.pt" if checkpoint in ("best", "last") else Path(checkpoint)
     state = load_checkpoint(path)
-    decided = decided_overrides(run_dir)
+    decided = decided_overrides(run_dir, weights_digest(state["model"]))
     raw = merge_overrides(state["config"], decided) if decided else state["config"]
     raw = merge_overrides(raw, ["infer.backend=auto"])  # the engine is the machine's choice, not the run's
     cfg = config_from_dict(raw, f"{path} (config)")

@@ -6,6 +6,7 @@ background it encloses. ``infer.largest_component`` and ``infer.fill_holes`` say
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from scipy import ndimage
 
 from ..config import InferConfig
 from ..errors import UserError
+
+log = logging.getLogger(__name__)
 
 DECISION_FILE = "postprocessing.json"  # a run's post-processing decided on its validation cases
 DECIDED_KEYS = ("infer.tta", "infer.largest_component", "infer.fill_holes")
@@ -62,14 +65,23 @@ def postprocess(label: np.ndarray, infer: InferConfig, foreground: Iterable[int]
     return fill_holes(label, classes_for(infer.fill_holes, foreground))
 
 
-def decided_overrides(run_dir: str | Path) -> list[str]:
-    """The ``infer.*=...`` keys of a run's ``postprocessing.json`` (none without one)."""
+def decided_overrides(run_dir: str | Path, weights: str) -> list[str]:
+    """The ``infer.*=...`` keys of a run's ``postprocessing.json`` when it was decided with the weights
+    of digest ``weights`` (``checkpoint.weights_digest``); none without one, or, said in the log, for
+    other weights (a resumed run's new ``best.pt``, or ``last.pt``)."""
     path = Path(run_dir) / DECISION_FILE
     if not path.is_file():
         return []
     try:
         decision = json.loads(path.read_text(encoding="utf-8"))
-        return [f"{key}={json.dumps(decision[key])}" for key in DECIDED_KEYS if key in decision]
+        if not isinstance(decision, dict):
+            raise ValueError("not a JSON object")
+        keys = [f"{key}={json.dumps(decision[key])}" for key in DECIDED_KEYS if key in decision]
     except (OSError, UnicodeDecodeError, ValueError, TypeError) as err:
         raise UserError(f"{path}: cannot read the decided post-processing ({err}); delete the file to test "
                         "without it") from None
+    if decision.get("weights") != weights:
+        log.warning("%s was decided with other weights than these; not applied (the configured flips and "
+                    "post-processing are); python train.py --resume %s decides again for best.pt", path, run_dir)
+        return []
+    return keys

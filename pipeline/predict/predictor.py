@@ -29,7 +29,7 @@ from ..data.monai_reader import to_meta_tensor
 from ..data.transforms import IMAGE, preprocess_transforms
 from ..errors import UserError
 from ..runtime import resolve_precision, select_device
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, weights_digest
 from .engines import Engine, TorchEngine, build_engine
 from .onnx_graph import to_onnx
 from .package import Package, read_package
@@ -83,11 +83,14 @@ class Predictor:
         evaluation settings, nothing else."""
         path = Path(run_dir) / "checkpoints" / f"{checkpoint}.pt" if checkpoint in ("best", "last") else Path(checkpoint)
         state = load_checkpoint(path)
-        overrides = [*decided_overrides(run_dir), *_inference_only(overrides)]  # the decision, under the user's keys
+        overrides = [*decided_overrides(run_dir, weights_digest(state["model"])), *_inference_only(overrides)]  # the decision, under the user's keys
         cfg = _config(state["config"], overrides, f"{path} (config)")
         labels = {int(k): v for k, v in state["labels"].items()}
         in_channels = int(state["in_channels"])
-        model = functools.cache(lambda: load_network(cfg, in_channels, labels, state["model"], path))
+        @functools.cache  # built once, whether the engine runs it or exports it
+        def model() -> nn.Module:
+            return load_network(cfg, in_channels, labels, state["model"], path)
+
         return cls(_engine(cfg, device, model, lambda: to_onnx(model(), in_channels, cfg.train.patch_size)),
                    cfg, labels, in_channels)
 
@@ -100,7 +103,9 @@ class Predictor:
         package = package if isinstance(package, Package) else read_package(package)
         cfg = _config(package.meta["config"], _inference_only(overrides), f"{package.path} (config)")
         labels, in_channels = package.labels, int(package.meta["in_channels"])
-        model = lambda: load_network(cfg, in_channels, labels, package.weights, package.path)  # noqa: E731
+        def model() -> nn.Module:
+            return load_network(cfg, in_channels, labels, package.weights, package.path)
+
         return cls(_engine(cfg, device, model, lambda: package.onnx), cfg, labels, in_channels)
 
     def logits(self, image: torch.Tensor, tta: bool | None = None) -> torch.Tensor:

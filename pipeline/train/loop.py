@@ -235,13 +235,13 @@ def fit(cfg: Config, run: Run, resume: dict | None = None, info: Dist = Dist()) 
             s.state.epoch = epoch
             due = s.val_items and (epoch % t.val_every == 0 or epoch == total)
             val_dice = validate(s.predictor, s.val_items, run.dataset.n_classes, info) if due else None
-            _end_epoch(s.state, run, _log_row(epoch, lr, stats, val_dice, start), val_dice, bool(s.val_items), info)
+            _end_epoch(s.state, run, _log_row(epoch, lr, stats, val_dice, start), val_dice, info)
             epochs.update(1)
             epochs.set_postfix(loss=f"{stats.loss:.4f}", val_dice="-" if val_dice is None else f"{val_dice:.4f}")
             if clock is not None:
                 total = epochs.total = clock.refit(cfg, run.dir, s.state, epoch, total, info)
     epochs.close()
-    _finish(s.state, run, info)
+    _finish(s.state, run, bool(s.val_items), info)
     return s.state.best
 
 
@@ -263,7 +263,7 @@ def _save_interrupted(state: TrainState, run: Run, epoch: int, stats: EpochStats
                               f"continue with: python train.py --resume {run.dir}")
 
 
-def _end_epoch(state: TrainState, run: Run, row: dict, val_dice: float | None, validating: bool, info: Dist) -> None:
+def _end_epoch(state: TrainState, run: Run, row: dict, val_dice: float | None, info: Dist) -> None:
     """Keep the best score, write ``last.pt`` (and ``best.pt`` on improvement), log and plot."""
     improved = val_dice is not None and val_dice > state.best
     if improved:
@@ -273,17 +273,18 @@ def _end_epoch(state: TrainState, run: Run, row: dict, val_dice: float | None, v
     checkpoints = run.dir / "checkpoints"
     checkpoint = state.checkpoint(log_row=row)
     save_checkpoint(checkpoint, checkpoints / "last.pt", keep_previous=True)
-    final = int(row["epoch"]) == int(state.meta["config"]["train"]["epochs"])
-    if improved or (not validating and final):
+    if improved:
         save_checkpoint(checkpoint, checkpoints / "best.pt")
     if not history.append_row(run.dir / "log.csv", row):  # retrained after falling back to an older checkpoint
         log.warning("epoch %s was trained again; log.csv keeps its first row for it", row["epoch"])
     history.plot(run.dir)
 
 
-def _finish(state: TrainState, run: Run, info: Dist) -> None:
+def _finish(state: TrainState, run: Run, validating: bool, info: Dist) -> None:
+    """``best.pt`` is the final weights when nothing chose another: no validation cases (whatever epoch
+    count the budget clock settled on), or no validation that improved."""
     checkpoints = run.dir / "checkpoints"
-    if info.is_main and not (checkpoints / "best.pt").exists():  # no validation improved: the final weights
+    if info.is_main and (not validating or not (checkpoints / "best.pt").exists()):
         save_checkpoint(load_checkpoint(checkpoints / "last.pt"), checkpoints / "best.pt")
     barrier(info)
     if info.enabled:

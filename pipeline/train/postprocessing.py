@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoint import load_checkpoint, weights_digest
 from ..config import Config
 from ..data.cases import Case
 from ..data.io import load_image, reader_options
@@ -60,7 +61,8 @@ def choose(plain: Sequence[np.ndarray], flipped: Sequence[np.ndarray], refs: Seq
 
 def decide_postprocessing(model: torch.nn.Module, cfg: Config, labels: dict[int, str], cases: Sequence[Case],
                           run_dir: Path) -> dict:
-    """Predict ``cases`` without and with flips, choose, and write ``run_dir/postprocessing.json``."""
+    """Predict ``cases`` without and with flips, choose, and write ``run_dir/postprocessing.json`` with
+    the digest of ``model``'s weights (it applies to those only)."""
     plain_cfg = dataclasses.replace(cfg, infer=dataclasses.replace(cfg.infer, tta=False, largest_component=False,
                                                                    fill_holes=False))
     flipped_cfg = dataclasses.replace(plain_cfg, infer=dataclasses.replace(plain_cfg.infer, tta=True))
@@ -72,6 +74,7 @@ def decide_postprocessing(model: torch.nn.Module, cfg: Config, labels: dict[int,
         flipped.append(Predictor(model, flipped_cfg, labels).predict(case).label)
     decision = choose(plain, flipped, refs, sorted(k for k in labels if k != 0))
     decision["cases"] = [c.id for c in cases]
+    decision["weights"] = weights_digest(model.state_dict())
     (run_dir / DECISION_FILE).write_text(json.dumps(decision, indent=2) + "\n", encoding="utf-8")
     log.info("post-processing decided on %d validation case(s): tta %s, largest component %s, fill holes %s "
              "(Dice %s)", len(cases), decision["infer.tta"], decision["infer.largest_component"] or "none",
@@ -81,15 +84,30 @@ def decide_postprocessing(model: torch.nn.Module, cfg: Config, labels: dict[int,
 
 
 def decide_after_training(cfg: Config, run_dir: Path) -> None:
-    """The decision for a finished run with ``train.decide_postprocessing`` (once: a resumed run that has
-    one keeps it), with its ``best`` checkpoint, the one ``test.py`` uses by default."""
-    if (run_dir / DECISION_FILE).exists():
-        return
+    """The decision for a finished run with ``train.decide_postprocessing``, with its ``best`` checkpoint
+    (the one ``test.py`` uses by default); made again when ``best.pt`` has changed since (a resumed or
+    extended run)."""
     val = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))["val"]
     if not val:
         log.info("no validation cases: test-time flips %s, largest component %s, fill holes %s, as configured",
                  cfg.infer.tta, cfg.infer.largest_component, cfg.infer.fill_holes)
         return
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    decided = _decided_with(run_dir / DECISION_FILE)
+    if decided == weights_digest(best["model"]):
+        return
+    if decided is not None:
+        log.info("best.pt has changed since the post-processing was decided: deciding again")
+    (run_dir / DECISION_FILE).unlink(missing_ok=True)  # made for other weights: applies to none
     dataset = load_dataset(cfg.data.root, cfg.data)
-    predictor = Predictor.from_run(run_dir, "best")
+    predictor = Predictor.from_run(run_dir, "best", ["infer.backend=torch"])  # the network itself, as validation
     decide_postprocessing(predictor.model, predictor.cfg, predictor.labels, [dataset.case(i) for i in val], run_dir)
+
+
+def _decided_with(path: Path) -> str | None:
+    """The weights digest a decision file names (None without a readable one: decide again)."""
+    try:
+        decision = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return decision.get("weights") if isinstance(decision, dict) else None

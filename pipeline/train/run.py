@@ -16,8 +16,7 @@ from models3d import build_from_config
 
 from ..config import Config, config_from_dict, save_config
 from ..data.cases import Dataset
-from ..data.check import check_dataset
-from ..data.layouts import load_dataset
+from ..data.check import checked_dataset
 from ..data.splits import split_cases
 from ..distributed import Dist, on_main
 from ..errors import UserError
@@ -79,22 +78,6 @@ def _finished(cfg: Config, resume: dict) -> bool:
     return int(resume["epoch"]) >= cfg.train.epochs and resume.get("partial") is None
 
 
-def checked_dataset(cfg: Config) -> Dataset:
-    """The dataset of ``data.root`` after the dataset check: warnings logged, the first error raised."""
-    dataset = load_dataset(cfg.data.root, cfg.data)
-    report = check_dataset(dataset, cfg.data)
-    for problem in report.problems:
-        if problem.severity == "warning":
-            log.warning("%s", problem)
-    if report.errors:
-        first, more = report.errors[0], len(report.errors) - 1
-        raise UserError(f"{first.file}: {first.message}" + (f" ({first.hint})" if first.hint else "")
-                        + (f"; {more} more problem(s): see `python -m pipeline.check --data {cfg.data.root}`" if more else ""))
-    if not dataset.training:
-        raise UserError(f"{cfg.data.root}: no training cases")
-    return dataset
-
-
 def _reopen(cfg: Config, run_dir: Path) -> dict:
     """The checkpoint to resume ``run_dir`` from, after checking that ``cfg`` may continue it."""
     resume = load_resume_checkpoint(run_dir / "checkpoints" / "last.pt")
@@ -126,7 +109,7 @@ def _new_run(cfg: Config, dataset: Dataset, plan: str | None = None) -> Run:
 def prepare_run(cfg: Config, resume_dir: str | Path | None, plan: str | None = None) -> tuple[Run | None, dict | None]:
     """Checked data and a new (or reopened) run folder; (None, checkpoint) when the resumed run is done."""
     if resume_dir is None:
-        dataset = checked_dataset(cfg)
+        dataset = checked_dataset(cfg.data)
         try:  # before the run folder exists: a model that cannot be built leaves nothing behind
             build_from_config(cfg.model, len(dataset.modalities), max(dataset.labels) + 1, cfg.train.patch_size)
         except ValueError as err:
@@ -138,6 +121,6 @@ def prepare_run(cfg: Config, resume_dir: str | Path | None, plan: str | None = N
         log.info("%s already finished %d epochs; raise train.epochs to train longer", run_dir, cfg.train.epochs)
         return None, resume
     save_config(cfg, run_dir / "config.yaml")
-    dataset = checked_dataset(cfg)
+    dataset = checked_dataset(cfg.data)
     split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
     return Run(run_dir, dataset, [dataset.case(i) for i in split["train"]], [dataset.case(i) for i in split["val"]]), resume

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -14,13 +16,16 @@ from ..predict.streamed import stream_logits
 
 def store_dice(predictor: Predictor, store: VolumeStore, n_classes: int) -> list[float]:
     """Dice of each foreground class of a lazy store's label against its prediction (no flips),
-    predicted and counted slab by slab (validation during lazy training)."""
+    predicted and counted slab by slab (validation during lazy training): one pass, as ``loop.validate``
+    scores the volumes held in memory, whatever ``infer.tta`` says."""
+    infer = dataclasses.replace(predictor.cfg.infer, tta=False)
+
     def read(start: int, stop: int) -> torch.Tensor:
         return torch.from_numpy(np.asarray(store.image[:, :, start:stop], dtype=np.float32))[None]
 
     def pairs():
         for slab in stream_logits(predictor.engine, read, store.shape, predictor.cfg.train.patch_size,
-                                  predictor.cfg.infer, n_classes):
+                                  infer, n_classes):
             pred = slab.logits.argmax(dim=0).to(torch.uint8).cpu().numpy()  # a copy: the slab is a buffer view
             yield slab.start, pred, np.asarray(store.label[:, :, slab.start : slab.start + pred.shape[-1]])
 
