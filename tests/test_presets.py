@@ -13,7 +13,7 @@ from pipeline.data.io import load_image
 from pipeline.metrics import accuracy
 from pipeline.evaluate.report import read_metrics_csv
 
-pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/datasets not present (a user's clone)")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/datasets not present (a user's clone)")]
 
 # one epoch of a narrow network; test-time flips off (they multiply inference by 4-8 and are tested
 # in test_levers.py and test_pipeline.py) and a quarter-window overlap (a tenth of the windows of
@@ -87,7 +87,8 @@ def test_drive_preset_evaluates_inside_the_field_of_view(tmp_path):
 
 
 def test_em_stack_preset_reads_the_slice_folder(tmp_path):
-    run, split = _train_and_test("em_stack", tmp_path, "train.patch_size=[256,256,16]")
+    run, split = _train_and_test("em_stack", tmp_path, "train.patch_size=[256,256,16]",
+                                 "evaluate.metrics=[dice]")  # the membranes' surfaces: test_slab_distances.py
     assert split["test"] == ["isbi2012_em"]
     pred, affine = load_image(run / "test" / "predictions" / "isbi2012_em.nii.gz")
     assert pred.shape == (512, 512, 30)

@@ -140,8 +140,9 @@ def surface(mask: np.ndarray) -> np.ndarray:
     return mask ^ ndimage.binary_erosion(mask, structure=structure, iterations=1)
 
 
-def nearest_distances(points: np.ndarray, targets: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
-    """Distance (mm) from each point to the nearest target point, both (N, ndim) in mm.
+def nearest_distances(points: np.ndarray, targets: np.ndarray | cKDTree, chunk: int = 1 << 20) -> np.ndarray:
+    """Distance (mm) from each point to the nearest target point, both (N, ndim) in mm (or the targets'
+    KD-tree).
 
     A KD-tree over the surface points gives exactly the distance medpy reads off
     a Euclidean distance transform (nearest surface voxel, spacing applied), in
@@ -149,7 +150,7 @@ def nearest_distances(points: np.ndarray, targets: np.ndarray, chunk: int = 1 <<
     Queried ``chunk`` points at a time, so the query's index arrays stay small, on every core
     (the query is exact and each point's answer is its own, so the values do not depend on it).
     """
-    tree = cKDTree(targets)
+    tree = targets if isinstance(targets, cKDTree) else cKDTree(targets)
     out = np.empty(len(points))
     for i in range(0, len(points), chunk):
         out[i : i + chunk] = tree.query(points[i : i + chunk], k=1, workers=-1)[0]
@@ -258,6 +259,11 @@ def roc_auc(prob, ref, mask=None) -> float:
     Computed exactly as the Mann-Whitney U statistic with tied scores counted
     half (average ranks), inside ``mask`` when given. NaN when ``ref`` has only
     one class there, since the curve is then undefined.
+
+    Not MONAI's ``compute_roc_auc``, which gives the same value with float64 labels
+    (``tests/test_metrics.py``) but walks the sorted voxels in a Python loop (3.7x
+    slower on a 565x584 DRIVE image) and sums in the labels' dtype (float32 labels:
+    7.7e-5 off there).
     """
     prob = np.asarray(prob, dtype=np.float64)
     ref = np.asarray(ref, dtype=bool)

@@ -1,73 +1,83 @@
 """Metrics of label volumes too large to hold, gathered slab by slab along the last axis.
 
-The overlap metrics need voxel counts only, summed over slabs. The surface
-distances need the surface voxels of each mask (medpy's definition: the voxels
-one erosion with connectivity 1 removes, the volume's outside counted as
-background). An erosion looks one voxel along each axis, so each slab is eroded
-with one neighbouring slice on either side and only its own slices are kept:
-the surface found is exactly the whole volume's. The nearest-surface distances
-then come from a KD-tree over the surface points, as in the in-memory
-``metrics.directed_surface_distances``, so the values are the same ones.
-The normalised surface Dice needs the surfels of the 2×2×2 cells between
-voxels: a slab's cells are those between its slices and the slice before
-(plus the cells past the last slice), so each cell is found once, with the
-code the whole volume gives it. clDice is not computed: a skeleton needs the
-whole volume.
-
-Memory: one slab plus the surface points (a few bytes per surface voxel), never
-the volume.
+The overlap metrics need voxel counts only, summed over slabs in one pass, which
+also counts each slab's surface voxels (medpy's definition: the voxels one erosion
+with connectivity 1 removes, the volume's outside counted as background; each slab
+is eroded with one neighbouring slice on either side, so the surface is exactly the
+whole volume's). The surface distances and the normalised surface Dice then read
+the volumes again, slab by slab (``slab_distances.py``): memory holds a few slabs
+and a bounded KD-tree, never all the surface voxels, so a broken network's noisy
+prediction is scored in the same memory as a good one. The values equal the
+in-memory metrics'. clDice is not computed: a skeleton needs the whole volume.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..data.stack import SliceStack, stack_statistics
+from ..data.stack import SLAB, SliceStack, stack_statistics
 from ..errors import UserError
-from .metrics import DISTANCE_METRICS, distance_summary, empty_distances, nearest_distances, overlap_from_counts, surface
+from .metrics import DISTANCE_METRICS, empty_distances, overlap_from_counts, surface
 from .rows import MetricOptions, voxel_counts
-from .surface_dice import cell_codes, surfel_dice, surfels
+from .slab_distances import Boundary, chunked, directed_distances, distance_summary, surface_areas_within
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class ClassTally:
-    """What one class's metrics need: (tp, fp, fn, tn) counts, the surface voxel indices (N, 3) and
-    the surfels (cell indices (N, 3), codes (N,)) of prediction and reference."""
+    """What one class's metrics need from the first pass: (tp, fp, fn, tn) counts, and per slab
+    (``slabs``: slice ranges) the class's voxels and surface voxels in prediction and reference."""
 
     counts: np.ndarray = field(default_factory=lambda: np.zeros(4, dtype=np.int64))
-    pred_surface: list[np.ndarray] = field(default_factory=list)
-    ref_surface: list[np.ndarray] = field(default_factory=list)
-    pred_surfels: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
-    ref_surfels: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    slabs: list[tuple[int, int]] = field(default_factory=list)
+    pred_voxels: list[int] = field(default_factory=list)
+    ref_voxels: list[int] = field(default_factory=list)
+    pred_surface: list[int] = field(default_factory=list)
+    ref_surface: list[int] = field(default_factory=list)
 
-    def metrics(self, spacing: Sequence[float], tolerance: float = 1.0, options: MetricOptions = MetricOptions()
-                ) -> dict[str, float]:
-        """The chosen metrics, equal to ``rows.binary_metrics`` of the whole masks (NSD at ``tolerance`` mm)."""
+    def metrics(self, spacing: Sequence[float], tolerance: float = 1.0, options: MetricOptions = MetricOptions(),
+                boundaries: tuple[Boundary, Boundary] | None = None) -> dict[str, float]:
+        """The chosen metrics, equal to ``rows.binary_metrics`` of the whole masks (NSD at ``tolerance`` mm);
+        the surface metrics read the class's ``boundaries`` (prediction, reference) again."""
         tp, fp, fn, tn = map(int, self.counts)
         values = overlap_from_counts(tp, fp, fn, tn)
         has_pred, has_ref = bool(tp + fp), bool(tp + fn)
         if not (has_pred and has_ref):
             values.update(empty_distances(has_pred, has_ref), nsd=1.0 if has_pred == has_ref else 0.0)
-        else:
-            if options.wants(*DISTANCE_METRICS):
-                pred, ref = _points(self.pred_surface, spacing), _points(self.ref_surface, spacing)
-                values.update(distance_summary(nearest_distances(pred, ref), nearest_distances(ref, pred)))
-            if options.wants("nsd"):
-                values["nsd"] = surfel_dice(_joined(self.pred_surfels), _joined(self.ref_surfels), spacing, tolerance)
+        elif options.wants(*DISTANCE_METRICS, "nsd"):
+            if boundaries is None:
+                raise ValueError("surface metrics read the volumes again: pass their boundaries")
+            values.update(self._surface_metrics(*boundaries, spacing, tolerance, options))
         return {**options.keep(values), **voxel_counts(tp, fp, fn)}
 
+    def _surface_metrics(self, pred: Boundary, ref: Boundary, spacing: Sequence[float], tolerance: float,
+                         options: MetricOptions) -> dict[str, float]:
+        values, sampling = {}, np.asarray(spacing, dtype=np.float64)
+        if options.wants(*DISTANCE_METRICS):
+            to_ref = directed_distances(pred, ref, self._with(self.pred_surface), chunked(self.slabs, self.ref_surface),
+                                        sampling)
+            to_pred = directed_distances(ref, pred, self._with(self.ref_surface), chunked(self.slabs, self.pred_surface),
+                                         sampling)
+            values.update(distance_summary(to_ref, to_pred))
+        if options.wants("nsd"):
+            p_close, p_total = surface_areas_within(pred, ref, self._cells_of(self.pred_voxels), sampling, tolerance)
+            r_close, r_total = surface_areas_within(ref, pred, self._cells_of(self.ref_voxels), sampling, tolerance)
+            values["nsd"] = (p_close + r_close) / (p_total + r_total)
+        return values
 
-def _joined(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    return np.concatenate([p for p, _ in parts]), np.concatenate([c for _, c in parts])
+    def _with(self, counts: list[int]) -> list[tuple[int, int]]:
+        """The slabs with a nonzero count."""
+        return [slab for slab, n in zip(self.slabs, counts) if n]
 
-
-def _points(parts: list[np.ndarray], spacing: Sequence[float]) -> np.ndarray:
-    if not parts:
-        return np.zeros((0, 3))
-    return np.concatenate(parts).astype(np.float64) * np.asarray(spacing, dtype=np.float64)
+    def _cells_of(self, voxels: list[int]) -> list[tuple[int, int]]:
+        """The slabs whose cells (between each slice and the one before) can hold surfels: the class is in
+        the slab or in the slab before."""
+        return [slab for i, slab in enumerate(self.slabs) if voxels[i] or (i and voxels[i - 1])]
 
 
 def score_stack(pred: SliceStack, ref: SliceStack, case: str, labels: dict[int, str],
@@ -75,43 +85,60 @@ def score_stack(pred: SliceStack, ref: SliceStack, case: str, labels: dict[int, 
                 options: MetricOptions = MetricOptions()) -> list[dict]:
     """Metric rows of a predicted stack against its label stack (voxel ``spacing`` in mm) for the
     foreground classes of ``labels``, gathered slab by slab: equal to the rows of the whole volumes,
-    in memory that does not grow with the number of slices. A 0/255 mask (either side) counts as 0/1."""
+    in memory that does not grow with the number of slices or the surface. A 0/255 mask (either side)
+    counts as 0/1."""
     if pred.shape != ref.shape:
         raise UserError(f"{pred.path}: prediction shape {pred.shape} differs from label shape {ref.shape}")
     tolerances = options.tolerances(labels)
-    pairs = ((z, p, r) for (z, p), (_, r) in zip(_class_slabs(pred), _class_slabs(ref)))
+    readers = [_class_reader(stack) for stack in (pred, ref)]
+    pairs = ((z, readers[0](z, stop), readers[1](z, stop)) for z, stop in _slab_ranges(pred.shape[2]))
     tallies = tally_slabs(pairs, [k for k in labels if k != 0], options)
-    return [{"case": case, "class": k, "name": labels[k], **tallies[k].metrics(spacing, tolerances[k], options)}
-            for k in sorted(tallies)]
+    rows = []
+    for k in sorted(tallies):
+        tally = tallies[k]
+        if options.wants(*DISTANCE_METRICS, "nsd") and all(tally.counts[:3]):
+            log.info("%s, %s: %d + %d surface voxels scored (prediction + reference)", case, labels[k],
+                     sum(tally.pred_surface), sum(tally.ref_surface))
+        boundaries = tuple(Boundary(read, pred.shape[2], k) for read in readers)
+        rows.append({"case": case, "class": k, "name": labels[k],
+                     **tally.metrics(spacing, tolerances[k], options, boundaries)})
+    return rows
 
 
-def _class_slabs(stack: SliceStack) -> Iterator[tuple[int, np.ndarray]]:
-    """The slabs of a label stack, a 0/255 mask's as 0/1 (that takes one more pass over the stack)."""
+def _slab_ranges(depth: int, thickness: int = SLAB) -> Iterator[tuple[int, int]]:
+    return ((z, min(z + thickness, depth)) for z in range(0, depth, thickness))
+
+
+def _class_reader(stack: SliceStack):
+    """Slabs (start, stop) of a label stack as class ids, a 0/255 mask's as 0/1 (found by one more pass)."""
     binary = stack_statistics(stack, label=True).binary_mask
-    for z, slab in stack.slabs():
-        yield z, (slab > 0).astype(np.uint8) if binary else slab
+
+    def read(start: int, stop: int) -> np.ndarray:
+        slab = stack.slab(start, stop)
+        return (slab > 0).astype(np.uint8) if binary else slab
+
+    return read
 
 
 def tally_slabs(pairs: Iterable[tuple[int, np.ndarray, np.ndarray]], classes: Sequence[int],
                 options: MetricOptions = MetricOptions()) -> dict[int, ClassTally]:
-    """Counts, surface voxels and surfels of every class, from consecutive (first slice, prediction
-    slab, reference slab) triples covering a volume (integer labels, (H, W, n) each)."""
+    """Counts of every class, and per slab its voxels and surface voxels, from consecutive (first slice,
+    prediction slab, reference slab) triples covering a volume (integer labels, (H, W, n) each)."""
     tallies = {k: ClassTally() for k in classes}
-    distances, nsd = options.wants(*DISTANCE_METRICS), options.wants("nsd")
+    surfaces = options.wants(*DISTANCE_METRICS, "nsd")
     for start, pred, ref in _with_neighbours(pairs):
         own = slice(pred.offset, pred.offset + pred.size)
         for k, tally in tallies.items():
             pm, rm = pred.values == k, ref.values == k  # the class in the slab and its halo, once
             pk, rk = pm[..., own], rm[..., own]
-            tp = int(np.count_nonzero(pk & rk))
-            tally.counts += (tp, int(np.count_nonzero(pk)) - tp, int(np.count_nonzero(rk)) - tp, 0)
-            tally.counts[3] += pk.size - int(np.count_nonzero(pk | rk))
-            if distances:
-                tally.pred_surface.append(pred.surface_points(pm, start))
-                tally.ref_surface.append(ref.surface_points(rm, start))
-            if nsd:
-                tally.pred_surfels.append(pred.surfels(pm, start))
-                tally.ref_surfels.append(ref.surfels(rm, start))
+            tp, n_pred, n_ref = int(np.count_nonzero(pk & rk)), int(np.count_nonzero(pk)), int(np.count_nonzero(rk))
+            tally.counts += (tp, n_pred - tp, n_ref - tp, pk.size - (n_pred + n_ref - tp))
+            tally.slabs.append((start, start + pred.size))
+            tally.pred_voxels.append(n_pred)
+            tally.ref_voxels.append(n_ref)
+            if surfaces:
+                tally.pred_surface.append(pred.surface_count(pm))
+                tally.ref_surface.append(ref.surface_count(rm))
     return tallies
 
 
@@ -124,26 +151,11 @@ class _Halo:
     offset: int
     size: int
 
-    def surface_points(self, mask: np.ndarray, start: int) -> np.ndarray:
-        """Volume indices (N, 3) int32 of the surface voxels of ``mask`` (a class in ``values``, halo
-        included) in the slab's own slices."""
+    def surface_count(self, mask: np.ndarray) -> int:
+        """Surface voxels of ``mask`` (a class in ``values``, halo included) in the slab's own slices."""
         if not mask.any():
-            return np.zeros((0, 3), dtype=np.int32)
-        points = np.argwhere(surface(mask)[..., self.offset : self.offset + self.size]).astype(np.int32)
-        points[:, 2] += start
-        return points
-
-    def surfels(self, mask: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
-        """The boundary cells of ``mask`` (a class in ``values``, halo included) in the slab (cell indices
-        (N, 3) of the volume padded by one voxel, codes (N,)): the cells between each own slice and the
-        one before, and past the last slice of the volume when the slab ends it."""
-        before = mask[..., :1] if self.offset else np.zeros_like(mask[..., :1])
-        own = mask[..., self.offset : self.offset + self.size]
-        last = self.offset + self.size == mask.shape[-1]  # no slice after: the slab ends the volume
-        codes = cell_codes(np.concatenate([before, own], axis=-1))[..., 1 : self.size + 1 + last]
-        points, values = surfels(codes)
-        points[:, 2] += start
-        return points, values
+            return 0
+        return int(np.count_nonzero(surface(mask)[..., self.offset : self.offset + self.size]))
 
 
 def _with_neighbours(pairs: Iterable[tuple[int, np.ndarray, np.ndarray]]) -> Iterator[tuple[int, _Halo, _Halo]]:
