@@ -23,7 +23,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     network = parser.add_mutually_exclusive_group()
     network.add_argument("--run", "--run-dir", dest="run", default="outputs/latest",
-                         help="run folder (default outputs/latest); under torchrun write --run-dir, torchrun claims --run")
+                         help="run folder (default outputs/latest; --run-dir under torchrun, which claims --run)")
     network.add_argument("--model", metavar="PACKAGE", help="a model package (python -m pipeline.export) instead of "
                          "a run; needs --data or --images")
     parser.add_argument("--checkpoint", default="best", help="best, last or a checkpoint path (default best)")
@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
     if (args.labels and not args.images) or (args.model and args.checkpoint != "best"):
-        parser.error("--labels goes with --images" if args.labels and not args.images else "--model has no --checkpoint")
+        parser.error("--labels needs --images" if args.labels and not args.images else "--model takes no --checkpoint")
     info = distributed.init()  # torchrun: each rank tests its share of the cases
     setup_logging(args.verbose, info.is_main)
 

@@ -25,10 +25,10 @@ DEFAULT_CONFIG = "configs/demo.yaml"
 @exit_on_user_error
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help=f"YAML preset (default {DEFAULT_CONFIG}; with --resume, the run's config.yaml)")
+    parser.add_argument("--config", help=f"YAML preset (default {DEFAULT_CONFIG}; --resume: the run's config.yaml)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="override config keys, e.g. train.epochs=5 data.root=/data/ct")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run in its own folder from checkpoints/last.pt")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run in its folder from checkpoints/last.pt")
     parser.add_argument("--plan", action="store_true", help="plan the keys a preset leaves open (own data: always)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
@@ -39,7 +39,10 @@ def main() -> None:
     config = Path(args.resume) / "config.yaml" if args.resume else Path(args.config or DEFAULT_CONFIG)
     if args.resume and not config.is_file():
         raise UserError(f"{args.resume}: not a run folder (no config.yaml); pass the folder train.py created")
-    cfg, plan = distributed.on_main(lambda: run_config(config, args.overrides, args.resume, args.config, args.plan), info)
+    def configure():
+        return run_config(config, args.overrides, args.resume, args.config, args.plan)
+
+    cfg, plan = distributed.on_main(configure, info)
     try:
         run_dir = run_training(cfg, resume_dir=args.resume, info=info, plan=plan)
     except TrainingInterrupted as stop:

@@ -26,8 +26,8 @@ flips. Run it alone on the machine: every figure is a timing.
 
 ``--engines``: only ``test.py`` predicting one generated stack of ``--shape`` (its
 labels removed: prediction alone, slab by slab, ``--data`` of its root) with the
-network of ``--demo-run``, once per inference engine (``infer.backend`` torch and openvino), each in its own process, with wall
-time, peak RSS and the share of label voxels on which the two agree. The demo
+network of ``--demo-run``, once per inference engine (``infer.backend`` torch and openvino), each in its
+own process, with wall time, peak RSS and the share of label voxels on which the two agree. The demo
 network was trained on CT phantoms, not on this stack: only time, memory and
 agreement mean anything there.
 """
@@ -63,16 +63,18 @@ def kidney_stages(work: Path, shape: tuple[int, int, int], steps: int) -> tuple[
     root = work / "stacks"
     rows = []
     if not (root / "kidney_2" / "labels").is_dir():
-        rows.append(run_stage("generate (2 stacks)", ["-m", "pipeline.synthetic", "--kind", "kidney-stack", "--cases", "2",
-                                                      "--shape", *map(str, shape), "--out", str(root)], work / "generate.log"))
+        generate = ["-m", "pipeline.synthetic", "--kind", "kidney-stack", "--cases", "2", "--shape", *map(str, shape),
+                    "--out", str(root)]
+        rows.append(run_stage("generate (2 stacks)", generate, work / "generate.log"))
     rows.append(run_stage("check", ["-m", "pipeline.check", "--data", str(root)], work / "check.log"))
     runs = work / "runs"
     settings = [f"data.root={root}", "data.modality=generic", "data.val_fraction=0", "data.test_cases=[kidney_2]",
                 "data.lazy=always", f"data.store_dir={work / 'stores'}", f"output_dir={runs}", "train.epochs=1",
                 f"train.volumes_per_epoch={steps}", "train.samples_per_volume=2", "infer.stream_voxels=0"]
-    rows.append(run_stage(f"train ({steps} steps)", ["train.py", "--config", "configs/demo.yaml", "-v", "--set", *settings],
-                          work / "train.log"))
-    waits = re.findall(r"epoch \d+: (\d+) steps, ([\d.]+) s/step, ([\d.]+) % waiting for data", (work / "train.log").read_text())
+    train = ["train.py", "--config", "configs/demo.yaml", "-v", "--set", *settings]
+    rows.append(run_stage(f"train ({steps} steps)", train, work / "train.log"))
+    waits = re.findall(r"epoch \d+: (\d+) steps, ([\d.]+) s/step, ([\d.]+) % waiting for data",
+                       (work / "train.log").read_text())
     rows[-1]["stage"] += f": {waits[-1][1]} s/step, {waits[-1][2]} % of it waiting for data" if waits else ""
     run = (runs / "latest").resolve()
     test_dir = run / f"test-{time.strftime('%H%M%S')}"
@@ -111,7 +113,8 @@ def throughput(run: Path, stack: Path, slices: int, method: str, work: Path) -> 
             predictor.engine, lambda a, b: volume[..., a:b], shape, roi, cfg.infer, max(predictor.labels) + 1)]
         labels = torch.cat(parts, dim=-1)
     else:
-        model, amp, x = predictor.model, predictor.amp_dtype, volume[None].contiguous(memory_format=torch.channels_last_3d)
+        model, amp = predictor.model, predictor.amp_dtype
+        x = volume[None].contiguous(memory_format=torch.channels_last_3d)
         if method == "monai-defaults":
             model, amp, x = model.to(memory_format=torch.contiguous_format), None, volume[None]
         with torch.inference_mode(), autocast(x.device, amp):
@@ -161,7 +164,8 @@ def engine_stages(work: Path, shape: tuple[int, int, int], demo_run: Path) -> No
         rows[backend]["labels"] = SliceStack(out / "predictions" / "kidney_1", label=True)
     equal = sum(int(np.count_nonzero(a == b)) for (_, a), (_, b) in zip(rows["torch"]["labels"].slabs(),
                                                                         rows["openvino"]["labels"].slabs()))
-    print(f"test.py predicting a generated stack ({'x'.join(map(str, shape))}, {voxels / 1e9:.2f} G voxels, no labels), "
+    print(f"test.py predicting a generated stack ({'x'.join(map(str, shape))}, {voxels / 1e9:.2f} G voxels, "
+          "no labels), "
           f"network of {demo_run.name}, one process each\n| engine | seconds | Mvoxel/s | peak RSS (GB) |\n"
           "| --- | ---: | ---: | ---: |")
     for backend, r in rows.items():
@@ -181,7 +185,8 @@ def kits_stages(work: Path, demo_run: Path) -> list[dict]:
         out = work / f"kits-test-tta-{tta}-{time.strftime('%H%M%S')}"
         rows.append(run_stage(f"KiTS-sized CT, test.py, flips {tta}",
                               ["test.py", "--run", str(demo_run), "--images", str(root / "imagesTs"), "--labels",
-                               str(root / "labelsTs"), "--out", str(out), "--set", f"infer.tta={tta}"], work / f"kits-{tta}.log"))
+                               str(root / "labelsTs"), "--out", str(out), "--set", f"infer.tta={tta}"],
+                              work / f"kits-{tta}.log"))
         rows[-1]["dice"] = json.loads((out / "summary.json").read_text())["mean_dice"]
     return rows
 
@@ -193,7 +198,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--demo-run", type=Path, help="a demo run (make demo) for the KiTS-sized CT rows")
     parser.add_argument("--kits-only", action="store_true", help="only the KiTS-sized CT rows (needs --demo-run)")
-    parser.add_argument("--engines", action="store_true", help="only test.py with each inference engine (needs --demo-run)")
+    parser.add_argument("--engines", action="store_true",
+                        help="only test.py with each inference engine (needs --demo-run)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.engines:
@@ -208,7 +214,8 @@ def main() -> None:
     if not args.kits_only:
         kidney(args)
     if args.demo_run:
-        print("\n| KiTS-sized CT 512x512x600, demo network | seconds | peak RSS (GB) | mean Dice |\n| --- | ---: | ---: | ---: |")
+        print("\n| KiTS-sized CT 512x512x600, demo network | seconds | peak RSS (GB) | mean Dice |\n"
+              "| --- | ---: | ---: | ---: |")
         for r in kits_stages(args.work, args.demo_run.resolve()):
             print(f"| {r['stage']} | {r['seconds']:.0f} | {r['rss_gb']:.2f} | {r['dice']:.4f} |")
 
@@ -229,7 +236,8 @@ def kidney(args: argparse.Namespace) -> None:
     import numpy as np
 
     ours = np.load(args.work / "labels-ours.npy")
-    print(f"\nprediction throughput on {args.shape[0]}x{args.shape[1]}x{slices} of kidney_2, trained network, one process each")
+    print(f"\nprediction throughput on {args.shape[0]}x{args.shape[1]}x{slices} of kidney_2, trained network, "
+          "one process each")
     print("| inference | seconds | of which its label map (class by class) | Mvoxel/s | voxels equal to ours |\n"
           "| --- | ---: | ---: | ---: | ---: |")
     for method, r in speed.items():

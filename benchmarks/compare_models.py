@@ -252,7 +252,8 @@ def main() -> None:
     text = (f"# {title}\n\n`python benchmarks/compare_models.py {args.dataset} --budget {budget:g}`\n\n"
             f"Held-out cases ({len(test_ids)}, never used for a choice): {', '.join(test_ids)}. "
             f"Same widths for every model: {list(trained.model.channels)}, patch {list(trained.train.patch_size)}.\n\n"
-            f"{table(rows, args.dataset, work)}\n\n![Dice against parameters and step time](../../docs/figures/{figure.name})\n")
+            f"{table(rows, args.dataset, work)}\n\n"
+            f"![Dice against parameters and step time](../../docs/figures/{figure.name})\n")
     out = ROOT / "benchmarks" / "results" / f"compare_{args.dataset}.md"
     out.write_text(text, encoding="utf-8")
     print(text)

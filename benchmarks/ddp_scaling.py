@@ -51,7 +51,8 @@ def main() -> None:
         crops = {}
         for n in (1, 2):
             per_rank = -(-len(train) // n)  # each rank steps over its padded share
-            crops[n] = per_rank * n * cfg.train.samples_per_volume, run(n, args.config, data, Path(tmp) / f"out{n}", args.epochs)
+            crops[n] = (per_rank * n * cfg.train.samples_per_volume,
+                        run(n, args.config, data, Path(tmp) / f"out{n}", args.epochs))
     print(f"{len(train)} training cases, patch {cfg.train.patch_size}, {torch.get_num_threads()} threads per process, "
           "2 cores in all")
     print("| processes | crops per epoch | s/epoch (median) | crops/s |\n| ---: | ---: | ---: | ---: |")

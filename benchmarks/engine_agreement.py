@@ -32,7 +32,8 @@ def test_with(run: Path, engine: str) -> tuple[Path, float, dict]:
     """Output folder, wall seconds and summary of ``test.py`` on ``run`` with ``engine``."""
     out = run / f"engines-{engine}-{time.strftime('%H%M%S')}"
     start = time.perf_counter()
-    subprocess.run([sys.executable, "test.py", "--run", str(run), "--out", str(out), "--set", f"infer.backend={engine}"],
+    subprocess.run([sys.executable, "test.py", "--run", str(run), "--out", str(out), "--set",
+                    f"infer.backend={engine}"],
                    cwd=ROOT, check=True, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     return out, seconds, json.loads((out / "summary.json").read_text(encoding="utf-8"))

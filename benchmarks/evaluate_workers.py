@@ -56,7 +56,8 @@ def main() -> None:
                 start = time.perf_counter()
                 evaluate_folder(root / "pred", root / "ref", root / f"out-{n}-{repeat}", labels=[1, 2], workers=n)
                 times[n].append(time.perf_counter() - start)
-        same = read_metrics_csv(root / "out-1-0" / "metrics.csv") == read_metrics_csv(root / f"out-{workers}-0" / "metrics.csv")
+        one, several = (read_metrics_csv(root / f"out-{n}-0" / "metrics.csv") for n in (1, workers))
+        same = one == several
     one, many = statistics.median(times[1]), statistics.median(times[workers])
     print(f"{args.cases} cases, 2 classes, median of {args.repeats} runs")
     print("| workers | wall seconds |\n| ---: | ---: |")

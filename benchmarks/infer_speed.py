@@ -90,7 +90,8 @@ def measure(method: str, run: str, volume_file: str, out: str | None) -> dict:
         else:  # the Predictor's model is channels-last already; the input follows it
             model, amp, x = predictor.model, predictor.amp_dtype, x.to(memory_format=torch.channels_last_3d)
         with torch.inference_mode(), autocast(x.device, amp):
-            logits = sliding_window_inference(x, roi, infer.sw_batch_size, model, overlap=infer.overlap, mode=infer.blend)
+            logits = sliding_window_inference(x, roi, infer.sw_batch_size, model, overlap=infer.overlap,
+                                              mode=infer.blend)
     seconds = time.perf_counter() - start
     if out:
         np.save(out, (labels[0] if method.startswith("ours-slabs") else logits.argmax(1)[0].to(torch.uint8)).numpy())
@@ -143,7 +144,8 @@ def print_table(args: argparse.Namespace, results: dict, labels: dict) -> None:
     for backend in ("torch", "openvino", "onnxruntime"):
         print(f"test.py's engine (label_map, {backend}) / MONAI with the same precision and layout: "
               f"{results[f'ours-slabs-{backend}']['mvox_s'] / same:.2f}x")
-    print(f"ours, openvino logits / MONAI defaults: {results['ours-openvino']['mvox_s'] / results['monai-defaults']['mvox_s']:.2f}x")
+    ratio = results["ours-openvino"]["mvox_s"] / results["monai-defaults"]["mvox_s"]
+    print(f"ours, openvino logits / MONAI defaults: {ratio:.2f}x")
 
 
 if __name__ == "__main__":

@@ -125,7 +125,8 @@ def parse_args() -> argparse.Namespace:
                         help="extra train.py overrides (an experiment: its results and figure stay in its --out "
                              "folder; the published numbers use none)")
     parser.add_argument("--plan", metavar="BUDGET",
-                        help="no preset: train.py plans from the data for this budget (e.g. 60m); results stay in --out")
+                        help="no preset: train.py plans from the data for this budget (e.g. 60m); results stay in "
+                             "--out")
     return parser.parse_args()
 
 
@@ -207,7 +208,8 @@ def main() -> None:
     out = Path(args.out) / f"{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True)
     train_cmd = train_command(args, ref, out, root, test_ids)
-    print(f"{args.dataset}: training on {len(ids) - len(test_ids)} cases, holding out {', '.join(test_ids)}", flush=True)
+    print(f"{args.dataset}: training on {len(ids) - len(test_ids)} cases, holding out {', '.join(test_ids)}",
+          flush=True)
     train_seconds = run(train_cmd, out / "train.log")
     run_dir = (out / "latest").resolve()
     test_cmd = [sys.executable, "test.py", "--run", str(run_dir), "--checkpoint", "last"]

@@ -58,7 +58,8 @@ def main() -> None:
     model = model.to(memory_format=torch.channels_last_3d)
     print(f"demo network (resunet 16-128), {amp or 'fp32'}, channels-last, {torch.get_num_threads()} threads; "
           f"volume {tuple(args.shape)}")
-    print("| window | overlap | s / window | Mvoxel/s in the window | windows | network s for the volume | vs 112x112x80 @ 0.25 |")
+    print("| window | overlap | s / window | Mvoxel/s in the window | windows | network s for the volume "
+          "| vs 112x112x80 @ 0.25 |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     base = None
     for roi, overlap in CANDIDATES:

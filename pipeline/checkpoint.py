@@ -103,7 +103,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         first = " ".join(str(err).split())[:160]
-        raise UserError(f"{path}: not a loadable checkpoint ({first}); it may be truncated or not made by this tool") from None
+        raise UserError(f"{path}: not a loadable checkpoint ({first}); it may be truncated or not made by "
+                        "this tool") from None
     missing = [k for k in REQUIRED if not isinstance(state, dict) or k not in state]
     if missing:
         raise UserError(f"{path}: not a checkpoint of this tool (no {', '.join(missing)})")

@@ -111,7 +111,8 @@ class InferConfig:
     overlap: float = 0.25  # sliding-window overlap; 0.5 costs ~1.8x the windows on large volumes (see README)
     blend: str = "constant"  # or gaussian; constant matched gaussian on the demo test split (README)
     precision: str = "auto"
-    backend: str = "auto"  # what runs the windows: auto (OpenVINO on a CPU where installed), torch, openvino, onnxruntime
+    # what runs the windows: auto (OpenVINO on a CPU where installed), torch, openvino, onnxruntime
+    backend: str = "auto"
     sw_batch_size: int = 1
     probabilities: bool = False  # also write probabilities/<case>.nii.gz (foreground classes, float32)
     tta: bool = False  # average the logits of every flip of the volume along the patch's axes (2D: 4, 3D: 8)

@@ -82,23 +82,35 @@ def judge_check(repo: Path, base: Path, fmt: str, mutation: str, seed: int) -> s
     return verdict(MUTATIONS[mutation][0], outcome, True, True, snapshot(base) == before)
 
 
-def train_args(repo: Path, root: Path, out: Path) -> list[str]:
-    return ["--config", str(repo / "configs" / "smoke.yaml"), "--set", f"data.root={root}", f"output_dir={out}",
-            *TINY_RUN]
+def train_args(repo: Path, root: Path, out: Path, planned: bool = False) -> list[str]:
+    """A tiny epoch with the smoke preset, or ``planned`` as own data is trained (no preset: the plan)."""
+    preset = [] if planned else ["--config", str(repo / "configs" / "smoke.yaml")]
+    return [*preset, "--set", f"data.root={root}", f"output_dir={out}", *TINY_RUN]
 
 
-def judge_train(repo: Path, base: Path, fmt: str, mutation: str, seed: int) -> str:
-    root, out = write_dataset(base / f"{fmt}-{mutation}-{seed}", fmt, mutation, seed), base / f"runs-{fmt}-{mutation}-{seed}"
+def judge_train(repo: Path, base: Path, fmt: str, mutation: str, seed: int, planned: bool = False) -> str:
+    root = write_dataset(base / f"{fmt}-{mutation}-{seed}", fmt, mutation, seed)
+    out = base / f"runs-{fmt}-{mutation}-{seed}"
     before = snapshot(base)
-    outcome = call(repo, "train.py", train_args(repo, root, out))
+    outcome = call(repo, "train.py", train_args(repo, root, out, planned))
     runs = [p for p in out.iterdir() if p.name != "latest"] if out.is_dir() else []
     result_ok = len(runs) == 1 and (runs[0] / "checkpoints" / "last.pt").is_file()
     return verdict(MUTATIONS[mutation][0], outcome, result_ok, not runs, snapshot(base, skip=out) == before)
 
 
+def judge_plan(repo: Path, base: Path, fmt: str, mutation: str, seed: int) -> str:
+    """``python -m pipeline.plan --data ROOT`` (the epochs given: no timed steps): a plan, or one line."""
+    root = write_dataset(base / f"{fmt}-{mutation}-{seed}", fmt, mutation, seed)
+    before = snapshot(base)
+    outcome = call(repo, "pipeline.plan", ["--data", str(root), "--set", "train.epochs=1"])
+    result_ok = "plan:" in outcome.stdout and "data.spacing" in outcome.stdout
+    return verdict(MUTATIONS[mutation][0], outcome, result_ok, True, snapshot(base) == before)
+
+
 def judge_test(repo: Path, base: Path, run: Path, fmt: str, mutation: str, seed: int) -> str:
     """``test.py --run RUN --data ROOT``: the run was trained on clean data of the same kind."""
-    root, out = write_dataset(base / f"{fmt}-{mutation}-{seed}", fmt, mutation, seed), base / f"test-{fmt}-{mutation}-{seed}"
+    root = write_dataset(base / f"{fmt}-{mutation}-{seed}", fmt, mutation, seed)
+    out = base / f"test-{fmt}-{mutation}-{seed}"
     before = snapshot(base)
     outcome = call(repo, "test.py", ["--run", str(run), "--data", str(root), "--out", str(out)])
     result_ok = (out / "summary.json").is_file()

@@ -122,7 +122,8 @@ def test_cldice_equals_the_papers_definition(ndim, seed):
     shape = (60, 50, 24)[:ndim]
     ref = _vessels(rng, shape)
     pred = ref.copy()
-    pred[ndimage.binary_dilation(rng.random(shape) > (0.995 if ndim == 2 else 0.9995), iterations=2)] ^= True  # holes, blobs
+    seeds = rng.random(shape) > (0.995 if ndim == 2 else 0.9995)
+    pred[ndimage.binary_dilation(seeds, iterations=2)] ^= True  # holes, blobs
     expected = _reference_cldice(pred, ref)
     assert 0.3 < expected < 1
     assert metrics.cldice(pred, ref) == pytest.approx(expected, abs=1e-12)

@@ -27,7 +27,8 @@ def test_every_preset_loads_and_describes_a_network_that_builds(preset):
 
 def test_contract_keys_exist_and_overrides_apply():
     cfg = load_config(REPO / "configs" / "demo.yaml",
-                      ["train.epochs=3", "train.seed=7", "model.name=usegnet2", "data.root=/x", "train.patch_size=[64,64,32]"])
+                      ["train.epochs=3", "train.seed=7", "model.name=usegnet2", "data.root=/x",
+                       "train.patch_size=[64,64,32]"])
     assert (cfg.train.epochs, cfg.train.seed, cfg.model.name, cfg.data.root) == (3, 7, "usegnet2", "/x")
     assert cfg.train.patch_size == (64, 64, 32)
     assert cfg.train.lr == 0.1  # untouched keys keep the preset's value

@@ -15,8 +15,7 @@ import SimpleITK as sitk
 from PIL import Image
 
 from pipeline.config import DataConfig
-from pipeline.data.check import check_dataset
-from pipeline.data.check import main as check_main
+from pipeline.data.check import check_dataset, main as check_main
 from pipeline.data.layouts import load_dataset
 from pipeline.data.splits import split_cases
 from pipeline.errors import UserError
@@ -179,12 +178,13 @@ def _msd(root, n=3, shape=(8, 8, 8)):
      "error", "label values [3] not in the label map"),
     (lambda r: nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.uint8), np.eye(4)), r / "labelsTr/c0.nii.gz"),
      "warning", "all background"),
-    (lambda r: nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.uint8), np.diag([2, 1, 1, 1])), r / "labelsTr/c0.nii.gz"),
-     "error", "spacing"),
+    (lambda r: nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.uint8), np.diag([2, 1, 1, 1])),
+                        r / "labelsTr/c0.nii.gz"), "error", "spacing"),
     (lambda r: nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 2, 2), np.float32), np.eye(4)), r / "imagesTr/c0.nii.gz"),
      "error", "expected a 2D or 3D image"),
     (lambda r: (r / "imagesTr/c0.nii.gz").write_bytes(b""), "error", "file is empty"),
-    (lambda r: (r / "imagesTr/c0.nii.gz").write_bytes(gzip.compress(_nifti_bytes())[:8000]), "error", "cannot read image data"),
+    (lambda r: (r / "imagesTr/c0.nii.gz").write_bytes(gzip.compress(_nifti_bytes())[:8000]), "error",
+     "cannot read image data"),
     (lambda r: (r / "imagesTr/c0.nii.gz").write_bytes(gzip.compress(_huge_header())), "error", "header declares"),
 ])
 def test_check_reports_each_problem_with_its_file(tmp_path, damage, severity, message):
@@ -210,7 +210,8 @@ def test_drive_like_paired_folders_pair_by_number_with_fov(tmp_path):
     for folder in ("images", "1st_manual", "mask"):
         (tmp_path / folder).mkdir()
     for n in (21, 22, 3):
-        Image.fromarray(RNG.integers(0, 255, (6, 5, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{n:02d}_training.tif")
+        colour = RNG.integers(0, 255, (6, 5, 3), dtype=np.uint8)
+        Image.fromarray(colour).save(tmp_path / "images" / f"{n:02d}_training.tif")
         Image.fromarray(np.zeros((6, 5), np.uint8)).save(tmp_path / "1st_manual" / f"{n:02d}_manual1.gif")
         Image.fromarray(np.full((6, 5), 255, np.uint8)).save(tmp_path / "mask" / f"{n:02d}_training_mask.gif")
     dataset = load_dataset(tmp_path, DataConfig(labels=("background", "vessel")))
@@ -276,7 +277,8 @@ def test_h5_folder_and_stack_layouts_are_detected(tmp_path):
 
 def test_csv_list_layout_and_traversal(tmp_path):
     root = _msd(tmp_path / "ds")
-    (root / "cases.csv").write_text("image,label\nimagesTr/c0.nii.gz,labelsTr/c0.nii.gz\nimagesTr/c1.nii.gz,labelsTr/c1.nii.gz\n", encoding="utf-8")
+    (root / "cases.csv").write_text("image,label\nimagesTr/c0.nii.gz,labelsTr/c0.nii.gz\n"
+                                    "imagesTr/c1.nii.gz,labelsTr/c1.nii.gz\n", encoding="utf-8")
     dataset = load_dataset(root, DataConfig(layout="list", list="cases.csv"))
     assert [c.id for c in dataset.training] == ["c0", "c1"]
     (root / "bad.csv").write_text("image,label\n/etc/hostname,labelsTr/c0.nii.gz\n", encoding="utf-8")

@@ -13,7 +13,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.torchrun]
 
 
 def _torchrun(*args: str, nproc: int = 2):
-    return run_cli("-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args, timeout=600, isolated=True)
+    return run_cli("-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args, timeout=600,
+                   isolated=True)
 
 
 def _checksums(stderr: str) -> dict[int, str]:
@@ -31,7 +32,8 @@ def test_two_ranks_train_once_with_identical_parameters(tiny_dataset, tmp_path):
     run = runs[0]
     assert [line.split(",")[0] for line in (run / "log.csv").read_text(encoding="utf-8").splitlines()[1:]] == ["1", "2"]
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-    checksum = sum(float(v.double().sum()) for k, v in state["model"].items() if "running" not in k and "num_batches" not in k)
+    checksum = sum(float(v.double().sum()) for k, v in state["model"].items()
+                   if "running" not in k and "num_batches" not in k)
     assert f"{checksum:.10e}" == sums[0]  # the saved weights are the ranks' weights
     assert result.stdout.count("run folder:") == 1
 

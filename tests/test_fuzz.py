@@ -11,7 +11,8 @@ import pytest
 
 from conftest import REPO
 from hostile import FORMATS, combinations, write_dataset
-from hostile_run import call, evaluate_combinations, judge_check, judge_evaluate, judge_test, judge_train, train_args
+from hostile_run import (call, evaluate_combinations, judge_check, judge_evaluate, judge_plan, judge_test, judge_train,
+                         train_args)
 
 SEED = 19
 SAMPLE = 8  # (format, mutation) pairs per expensive entry point, besides the valid ones
@@ -40,6 +41,15 @@ def test_training_trains_or_refuses_in_one_line(tmp_path):
     assert _wrong(verdicts) == {}
 
 
+def test_the_planned_path_plans_and_trains_or_refuses_in_one_line(tmp_path):
+    """Own data as most users train it: ``python -m pipeline.plan`` and ``train.py`` without a preset."""
+    pairs = _sample(combinations(), 4)[:9]  # the valid case of each layout and four hostile ones
+    verdicts = {("plan", fmt, m): judge_plan(REPO, tmp_path / "plan", fmt, m, SEED) for fmt, m in pairs}
+    verdicts |= {("train", fmt, m): judge_train(REPO, tmp_path / "train", fmt, m, SEED, planned=True)
+                 for fmt, m in pairs}
+    assert _wrong(verdicts) == {}
+
+
 @pytest.fixture(scope="module")
 def clean_runs(tmp_path_factory) -> dict:
     """A one-epoch run per format, trained on clean data of that format."""
@@ -60,5 +70,6 @@ def test_testing_scores_or_refuses_in_one_line_and_leaves_no_half_folder(tmp_pat
 
 @pytest.mark.parametrize("seed", [SEED, SEED + 1])  # the mutated file as prediction, then as reference
 def test_evaluation_scores_what_a_numpy_oracle_scores_or_refuses(tmp_path, seed):
-    verdicts = {(fmt, m): judge_evaluate(REPO, tmp_path, fmt, m, seed) for fmt, m in _sample(evaluate_combinations(), 3)}
+    verdicts = {(fmt, m): judge_evaluate(REPO, tmp_path, fmt, m, seed)
+                for fmt, m in _sample(evaluate_combinations(), 3)}
     assert _wrong(verdicts) == {}

@@ -18,7 +18,7 @@ def _code_shape():
 
 
 @pytest.mark.slow
-def test_no_module_over_300_lines_and_no_function_over_50():
+def test_no_module_over_300_lines_no_function_over_50_and_no_line_over_120():
     shape = _code_shape()
     files = shape.python_files(REPO)
     assert any(p.parts[-2:] == ("train", "loop.py") for p in files)  # the walk sees the packages
@@ -28,6 +28,9 @@ def test_no_module_over_300_lines_and_no_function_over_50():
     long_functions = [(str(p.relative_to(REPO)), name, n) for p in files
                       for name, n in shape.function_lengths(p) if n > 50]
     assert long_functions == []
+    long_lines = [f"{p.relative_to(REPO)}:{i}" for p in files
+                  for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if len(line) > 120]
+    assert long_lines == []
 
 
 @pytest.mark.parametrize("script", ["train.py", "test.py"])

@@ -29,7 +29,7 @@ from pipeline.train.lazy_crops import StoredCrops
 
 @pytest.fixture(scope="module")
 def kidney(tmp_path_factory):
-    root = generate_kidney_stacks(tmp_path_factory.mktemp("k") / "stacks", KidneySpec(shape=(70, 66, 37), generations=4))
+    root = generate_kidney_stacks(tmp_path_factory.mktemp("k") / "stacks", KidneySpec((70, 66, 37), generations=4))
     return Case("kidney_1", root / "kidney_1" / "images", root / "kidney_1" / "labels")
 
 
@@ -127,9 +127,9 @@ def test_a_store_of_a_nifti_volume_holds_it_in_the_orientation_of_the_in_memory_
     case = Case("k", tmp_path / "image.nii.gz", tmp_path / "label.nii.gz")
     cfg = _cfg("data.modality=CT", "data.intensity_target=[-1.5, 2.5]")  # a planned CT run's z-scored window
     store = open_store(case, cfg, tmp_path / "stores")
-    loaded = mt.Compose([mt.LoadImaged(["image", "label"], reader=PipelineReader()), mt.EnsureChannelFirstd(["image", "label"]),
-                         mt.Orientationd(["image", "label"], axcodes="RAS", labels=None)])(
-        {"image": str(case.image), "label": str(case.label)})
+    keys, files = ["image", "label"], {"image": str(case.image), "label": str(case.label)}
+    loaded = mt.Compose([mt.LoadImaged(keys, reader=PipelineReader()), mt.EnsureChannelFirstd(keys),
+                         mt.Orientationd(keys, axcodes="RAS", labels=None)])(files)
     low, high = cfg.data.intensity_range
     expected = (np.clip(loaded["image"][0].numpy(), low, high) - low) / (high - low) * 4.0 - 1.5
     np.testing.assert_allclose(np.asarray(store.image[:]), expected, atol=1e-3)  # float16
@@ -181,8 +181,8 @@ def _assert_logged_dice_is_the_stores_dice(run: Path, stores: Path) -> None:
     split = json.loads((run / "split.json").read_text(encoding="utf-8"))
     predictor = Predictor.from_run(run, "last")
     dataset = load_dataset(split["root"], predictor.cfg.data)
-    scores = [np.mean(store_dice(predictor, open_store(dataset.case(i), predictor.cfg, stores), max(predictor.labels) + 1))
-              for i in split["val"]]
+    stored = [open_store(dataset.case(i), predictor.cfg, stores) for i in split["val"]]
+    scores = [np.mean(store_dice(predictor, store, max(predictor.labels) + 1)) for store in stored]
     assert split["val"] and logged == pytest.approx(float(np.mean(scores)), abs=6e-6)  # log.csv keeps 5 decimals
 
 

@@ -37,7 +37,8 @@ def test_tta_is_the_mean_of_the_flipped_predictions():
         plain = model(image)
     torch.testing.assert_close(got, expected)
     assert not torch.allclose(got, plain, atol=1e-3)  # the flips did change the result
-    torch.testing.assert_close(predict_volume(TorchEngine(model, None), image, (8, 8, 4), InferConfig(precision="fp32")), plain)
+    fp32 = InferConfig(precision="fp32")
+    torch.testing.assert_close(predict_volume(TorchEngine(model, None), image, (8, 8, 4), fp32), plain)
 
 
 def test_clahe_matches_scikit_image_per_slice():
@@ -102,7 +103,8 @@ def test_error_figure_crop_window_is_centred_on_the_label():
 
 
 def _real_data_script():
-    spec = importlib.util.spec_from_file_location("real_data", Path(__file__).parents[1] / "benchmarks" / "real_data.py")
+    path = Path(__file__).parents[1] / "benchmarks" / "real_data.py"
+    spec = importlib.util.spec_from_file_location("real_data", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

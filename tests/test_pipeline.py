@@ -81,7 +81,7 @@ def test_metrics_summary_and_report_agree(trained, tiny_dataset):
     run, stdout = trained
     test_dir = run / "test"
     rows = read_metrics_csv(test_dir / "metrics.csv")
-    assert [(r["case"], r["class"]) for r in rows] == [("case_004", 1), ("case_004", 2), ("case_005", 1), ("case_005", 2)]
+    assert [(r["case"], r["class"]) for r in rows] == [(c, k) for c in ("case_004", "case_005") for k in (1, 2)]
     assert {"dice", "jaccard", "nsd", "asd", "assd", "hd95"} <= set(rows[0])
     summary = json.loads((test_dir / "summary.json").read_text(encoding="utf-8"))
     class_means = [np.mean([r["dice"] for r in rows if r["class"] == c]) for c in (1, 2)]
@@ -225,15 +225,15 @@ def test_evaluate_names_both_files_on_a_spacing_mismatch(tiny_dataset, tmp_path)
         affine = label.affine.copy()
         affine[2, 2] *= 2
         nib.save(nib.Nifti1Image(np.asanyarray(label.dataobj), affine), preds / f"{case}.nii.gz")
-    line = _one_line_error(run_cli("-m", "pipeline.evaluate", "--pred", str(preds),
-                                   "--ref", str(tiny_dataset / "labelsTs"), "--out", str(tmp_path / "out"), "--workers", "1"))
+    line = _one_line_error(run_cli("-m", "pipeline.evaluate", "--pred", str(preds), "--workers", "1",
+                                   "--ref", str(tiny_dataset / "labelsTs"), "--out", str(tmp_path / "out")))
     assert "preds/case_004.nii.gz has spacing" in line and "labelsTs/case_004.nii.gz has" in line
 
 
 def test_probabilities_and_auc_on_request(trained, tiny_dataset, tmp_path):
-    run, _ = trained
-    out = tmp_path / "probs"
-    result = run_cli("test.py", "--run", str(run), "--out", str(out), "--set", "infer.probabilities=true", "infer.auc=true")
+    run, out = trained[0], tmp_path / "probs"
+    result = run_cli("test.py", "--run", str(run), "--out", str(out), "--set", "infer.probabilities=true",
+                     "infer.auc=true")
     assert result.returncode == 0, result.stderr
     prob, _ = read_volume(out / "probabilities" / "case_004.nii.gz")
     ref, _ = read_volume(tiny_dataset / "labelsTs" / "case_004.nii.gz")

@@ -57,7 +57,8 @@ def test_ct_gets_a_window_from_its_foreground_percentiles(tmp_path):
     # then z-scored with the foreground's mean and std, as nnU-Net does: the window maps onto its z-scores
     np.testing.assert_allclose(chosen["data.intensity_target"], (np.asarray(chosen["data.intensity_range"])
                                                                  - fg.mean()) / fg.std(), atol=1e-4)
-    window = [f"{k}={json.dumps(chosen[k])}" for k in ("data.modality", "data.intensity_range", "data.intensity_target")]
+    window = [f"{k}={json.dumps(chosen[k])}"
+              for k in ("data.modality", "data.intensity_range", "data.intensity_target")]
     cfg = load_config(None, [f"data.root={root}", *window, "data.crop_foreground=false", "train.patch_size=[8,8,8]"])
     image = nib.load(root / "imagesTr" / "c0.nii.gz").get_fdata()
     out = build_transforms(cfg, train=False, keys=("image",))({"image": str(root / "imagesTr" / "c0.nii.gz")})

@@ -85,11 +85,12 @@ def test_a_planned_run_decides_on_its_validation_cases_and_test_py_applies_it(ti
     torch_engine = ["infer.backend=torch"]
     assert Predictor.from_run(run, overrides=torch_engine).cfg.infer.tta is True  # the decision over the run's config
     assert Predictor.from_run(run, overrides=torch_engine).cfg.infer.fill_holes == (1,)
-    assert Predictor.from_run(run, overrides=["infer.tta=false", *torch_engine]).cfg.infer.tta is False  # the user's key
+    mine = Predictor.from_run(run, overrides=["infer.tta=false", *torch_engine])
+    assert mine.cfg.infer.tta is False  # the user's key over the decision
 
     best["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in best["model"].items()}  # a new best.pt
     save_checkpoint(best, run / "checkpoints" / "best.pt")
-    assert Predictor.from_run(run, overrides=torch_engine).cfg.infer.fill_holes is False  # not for these weights: as configured
+    assert Predictor.from_run(run, overrides=torch_engine).cfg.infer.fill_holes is False  # as configured
     assert "decided with other weights" in caplog.text
     decide_after_training(load_config(run / "config.yaml"), run)  # made again for the new best.pt
     again = json.loads((run / "postprocessing.json").read_text())

@@ -40,7 +40,8 @@ def test_predict_reads_each_file_once_and_returns_what_it_used(tiny_dataset, mon
     cfg = load_config(REPO / "configs" / "smoke.yaml", [f"data.root={tiny_dataset}"])
     reads = []
     original = io.load_image
-    monkeypatch.setattr(predictor_module, "load_image", lambda path, **kw: reads.append(str(path)) or original(path, **kw))
+    monkeypatch.setattr(predictor_module, "load_image",
+                        lambda path, **kw: reads.append(str(path)) or original(path, **kw))
     path = tiny_dataset / "imagesTs" / "case_004.nii.gz"
     result = Predictor(_fixed_network(), cfg, {0: "background", 1: "a", 2: "b"}).predict(path, probabilities=True)
     assert reads == [str(path)]

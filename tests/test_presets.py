@@ -13,7 +13,8 @@ from pipeline.data.io import load_image
 from pipeline.metrics import accuracy
 from pipeline.evaluate.report import read_metrics_csv
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/datasets not present (a user's clone)")]
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/datasets not present (a user's clone)")]
 
 # one epoch of a narrow network; test-time flips off (they multiply inference by 4-8 and are tested
 # in test_levers.py and test_pipeline.py) and a quarter-window overlap (a tenth of the windows of
@@ -48,7 +49,8 @@ def test_la_heart_preset_reads_hdf5(tmp_path):
     shutil.copy(SHARED / "LA_heart_h5" / "train" / f"{split['test'][0]}.h5", held_out / "case_a.h5")
     result = run_cli("test.py", "--run", str(run), "--data", str(held_out), "--out", str(tmp_path / "held_out"))
     assert result.returncode == 0, result.stderr[-2000:]
-    metrics = json.loads((tmp_path / "held_out" / "summary.json").read_text(encoding="utf-8"))["classes"]["1"]["metrics"]
+    summary = json.loads((tmp_path / "held_out" / "summary.json").read_text(encoding="utf-8"))
+    metrics = summary["classes"]["1"]["metrics"]
     assert {"dice", "jaccard", "asd", "hd95", "hd"} <= set(metrics) and metrics["dice"]["n"] == 1
 
 
@@ -81,8 +83,10 @@ def test_drive_preset_evaluates_inside_the_field_of_view(tmp_path):
     rows = {r["case"]: r for r in read_metrics_csv(tmp_path / "drive_test" / "metrics.csv")}
     assert sorted(rows) == sorted([f"{number}_test", "21_test"])
     test_pred, _ = load_image(tmp_path / "drive_test" / "predictions" / f"{number}_test.nii.gz")
-    assert rows[f"{number}_test"]["accuracy"] == pytest.approx(accuracy(test_pred == 1, label == 1, mask=fov > 0), abs=1e-6)
-    metrics = json.loads((tmp_path / "drive_test" / "summary.json").read_text(encoding="utf-8"))["classes"]["1"]["metrics"]
+    expected = accuracy(test_pred == 1, label == 1, mask=fov > 0)
+    assert rows[f"{number}_test"]["accuracy"] == pytest.approx(expected, abs=1e-6)
+    summary = json.loads((tmp_path / "drive_test" / "summary.json").read_text(encoding="utf-8"))
+    metrics = summary["classes"]["1"]["metrics"]
     assert {"dice", "auc", "accuracy", "sensitivity", "specificity"} <= set(metrics) and metrics["auc"]["n"] == 2
 
 

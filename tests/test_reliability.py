@@ -56,7 +56,8 @@ def uninterrupted(tiny_dataset, tmp_path_factory) -> dict:
 def _start_and_signal(tiny_dataset, out: Path, sig: int, after_epoch: int, delay: float) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, *smoke_args(tiny_dataset, out, *DETERMINISTIC)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace")
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
+                            errors="replace")
     deadline = time.time() + 120
     while time.time() < deadline:
         log = out / "latest" / "log.csv"
@@ -262,7 +263,8 @@ def test_too_little_disk_room_is_refused_before_training(monkeypatch, tmp_path):
 
     from pipeline.checkpoint import check_room
 
-    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: shutil_module._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    full = shutil_module._ntuple_diskusage(10**9, 10**9 - 1000, 1000)
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: full)
     model = torch.nn.Conv3d(1, 8, 3)
     with pytest.raises(UserError, match="MB free, training needs about"):
         check_room(tmp_path, model)

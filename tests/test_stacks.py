@@ -91,7 +91,8 @@ def test_missing_label_slice_and_odd_slice_size_are_named(kidney_root, tmp_path,
     report = check_dataset(load_dataset(root), DataConfig())
     messages = {p.file: p.message for p in report.errors}
     assert "differs from image shape (48, 40, 24)" in messages[str(root / "kidney_1" / "labels")]
-    assert messages[str(odd)] == "slice shape (48, 41) differs from 0000.tif (48, 40); every slice of a stack must have the same size"
+    assert messages[str(odd)] == ("slice shape (48, 41) differs from 0000.tif (48, 40); every slice of a stack must "
+                                  "have the same size")
     with pytest.raises(SystemExit) as stop:
         check_main(["--data", str(root)])
     assert stop.value.code == 1 and str(odd) in capsys.readouterr().out

@@ -20,7 +20,7 @@ from pipeline.data.kidney import KidneySpec, generate_kidney_stacks
 from pipeline.data.io import load_image
 from pipeline.data.stack import SliceStack, normalised_reader
 from pipeline.errors import UserError
-from pipeline.evaluate.metrics import DISTANCE_METRICS
+from pipeline.evaluate.metrics import DISTANCE_METRICS, OVERLAP_METRICS
 from pipeline.evaluate.report import read_metrics_csv
 from pipeline.evaluate.rows import evaluate_case
 from pipeline.evaluate.slabs import score_stack
@@ -30,7 +30,8 @@ from pipeline.predict.engines import TorchEngine
 from pipeline.predict.streamed import stream_logits, window_starts
 
 
-@pytest.mark.parametrize("size, roi, overlap", [(40, 16, 0.25), (37, 16, 0.5), (16, 16, 0.5), (100, 24, 0.7), (9, 8, 0.0)])
+@pytest.mark.parametrize("size, roi, overlap", [(40, 16, 0.25), (37, 16, 0.5), (16, 16, 0.5), (100, 24, 0.7),
+                                               (9, 8, 0.0)])
 def test_window_starts_are_monais(size, roi, overlap):
     """The starts MONAI's sliding window visits along one axis: probe it with a network that
     writes each window's own first coordinate."""
@@ -63,7 +64,8 @@ def test_streamed_logits_equal_the_whole_volume_ones(overlap, blend):
         return volume[..., z0:z1]
 
     engine = TorchEngine(model, None)
-    slabs = [dataclasses.replace(s, logits=s.logits.clone()) for s in stream_logits(engine, read, shape, patch, infer, 3)]
+    slabs = [dataclasses.replace(s, logits=s.logits.clone())
+             for s in stream_logits(engine, read, shape, patch, infer, 3)]
     with torch.no_grad():
         whole = sliding_window_inference(volume[None], patch, 1, model, overlap=overlap, mode=blend)[0]
     assert [s.start for s in slabs] == [0] + list(np.cumsum([s.logits.shape[-1] for s in slabs])[:-1])
@@ -131,13 +133,13 @@ def test_a_stack_is_predicted_into_label_slices_equal_to_the_whole_volume(tmp_pa
 def test_test_py_streams_a_large_stack_and_scores_it_like_the_whole_volume(stack_run, tmp_path):
     _, run = stack_run
     whole = run_cli("test.py", "--run", str(run), "--out", str(tmp_path / "whole"), "--set", "infer.probabilities=true")
-    streamed = run_cli("test.py", "--run", str(run), "--out", str(tmp_path / "streamed"), "--set", "infer.stream_voxels=0",
-                       "infer.probabilities=true")
+    streamed = run_cli("test.py", "--run", str(run), "--out", str(tmp_path / "streamed"), "--set",
+                       "infer.stream_voxels=0", "infer.probabilities=true")
     assert whole.returncode == 0 and streamed.returncode == 0, streamed.stderr[-800:]
-    rows_whole, rows_streamed = read_metrics_csv(tmp_path / "whole" / "metrics.csv"), read_metrics_csv(tmp_path / "streamed" / "metrics.csv")
+    rows_whole, rows_streamed = (read_metrics_csv(tmp_path / name / "metrics.csv") for name in ("whole", "streamed"))
     assert [(r["case"], r["class"]) for r in rows_whole] == [(r["case"], r["class"]) for r in rows_streamed]
     for a, b in zip(rows_whole, rows_streamed):
-        for metric in ("dice", "jaccard", "nsd", "precision", "sensitivity", "specificity", "accuracy", *DISTANCE_METRICS):
+        for metric in (*OVERLAP_METRICS, "nsd", *DISTANCE_METRICS):
             assert a[metric] == pytest.approx(b[metric], abs=1e-9), metric
     case = rows_streamed[0]["case"]
     slices = sorted((tmp_path / "streamed" / "predictions" / case).iterdir())
@@ -177,7 +179,7 @@ def test_stack_scores_counted_slab_by_slab_equal_the_whole_volume_rows(tmp_path)
     whole = evaluate_case("k", pred.astype(np.int64), ref.astype(np.int64), names, spacing)
     assert streamed[0]["dice"] > 0.2 and 0 < streamed[0]["hd"] < np.inf  # true positives and surfaces to compare
     for a, b in zip(streamed, whole):
-        for metric in ("dice", "jaccard", "nsd", "precision", "sensitivity", "specificity", "accuracy", *DISTANCE_METRICS):
+        for metric in (*OVERLAP_METRICS, "nsd", *DISTANCE_METRICS):
             assert a[metric] == pytest.approx(b[metric], abs=1e-9), metric
 
 
@@ -192,7 +194,8 @@ def test_only_stacks_above_the_threshold_and_at_least_one_patch_stream(tmp_path)
     root = generate_kidney_stacks(tmp_path / "stacks", KidneySpec(shape=(40, 36, 6), generations=2))
     images = root / "kidney_1" / "images"
     base = ["train.patch_size=[16,16,4]", "model.channels=[4,8]"]
-    assert streamed_stack(images, load_config(REPO / "configs" / "smoke.yaml", base + ["infer.stream_voxels=0"])).shape == (40, 36, 6)
+    streamed_cfg = load_config(REPO / "configs" / "smoke.yaml", base + ["infer.stream_voxels=0"])
+    assert streamed_stack(images, streamed_cfg).shape == (40, 36, 6)
     assert streamed_stack(images, load_config(REPO / "configs" / "smoke.yaml", base)) is None  # under 2**28 voxels
     thin = load_config(REPO / "configs" / "smoke.yaml", ["infer.stream_voxels=0"])  # patch depth 16 > 6 slices
     assert streamed_stack(images, thin) is None  # the in-memory path pads it

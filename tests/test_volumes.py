@@ -101,7 +101,8 @@ def test_test_py_refuses_a_label_whose_axes_run_otherwise(stack_run, tmp_path):
     nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), image.affine @ np.diag([-1.0, 1, 1, 1])), label)
     for extra in ([], ["--set", "infer.stream_voxels=0"]):  # whole and slab by slab
         done = run_cli("test.py", "--run", str(run), "--images", str(tmp_path / "nifti" / "images"),
-                       "--labels", str(tmp_path / "nifti" / "labels"), "--out", str(tmp_path / f"out{len(extra)}"), *extra)
+                       "--labels", str(tmp_path / "nifti" / "labels"), "--out", str(tmp_path / f"out{len(extra)}"),
+                       *extra)
         assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-600:]
         (line,) = [x for x in done.stderr.splitlines() if x.startswith("error:")]
         assert str(label) in line and ("not on the grid of kidney_1.nii.gz" in line or "affine" in line)

@@ -49,7 +49,8 @@ def test_a_colour_coded_label_is_refused_and_a_grey_one_stored_as_rgb_read(tmp_p
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda f: f.create_group("image").create_dataset("data", data=np.zeros((4, 4, 4))), "'image' is a group, not an array"),
+    (lambda f: f.create_group("image").create_dataset("data", data=np.zeros((4, 4, 4))),
+     "'image' is a group, not an array"),
     (lambda f: f.create_dataset("image", data=np.zeros((4, 4, 4))).attrs.__setitem__("spacing", (1.0, 1.0)),
      r"spacing attribute \[1.0, 1.0\] is not three positive voxel sizes"),
     (lambda f: f.create_dataset("image", data=np.zeros((4, 4, 4))).attrs.__setitem__("spacing", (1.0, 0.0, 1.0)),

@@ -92,10 +92,12 @@ def test_a_label_stored_with_its_axes_flipped_is_refused_not_mirrored(tmp_path):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         save_nifti(array, affine, tmp_path / name)
     (tmp_path / "dataset.json").write_text('{"labels": {"0": "background", "1": "cube"}, "modality": {"0": "CT"}, '
-                                           '"training": [{"image": "./imagesTr/c.nii.gz", "label": "./labelsTr/c.nii.gz"}]}')
+                                           '"training": [{"image": "./imagesTr/c.nii.gz", '
+                                           '"label": "./labelsTr/c.nii.gz"}]}')
     report = check_dataset(load_dataset(tmp_path), DataConfig())
     (problem,) = report.errors
-    assert problem.file == str(tmp_path / "labelsTr" / "c.nii.gz") and "its axes run LAS, the image's RAS" in problem.message
+    assert problem.file == str(tmp_path / "labelsTr" / "c.nii.gz")
+    assert "its axes run LAS, the image's RAS" in problem.message
     save_nifti(ref, AFFINE, tmp_path / "ref.nii.gz")
     with pytest.raises(UserError, match="its axes run LAS but .* run RAS; predictions must be on the reference grid"):
         evaluate_files("c", tmp_path / "labelsTr" / "c.nii.gz", tmp_path / "ref.nii.gz", None)
@@ -220,3 +222,40 @@ def test_train_py_leaves_no_folder_behind_for_a_bad_patch_or_a_latest_folder_in_
     blocked = run_cli(*smoke_args(tiny_dataset, tmp_path, "train.epochs=1"))
     assert blocked.returncode == 2 and "latest: a folder of that name is in the way" in blocked.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest"] and (tmp_path / "latest" / "keep.txt").is_file()
+
+
+@pytest.mark.slow
+def test_a_plan_resampling_a_case_that_trains_from_a_store_is_refused_before_training(tiny_dataset, tmp_path):
+    """Before (8bb4038): a case at another slice spacing trained on its native grid from a store whose meta.json
+    kept 4 mm, while the plan had set data.spacing; test.py then exited 0."""
+    import shutil
+
+    import nibabel as nib
+
+    from conftest import run_cli
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset, root)
+    for folder in ("imagesTr", "labelsTr"):
+        path = root / folder / "case_002.nii.gz"
+        img = nib.load(path)
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine @ np.diag([1.0, 1.0, 2.0, 1.0])), path)
+    result = run_cli("train.py", "--set", f"data.root={root}", f"output_dir={tmp_path / 'runs'}", "train.epochs=1",
+                     "data.lazy=always")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "case_002" in result.stderr and "lazy stores keep each case's native grid" in result.stderr
+    assert not any((tmp_path / "runs").glob("*-*"))  # no run folder
+
+
+@pytest.mark.parametrize("setting, message", [("data.contrast=clahe", "lazy stores do not apply it"),
+                                              ("data.channel=1", "lazy stores hold the first channel")])
+def test_settings_a_lazy_store_would_ignore_are_refused(tiny_dataset, setting, message):
+    from pipeline.config import load_config
+    from pipeline.data.layouts import load_dataset
+    from pipeline.data.store import lazy_cases
+
+    cfg = load_config(None, [f"data.root={tiny_dataset}", "data.lazy=always", setting])
+    with pytest.raises(UserError, match=message):
+        lazy_cases(cfg, list(load_dataset(tiny_dataset, cfg.data).training))
+    assert lazy_cases(load_config(None, [f"data.root={tiny_dataset}", "data.lazy=always"]),
+                      list(load_dataset(tiny_dataset, cfg.data).training)) is True  # the same cases, as read

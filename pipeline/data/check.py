@@ -75,7 +75,7 @@ def _intensity_problems(case: Case, nonfinite: int, low: float, high: float) -> 
     """Non-finite voxels and a constant image, from counts however they were gathered."""
     problems = []
     if nonfinite:
-        problems.append(Problem("error", str(case.image), f"{nonfinite} NaN or Inf voxels", "replace them before training"))
+        problems.append(Problem("error", str(case.image), f"{nonfinite} NaN or Inf voxels", "replace them first"))
     if low >= high:
         problems.append(Problem("error", str(case.image), f"image is constant ({low if low == high else 0.0})",
                                 "an empty export?"))
@@ -166,7 +166,8 @@ def _read_by_slab(case: Case, data: DataConfig) -> bool:
     return True
 
 
-def check_case(case: Case, dataset: Dataset, data: DataConfig, need_label: bool) -> tuple[list[Problem], CaseStats | None]:
+def check_case(case: Case, dataset: Dataset, data: DataConfig,
+               need_label: bool) -> tuple[list[Problem], CaseStats | None]:
     """Every problem of one case, and its statistics (None when the image cannot be read).
     Slice stacks and large volumes are streamed (``check_stack_case``); other cases are read whole."""
     if _read_by_slab(case, data):
@@ -180,7 +181,7 @@ def check_case(case: Case, dataset: Dataset, data: DataConfig, need_label: bool)
     if case.label is None and need_label:
         problems.append(_missing_label(case))
     elif case.label is not None:
-        label, label_affine, found = _read(case.label, reader_options(data, label=True), "add the label or remove the case")
+        label, label_affine, found = _read(case.label, reader_options(data, label=True), "add it or drop the case")
         problems += found
         if label is not None:
             grid = _grid_problems(case, case.label, label.shape, label_affine, image.shape, affine)
@@ -211,7 +212,8 @@ def check_dataset(dataset: Dataset, data: DataConfig | None = None, workers: int
     seen: dict[str, object] = {}
     for case, _ in cases:
         if case.id in seen:
-            report.problems.append(Problem("error", str(case.image), f"case id {case.id!r} also used by {seen[case.id]}",
+            report.problems.append(Problem("error", str(case.image),
+                                           f"case id {case.id!r} also used by {seen[case.id]}",
                                            "give every case a unique file name"))
         seen[case.id] = case.image
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -287,13 +289,12 @@ def checked_dataset(data: DataConfig) -> Dataset:
     training and planning start from)."""
     dataset = load_dataset(data.root, data)
     report = check_dataset(dataset, data)
-    for problem in report.problems:
-        if problem.severity == "warning":
-            log.warning("%s", problem)
+    for problem in (p for p in report.problems if p.severity == "warning"):
+        log.warning("%s", problem)
     if report.errors:
         first, more = report.errors[0], len(report.errors) - 1
-        raise UserError(f"{first.file}: {first.message}" + (f" ({first.hint})" if first.hint else "")
-                        + (f"; {more} more problem(s): see `python -m pipeline.check --data {data.root}`" if more else ""))
+        more_text = f"; {more} more problem(s): see `python -m pipeline.check --data {data.root}`" if more else ""
+        raise UserError(f"{first.file}: {first.message}" + (f" ({first.hint})" if first.hint else "") + more_text)
     if not dataset.training:
         raise UserError(f"{data.root}: no training cases")
     return dataset

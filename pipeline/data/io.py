@@ -98,7 +98,8 @@ def kind_of(path: str | Path) -> str:
                            ("image2d", IMAGE_2D_SUFFIXES)):
         if name.endswith(suffixes):
             return kind
-    raise UserError(f"{path}: unsupported file type; use one of {', '.join(ALL_SUFFIXES)}, a DICOM folder or a slice folder")
+    raise UserError(f"{path}: unsupported file type; use one of {', '.join(ALL_SUFFIXES)}, a DICOM folder or a "
+                    "slice folder")
 
 
 def read_geometry(path: str | Path) -> Geometry:

@@ -161,7 +161,8 @@ def _detect_layout(root: Path) -> str:
         return "stack"
     if any((root / d).is_dir() for d in ("images", "image", "imgs")):
         return "paired"
-    raise UserError(f"{root}: cannot tell the layout (no dataset.json, imagesTr/, .h5 files, <case>/images/ or images/); "
+    raise UserError(f"{root}: cannot tell the layout (no dataset.json, imagesTr/, .h5 files, <case>/images/ or "
+                    "images/); "
                     "set data.layout")
 
 

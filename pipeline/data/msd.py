@@ -14,7 +14,8 @@ from .io import case_id, list_images
 def _msd_labels(meta: dict, source: Path) -> dict[int, str]:
     raw = meta.get("labels")
     if not isinstance(raw, dict) or not raw:
-        raise UserError(f"{source}: 'labels' must map label ids to names, e.g. {{\"0\": \"background\", \"1\": \"organ\"}}")
+        raise UserError(f"{source}: 'labels' must map label ids to names, e.g. "
+                        '{"0": "background", "1": "organ"}')
     if all(isinstance(v, int) and not isinstance(v, bool) for v in raw.values()):
         raw = {str(v): k for k, v in raw.items()}  # nnU-Net v2 maps names to ids
     try:
@@ -43,7 +44,8 @@ def load_msd(root: Path) -> tuple[list[Case], list[Case], dict[int, str] | None,
                         "(or nnU-Net v2's imagesTr/ and labelsTr/ folders next to it)")
     modality = meta.get("modality") or meta.get("channel_names") or {"0": "CT"}
     if not isinstance(modality, dict):
-        raise UserError(f"{source}: 'modality' must map channel numbers to names, e.g. {{\"0\": \"CT\"}}, got {modality!r}")
+        raise UserError(f"{source}: 'modality' must map channel numbers to names, e.g. {{\"0\": \"CT\"}}, "
+                        f"got {modality!r}")
     return training, test, _msd_labels(meta, source), tuple(str(v) for _, v in sorted(modality.items()))
 
 

@@ -17,7 +17,8 @@ def split_cases(cases: Sequence[Case], data: DataConfig, seed: int) -> tuple[lis
     def pick(ids: Sequence[str], key: str) -> list[Case]:
         unknown = [i for i in ids if i not in by_id]
         if unknown:
-            raise UserError(f"{key}: unknown case id(s) {', '.join(unknown[:5])}; known: {', '.join(list(by_id)[:8])} ...")
+            raise UserError(f"{key}: unknown case id(s) {', '.join(unknown[:5])}; "
+                            f"known: {', '.join(list(by_id)[:8])} ...")
         return [by_id[i] for i in ids]
     for key, ids in (("data.test_cases", data.test_cases), ("data.val_cases", data.val_cases)):
         repeated = sorted({i for i in ids or () if list(ids).count(i) > 1})
@@ -42,7 +43,8 @@ def split_cases(cases: Sequence[Case], data: DataConfig, seed: int) -> tuple[lis
         if not 0 <= data.val_fraction < 1:
             raise UserError(f"data.val_fraction must be in [0, 1), got {data.val_fraction}")
         order = np.random.default_rng(seed).permutation(len(pool))
-        n_val = 0 if data.val_fraction == 0 or len(pool) < 2 else min(max(1, round(len(pool) * data.val_fraction)), len(pool) - 1)
+        wanted = max(1, round(len(pool) * data.val_fraction))
+        n_val = 0 if data.val_fraction == 0 or len(pool) < 2 else min(wanted, len(pool) - 1)
         val = [pool[i] for i in sorted(order[:n_val])]
     train = [c for c in pool if c not in val]
     if not train:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from ..config import Config
+from ..config import Config, DataConfig
 from ..errors import UserError
 from .cases import Case
 from .grids import check_same_grid
@@ -73,8 +73,8 @@ class VolumeStore:
     def open(cls, folder: str | Path) -> VolumeStore:
         folder = Path(folder)
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-        return cls(folder, zarr.open_array(folder / "image.zarr", mode="r"), zarr.open_array(folder / "label.zarr", mode="r"),
-                   np.load(folder / "blocks.npy"), tuple(meta["spacing"]))
+        image, label = (zarr.open_array(folder / f"{name}.zarr", mode="r") for name in ("image", "label"))
+        return cls(folder, image, label, np.load(folder / "blocks.npy"), tuple(meta["spacing"]))
 
 
 def lazy_cases(cfg: Config, cases: list[Case]) -> bool:
@@ -86,8 +86,26 @@ def lazy_cases(cfg: Config, cases: list[Case]) -> bool:
                                            for c in cases):
         return False
     for case in cases:  # every case of a lazy run is read slab by slab: refuse the ones that cannot be, naming why
-        slab_source(case.image, cfg.data)
+        refuse_unstored_settings(cfg.data, case, slab_source(case.image, cfg.data))
     return True
+
+
+def refuse_unstored_settings(data: DataConfig, case: Case, image: SlabSource) -> None:
+    """A store holds a case's native grid, its first channel and its intensities as read: a setting that
+    would change them (``data.spacing`` other than the case's, ``data.channel``, ``data.contrast``) is
+    refused before training, not ignored. ``data.crop_foreground`` does not apply: crops are drawn by window."""
+    fix = "or set data.lazy=never to read every case whole"
+    if data.contrast != "none":
+        raise UserError(f"data.contrast={data.contrast}: lazy stores do not apply it (the run trains from stores: "
+                        f"{case.image} is large or data.lazy=always); set data.contrast=none, {fix}")
+    if data.channel not in (None, 0):
+        raise UserError(f"data.channel={data.channel}: lazy stores hold the first channel of {case.image}; "
+                        f"set data.channel=0 or null, {fix}")
+    native = image.spacing if isinstance(image, VolumeSlabs) else spacing_or_default(data.default_spacing)
+    if data.spacing is not None and not np.allclose(native, data.spacing, rtol=1e-3):
+        raise UserError(f"{case.image}: spacing {tuple(round(float(s), 4) for s in native)} mm differs from "
+                        f"data.spacing {tuple(data.spacing)}, and lazy stores keep each case's native grid; resample "
+                        f"the case first, set data.spacing=null to train on the native grids, {fix}")
 
 
 def store_key(case: Case, cfg: Config) -> str:

@@ -55,7 +55,8 @@ def _vessels(spec: PhantomSpec, rng: np.random.Generator, centre: np.ndarray, ra
         direction /= np.linalg.norm(direction)
         bend = rng.normal(scale=0.25, size=(2, 3)) * radii
         freq = rng.uniform(1.0, 2.5)
-        points = centre + t[:, None] * direction * radii + np.sin(freq * np.pi * t)[:, None] * bend[0] + (t**2)[:, None] * bend[1]
+        points = (centre + t[:, None] * direction * radii + np.sin(freq * np.pi * t)[:, None] * bend[0]
+                  + (t**2)[:, None] * bend[1])
         idx = np.round(points / spacing + (np.asarray(spec.shape) - 1) / 2).astype(int)
         idx = idx[np.all((idx >= 0) & (idx < spec.shape), axis=1)]
         centreline[tuple(idx.T)] = True
@@ -89,9 +90,11 @@ def make_phantom(spec: PhantomSpec, index: int) -> tuple[np.ndarray, np.ndarray,
     image[spine & inner] = 700.0
 
     # organ: a lobulated ellipsoid on one side of the abdomen
-    centre = np.array([rng.uniform(-0.35, -0.2) * ax.mean(), rng.uniform(-0.2, 0.1) * ay.mean(), rng.uniform(-0.1, 0.1) * half[2]])
-    radii = np.array([rng.uniform(0.34, 0.42) * ax.mean(), rng.uniform(0.32, 0.4) * ay.mean(), rng.uniform(0.55, 0.7) * half[2]])
-    q = np.sqrt(((x - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2 + ((z - centre[2]) / radii[2]) ** 2)
+    centre = np.array([rng.uniform(-0.35, -0.2) * ax.mean(), rng.uniform(-0.2, 0.1) * ay.mean(),
+                       rng.uniform(-0.1, 0.1) * half[2]])
+    radii = np.array([rng.uniform(0.34, 0.42) * ax.mean(), rng.uniform(0.32, 0.4) * ay.mean(),
+                      rng.uniform(0.55, 0.7) * half[2]])
+    q = np.sqrt(sum(((axis - c) / r) ** 2 for axis, c, r in zip((x, y, z), centre, radii)))
     k = rng.uniform(1.5, 3.0, size=3) * np.pi / radii
     phase = rng.uniform(0, 2 * np.pi, size=3)
     lobes = 0.12 * np.sin(k[0] * x + phase[0]) * np.sin(k[1] * y + phase[1]) * np.cos(k[2] * z + phase[2])
@@ -182,7 +185,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     setup_logging()
     if args.kind == "kidney-stack":
         shape = _positive_ints(args.shape or KidneySpec.shape, "--shape")
-        generate_kidney_stacks(args.out, KidneySpec(shape=shape, seed=args.seed), _positive_ints([args.cases], "--cases")[0])
+        cases = _positive_ints([args.cases], "--cases")[0]
+        generate_kidney_stacks(args.out, KidneySpec(shape=shape, seed=args.seed), cases)
         print(f"kidney stacks: {args.out}")
         return
     spec = PhantomSpec(

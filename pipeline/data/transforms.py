@@ -64,7 +64,8 @@ def clahe_tensor(image: torch.Tensor) -> torch.Tensor:
 
 def load_steps(cfg: Config, keys: Sequence[str] = (IMAGE, LABEL)) -> list:
     """Read each key's file into a channel-first MetaTensor (any supported format)."""
-    readers = {IMAGE: PipelineReader(**reader_options(cfg.data)), LABEL: PipelineReader(**reader_options(cfg.data, label=True))}
+    readers = {IMAGE: PipelineReader(**reader_options(cfg.data)),
+               LABEL: PipelineReader(**reader_options(cfg.data, label=True))}
     return [mt.LoadImaged(key, reader=readers[key], image_only=True, ensure_channel_first=True) for key in keys]
 
 

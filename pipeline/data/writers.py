@@ -14,7 +14,8 @@ from ..files import atomic_write
 from .io import Geometry, kind_of, read_geometry
 
 
-def write_label_like(label: np.ndarray, reference: str | Path, out: str | Path, affine: np.ndarray | None = None) -> Path:
+def write_label_like(label: np.ndarray, reference: str | Path, out: str | Path,
+                     affine: np.ndarray | None = None) -> Path:
     """Save ``label`` (x, y, z) as ``out`` (.nii.gz) in the exact geometry of ``reference``.
 
     A NIfTI reference keeps its affine, qform and sform through nibabel; MHA/NRRD

@@ -5,7 +5,8 @@
 
 Files are paired by case id (file name without its suffix); spacing is read from
 the reference files. Slice stacks (folders of slices, or case folders with
-``labels/``) are compared slab by slab, in memory that does not grow with them. Writes ``metrics.csv``, ``summary.json`` and ``report.md``.
+``labels/``) are compared slab by slab, in memory that does not grow with them. Writes ``metrics.csv``,
+``summary.json`` and ``report.md``.
 """
 
 from __future__ import annotations

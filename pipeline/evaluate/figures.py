@@ -55,7 +55,9 @@ def _to_ras(array: np.ndarray | None, affine: np.ndarray | None) -> np.ndarray |
 def _focus(image: np.ndarray, label: np.ndarray | None, pred: np.ndarray | None) -> np.ndarray:
     """Voxel to cut through: the label's centre of mass, else the prediction's, else the centre."""
     focus = label if label is not None and label.any() else pred if pred is not None and pred.any() else None
-    return np.round(ndimage.center_of_mass(focus > 0)).astype(int) if focus is not None else np.asarray(image.shape) // 2
+    if focus is None:
+        return np.asarray(image.shape) // 2
+    return np.round(ndimage.center_of_mass(focus > 0)).astype(int)
 
 
 def _planes(centre, spacing, single: bool) -> list[tuple[str, tuple, tuple[float, float]]]:

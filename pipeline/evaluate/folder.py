@@ -46,7 +46,8 @@ def _files(folder: Path, what: str) -> dict[str, Path]:
     return files
 
 
-def pair_files(pred_dir: Path, ref_dir: Path, mask_dir: Path | None = None) -> list[tuple[str, Path, Path, Path | None]]:
+def pair_files(pred_dir: Path, ref_dir: Path,
+               mask_dir: Path | None = None) -> list[tuple[str, Path, Path, Path | None]]:
     """(case, prediction, reference, mask) for every case; UserError listing unpaired files."""
     preds, refs = _files(pred_dir, "prediction"), _files(ref_dir, "reference")
     masks = _files(mask_dir, "mask") if mask_dir is not None else {}
@@ -84,7 +85,7 @@ def _evaluate_pair(item: tuple, labels: dict[int, str] | None, spacing: tuple[fl
             raise UserError(f"{pred}: a slice stack is compared with a slice stack, without masks ({ref})")
         pred_stack, ref_stack = SliceStack(pred, label=True), SliceStack(ref, label=True)
         if labels is None:
-            found = set(stack_statistics(pred_stack, label=True).counts) | set(stack_statistics(ref_stack, label=True).counts)
+            found = set().union(*(stack_statistics(s, label=True).counts for s in (pred_stack, ref_stack)))
             labels = {i: f"label {i}" for i in range(1, max(max(found), 1) + 1)}
         return score_stack(pred_stack, ref_stack, case, {0: "background", **labels}, spacing_or_default(spacing),
                            options)

@@ -48,7 +48,8 @@ def _md_value(stat: dict) -> str:
     return text + (f", {stat['n_nonfinite']} not finite" if stat["n_nonfinite"] else "")
 
 
-def render_markdown(summary: dict, rows: Sequence[dict], images: Mapping[str, str] | None = None, title: str = "Evaluation") -> str:
+def render_markdown(summary: dict, rows: Sequence[dict], images: Mapping[str, str] | None = None,
+                    title: str = "Evaluation") -> str:
     """The summary as tables, per-case Dice, and links to slice images."""
     mean = "n/a" if summary["mean_dice"] is None else f"{summary['mean_dice']:.4f}"
     lines = [f"# {title}", ""]
@@ -66,7 +67,8 @@ def render_markdown(summary: dict, rows: Sequence[dict], images: Mapping[str, st
         lines += [f"| {name} | {_md_value(stat)} |" for name, stat in cls["metrics"].items()]
         lines.append("")
     shown = [m for m in PER_CASE if any(m in row for row in rows)]
-    lines += ["## Per case", "", "| case | class | " + " | ".join(shown) + " |", "| --- | --- |" + " ---: |" * len(shown)]
+    lines += ["## Per case", "", "| case | class | " + " | ".join(shown) + " |",
+              "| --- | --- |" + " ---: |" * len(shown)]
     for row in sorted(rows, key=lambda r: (str(r["case"]), int(r["class"]))):
         cells = [_fmt(row[m]) if m in row else "" for m in shown]
         lines.append(f"| {row['case']} | {row['name']} | " + " | ".join(cells) + " |")

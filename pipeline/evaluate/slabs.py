@@ -59,10 +59,10 @@ class ClassTally:
                          options: MetricOptions) -> dict[str, float]:
         values, sampling = {}, np.asarray(spacing, dtype=np.float64)
         if options.wants(*DISTANCE_METRICS):
-            to_ref = directed_distances(pred, ref, self._with(self.pred_surface), chunked(self.slabs, self.ref_surface),
-                                        sampling)
-            to_pred = directed_distances(ref, pred, self._with(self.ref_surface), chunked(self.slabs, self.pred_surface),
-                                         sampling)
+            to_ref = directed_distances(pred, ref, self._with(self.pred_surface),
+                                        chunked(self.slabs, self.ref_surface), sampling)
+            to_pred = directed_distances(ref, pred, self._with(self.ref_surface),
+                                         chunked(self.slabs, self.pred_surface), sampling)
             values.update(distance_summary(to_ref, to_pred))
         if options.wants("nsd"):
             p_close, p_total = surface_areas_within(pred, ref, self._cells_of(self.pred_voxels), sampling, tolerance)

@@ -110,7 +110,8 @@ def plan_network(found: Fingerprint, target_spacing: Any) -> list[Choice]:
                f"to at most {PATCH_VOXELS_2D if found.is_2d else PATCH_VOXELS_3D:,} voxels, divisible for pooling"),
         Choice("model.name", "resunet", "the residual UNet: 4-5x less time per step than the other families at the "
                "same widths (benchmarks/results/models_table.md), so more steps fit the budget"),
-        Choice("model.channels", widths, f"{depth} levels: the longest patch axis pooled while it keeps >= {MIN_WIDTH} voxels "
+        Choice("model.channels", widths,
+               f"{depth} levels: the longest patch axis pooled while it keeps >= {MIN_WIDTH} voxels "
                "(shorter axes stop earlier)"),
         Choice("train.batch_size", 1, "one volume per step, two crops of it (what a 2-core CPU sustains)"),
         Choice("train.samples_per_volume", 2, "two crops per volume per step"),

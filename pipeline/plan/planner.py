@@ -56,7 +56,8 @@ def plan_yaml(choices: Sequence[Choice]) -> str:
 
 
 def plan(base: Config, overrides: Sequence[str] = (), timing: bool = True,
-         clock: Callable[[], float] = time.perf_counter, preset: dict | None = None) -> tuple[Fingerprint, list[Choice]]:
+         clock: Callable[[], float] = time.perf_counter,
+         preset: dict | None = None) -> tuple[Fingerprint, list[Choice]]:
     """Fingerprint of ``base.data.root`` and the plan for it; the schedule is timed unless ``timing`` is
     off or the user (or the raw ``preset``) fixed ``train.epochs``. ``overrides`` are the user's keys,
     ``preset`` a preset's: they win, and the timed steps use them."""
@@ -96,7 +97,8 @@ def _schedule(dataset, found: Fingerprint, choices: list[Choice], base: Config, 
             Choice("train.lr_schedule", "poly", "poly decay to 0 over the planned epochs")]
 
 
-def planned_config(overrides: Sequence[str], preset: str | Path | None = None, timing: bool = True) -> tuple[Config, str]:
+def planned_config(overrides: Sequence[str], preset: str | Path | None = None,
+                   timing: bool = True) -> tuple[Config, str]:
     """The configuration ``train.py`` runs when it plans: plan, then the preset's keys, then ``--set``."""
     base = load_config(preset, overrides)
     preset_raw = (read_yaml(preset) or {}) if preset is not None else {}

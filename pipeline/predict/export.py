@@ -100,7 +100,8 @@ def describe(package: Package) -> str:
     parameters = sum(t.numel() for t in package.weights.values() if t.is_floating_point())
     prov = meta.get("provenance", {})
     lines = [
-        f"{package.path}: {meta['format']} version {meta['version']}, ONNX opset {meta['opset']}, {size / 2**20:.1f} MB",
+        f"{package.path}: {meta['format']} version {meta['version']}, ONNX opset {meta['opset']}, "
+        f"{size / 2**20:.1f} MB",
         f"  network: {inference.get('model', {}).get('name')} {inference.get('model', {}).get('channels')}, "
         f"{parameters:,} parameters",
         f"  input: (B, {meta['in_channels']}, {', '.join(map(str, inference.get('patch', [])))}) float32 windows "
@@ -110,8 +111,8 @@ def describe(package: Package) -> str:
         f"  spacing: {inference.get('spacing_mm') or 'native grid'}; overlap {inference.get('overlap')}, "
         f"{inference.get('blend')} blending, flips {inference.get('flips')}, largest component "
         f"{inference.get('largest_component')}, fill holes {inference.get('fill_holes')}",
-        f"  from: {prov.get('run')} ({prov.get('checkpoint')}, epoch {prov.get('epoch')}), commit {prov.get('commit')}, "
-        f"created {meta.get('created')}",
+        f"  from: {prov.get('run')} ({prov.get('checkpoint')}, epoch {prov.get('epoch')}), "
+        f"commit {prov.get('commit')}, created {meta.get('created')}",
     ]
     if "validation_dice" in prov or "test" in prov:
         test = prov.get("test") or {}

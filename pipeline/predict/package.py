@@ -2,11 +2,11 @@
 
 A package is a zip (or a folder) of three members:
 
-| member | content |
-| --- | --- |
-| ``package.json`` | format and version, the ONNX opset, the inference configuration (normalisation and its numbers, spacing, channels, patch, overlap, blending, flips, the decided post-processing), label names, provenance, and the SHA-256 of the other two |
-| ``network.onnx`` | the network as an ONNX graph (``onnx_graph.to_onnx``), weights included |
-| ``weights.pt`` | the same weights as a PyTorch state dict, for the torch engine (CUDA) |
+- ``package.json``: format and version, the ONNX opset, the inference configuration (normalisation
+  and its numbers, spacing, channels, patch, overlap, blending, flips, the decided post-processing),
+  label names, provenance, and the SHA-256 of the other two;
+- ``network.onnx``: the network as an ONNX graph (``onnx_graph.to_onnx``), weights included;
+- ``weights.pt``: the same weights as a PyTorch state dict, for the torch engine (CUDA).
 
 Reading runs no code from the file: JSON, an ONNX graph (data), and a state dict read
 with ``torch.load(weights_only=True)``; only those member names are read, and each is
@@ -123,7 +123,8 @@ def _members(path: Path) -> dict[str, bytes]:
 
 def _check_record(path: Path, meta: Any) -> None:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise UserError(f"{path}: not a model package of this tool (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise UserError(f"{path}: not a model package of this tool (format {found!r})")
     if meta.get("version") != VERSION:
         raise UserError(f"{path}: package version {meta.get('version')!r}, this pipeline reads version {VERSION}; "
                         "export the model again with this version, or use the pipeline version that made it")

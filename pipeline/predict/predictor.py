@@ -81,9 +81,11 @@ class Predictor:
         """The network of a run from ``best``, ``last`` or a checkpoint path; ``overrides``
         (``infer.overlap=0.5``, ``infer.backend=torch`` ...) change the run's inference and
         evaluation settings, nothing else."""
-        path = Path(run_dir) / "checkpoints" / f"{checkpoint}.pt" if checkpoint in ("best", "last") else Path(checkpoint)
+        named = checkpoint in ("best", "last")
+        path = Path(run_dir) / "checkpoints" / f"{checkpoint}.pt" if named else Path(checkpoint)
         state = load_checkpoint(path)
-        overrides = [*decided_overrides(run_dir, weights_digest(state["model"])), *_inference_only(overrides)]  # the decision, under the user's keys
+        decided = decided_overrides(run_dir, weights_digest(state["model"]))
+        overrides = [*decided, *_inference_only(overrides)]  # the decision, under the user's keys
         cfg = _config(state["config"], overrides, f"{path} (config)")
         labels = {int(k): v for k, v in state["labels"].items()}
         in_channels = int(state["in_channels"])
@@ -123,7 +125,8 @@ class Predictor:
         label = torch.empty((1, *shape), dtype=torch.uint8)
         for slab in stream_logits(self.engine, lambda a, b: image[..., a:b], shape, self.cfg.train.patch_size,
                                   self.cfg.infer, max(self.labels) + 1):
-            label[0, ..., slab.start : slab.start + slab.logits.shape[-1]] = slab.logits.argmax(dim=0).to(torch.uint8).cpu()
+            labels = slab.logits.argmax(dim=0).to(torch.uint8).cpu()
+            label[0, ..., slab.start : slab.start + labels.shape[-1]] = labels
         return label
 
     def _check_input(self, image: np.ndarray, path: Path) -> None:

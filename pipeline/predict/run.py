@@ -129,7 +129,8 @@ def _test_streamed_case(predictor: Predictor, case: Case, stack: SlabSource, out
         log.info("%s: %s voxels, predicted slab by slab", case.id, "x".join(map(str, stack.shape)))
     folder = out_dir / ("partial" if volume else "predictions") / case.id
     probabilities = out_dir / "probabilities" / case.id if cfg.infer.probabilities else None
-    on_every_rank(lambda: predict_slabs(predictor, stack, folder, slice_share(stack.shape[2], info), probabilities), info)
+    share = slice_share(stack.shape[2], info)
+    on_every_rank(lambda: predict_slabs(predictor, stack, folder, share, probabilities), info)
     if not info.is_main:
         return []
     pred = SliceStack(folder, label=True)

@@ -38,7 +38,8 @@ def to_source_grid(logits: torch.Tensor, data: dict, pre: Compose, resampled: bo
 def label_to_source_grid(label: torch.Tensor, data: dict, pre: Compose) -> torch.Tensor:
     """A label map (1, H, W, D) uint8 on the network grid of ``data[IMAGE]`` (native spacing), put
     back on the source grid (nearest neighbour): (1, x, y, z) uint8."""
-    inverted = Invertd("pred", transform=pre, orig_keys=IMAGE, nearest_interp=True)({**data, "pred": _like(label, data[IMAGE])})
+    invert = Invertd("pred", transform=pre, orig_keys=IMAGE, nearest_interp=True)
+    inverted = invert({**data, "pred": _like(label, data[IMAGE])})
     return inverted["pred"].as_tensor().round().to(torch.uint8)
 
 
@@ -57,7 +58,8 @@ def _argmax_of_resampled(probs: torch.Tensor, data: dict, pre: Compose,
     best, label, kept = None, None, []
     for k in range(probs.shape[0]):
         item = {**data, "prob": _like(probs[k : k + 1], data[IMAGE])}
-        channel = Invertd("prob", transform=pre, orig_keys=IMAGE, nearest_interp=False)(item)["prob"].as_tensor().float()
+        invert = Invertd("prob", transform=pre, orig_keys=IMAGE, nearest_interp=False)
+        channel = invert(item)["prob"].as_tensor().float()
         if best is None:
             best, label = channel.clone(), torch.zeros(channel.shape, dtype=torch.uint8)
         else:

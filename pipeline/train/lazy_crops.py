@@ -50,7 +50,8 @@ class StoredCrops(Randomizable, Transform):
         image, label = store.window(start, size)
         pad = [(0, p - n) for p, n in zip(self.patch, size)]  # a volume thinner than the patch
         image, label = np.pad(image, pad), np.pad(label, pad)
-        return {IMAGE: MetaTensor(torch.from_numpy(image)[None]), LABEL: MetaTensor(torch.from_numpy(label.astype(np.float32))[None])}
+        return {IMAGE: MetaTensor(torch.from_numpy(image)[None]),
+                LABEL: MetaTensor(torch.from_numpy(label.astype(np.float32))[None])}
 
     def _centre(self, store: VolumeStore, foreground: bool) -> tuple[int, int, int]:
         """A voxel drawn uniformly among the foreground (or background) voxels of the volume."""

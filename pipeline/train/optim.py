@@ -8,7 +8,8 @@ from torch import nn
 from ..config import Config
 
 
-def build_optimizer(model: nn.Module, cfg: Config) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+def build_optimizer(model: nn.Module,
+                    cfg: Config) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """SGD with Nesterov momentum and weight decay, and a per-epoch poly or step decay."""
     t = cfg.train
     optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,

@@ -18,6 +18,7 @@ from ..config import Config, config_from_dict, save_config
 from ..data.cases import Dataset
 from ..data.check import checked_dataset
 from ..data.splits import split_cases
+from ..data.store import lazy_cases
 from ..distributed import Dist, on_main
 from ..errors import UserError
 from ..checkpoint import load_resume_checkpoint
@@ -58,7 +59,8 @@ def new_run_dir(cfg: Config) -> Path:
     return run_dir
 
 
-def run_training(cfg: Config, resume_dir: str | Path | None = None, info: Dist = Dist(), plan: str | None = None) -> Path:
+def run_training(cfg: Config, resume_dir: str | Path | None = None, info: Dist = Dist(),
+                 plan: str | None = None) -> Path:
     """Check the data, make (or reopen) the run folder, and fit. Returns the run folder.
 
     Under torchrun rank 0 alone checks the data and writes the run folder; the
@@ -95,6 +97,7 @@ def _new_run(cfg: Config, dataset: Dataset, plan: str | None = None) -> Run:
     if not test:
         log.warning("no held-out cases: test.py will evaluate the training cases; use --data for real test data")
         test = train
+    lazy_cases(cfg, train + val)  # settings that lazy stores would not apply are refused before the folder exists
     run_dir = new_run_dir(cfg)
     save_config(cfg, run_dir / "config.yaml")
     if plan is not None:
@@ -123,4 +126,5 @@ def prepare_run(cfg: Config, resume_dir: str | Path | None, plan: str | None = N
     save_config(cfg, run_dir / "config.yaml")
     dataset = checked_dataset(cfg.data)
     split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
-    return Run(run_dir, dataset, [dataset.case(i) for i in split["train"]], [dataset.case(i) for i in split["val"]]), resume
+    train, val = ([dataset.case(i) for i in split[part]] for part in ("train", "val"))
+    return Run(run_dir, dataset, train, val), resume
