@@ -74,7 +74,7 @@ class DistanceTally:
         return float(hi - (hi - lo) * (1 - t) if t >= 0.5 else lo + (hi - lo) * t)  # numpy's _lerp
 
 
-def distance_summary(to_ref: DistanceTally, to_pred: DistanceTally) -> dict[str, float]:
+def tally_summary(to_ref: DistanceTally, to_pred: DistanceTally) -> dict[str, float]:
     """``asd``, ``assd``, ``hd95`` and ``hd`` of the two directed sets, as ``metrics.distance_summary``."""
     both = to_ref.joined(to_pred)
     return {"asd": to_ref.total / to_ref.n, "assd": both.total / both.n, "hd95": both.percentile(95),

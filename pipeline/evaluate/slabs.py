@@ -23,7 +23,7 @@ from ..data.stack import SLAB, SliceStack, stack_statistics
 from ..errors import UserError
 from .metrics import DISTANCE_METRICS, empty_distances, overlap_from_counts, surface
 from .rows import MetricOptions, voxel_counts
-from .slab_distances import Boundary, chunked, directed_distances, distance_summary, surface_areas_within
+from .slab_distances import Boundary, chunked, directed_distances, surface_areas_within, tally_summary
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class ClassTally:
                                         chunked(self.slabs, self.ref_surface), sampling)
             to_pred = directed_distances(ref, pred, self._with(self.ref_surface),
                                          chunked(self.slabs, self.pred_surface), sampling)
-            values.update(distance_summary(to_ref, to_pred))
+            values.update(tally_summary(to_ref, to_pred))
         if options.wants("nsd"):
             p_close, p_total = surface_areas_within(pred, ref, self._cells_of(self.pred_voxels), sampling, tolerance)
             r_close, r_total = surface_areas_within(ref, pred, self._cells_of(self.ref_voxels), sampling, tolerance)
