@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from pipeline import distributed
@@ -24,6 +25,7 @@ DEFAULT_CONFIG = "configs/demo.yaml"
 
 @exit_on_user_error
 def main() -> None:
+    started = time.monotonic()  # a budget (train.budget) counts everything from here
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help=f"YAML preset (default {DEFAULT_CONFIG}; --resume: the run's config.yaml)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
@@ -39,12 +41,10 @@ def main() -> None:
     config = Path(args.resume) / "config.yaml" if args.resume else Path(args.config or DEFAULT_CONFIG)
     if args.resume and not config.is_file():
         raise UserError(f"{args.resume}: not a run folder (no config.yaml); pass the folder train.py created")
-    def configure():
-        return run_config(config, args.overrides, args.resume, args.config, args.plan)
-
-    cfg, plan = distributed.on_main(configure, info)
+    cfg, plan = distributed.on_main(lambda: run_config(config, args.overrides, args.resume, args.config, args.plan),
+                                    info)
     try:
-        run_dir = run_training(cfg, resume_dir=args.resume, info=info, plan=plan)
+        run_dir = run_training(cfg, resume_dir=args.resume, info=info, plan=plan, started=started)
     except TrainingInterrupted as stop:
         if info.is_main:
             print(f"interrupted: {stop}", file=sys.stderr)

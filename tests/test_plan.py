@@ -179,23 +179,6 @@ def test_train_py_plans_own_data_and_keeps_the_plan_in_the_run(tmp_path):
     assert saved["data"]["modality"] == "MR" and saved["train"]["epochs"] == 1
 
 
-def test_the_run_refits_its_epochs_to_the_measured_epoch_time():
-    """Planned from timed steps on random data, a run's real epochs can be slower (reading, checkpoints):
-    after the warm-up epoch the total is fitted to the budget by the measured epoch time."""
-    from pipeline.train.budget_clock import BudgetClock
-
-    now = [0.0]
-    clock = BudgetClock("5m", clock=lambda: now[0])  # ends at 300 s less 5 % = 285 s
-    totals = []
-    for epoch in range(1, 8):
-        now[0] = 20.0 + 10.0 * (epoch - 1)  # the first epoch takes 20 s (caching), the others 10 s
-        totals.append(clock.after_epoch(epoch, totals[-1] if totals else 40))
-    assert totals[:2] == [40, 40]  # nothing measured yet
-    assert totals[2] == 3 + (285 - 40) // 10  # after epoch 3: 24 more epochs of 10 s fit
-    assert totals[6] == totals[2]  # the second look (a quarter in) finds the same pace: no change
-    assert BudgetClock("5m", clock=lambda: 0.0).after_epoch(3, 40) == 40  # no first epoch seen: no measure
-
-
 def test_2d_networks_run_contiguous_on_the_cpu():
     """With channels-last inputs the 2D strided residual UNet's backward corrupted the heap (glibc abort
     within a few steps of the planned DRIVE run); 3D networks keep channels-last, the faster layout."""

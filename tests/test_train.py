@@ -144,11 +144,8 @@ def test_a_budgeted_run_without_validation_keeps_its_final_weights_as_best(tiny_
     from pipeline.train import loop
     from pipeline.train.run import run_training
 
-    class RaisedToTwo:  # the budget clock's refit after a fast first epoch
-        def __init__(self, budget):
-            pass
-
-        def refit(self, cfg, run_dir, state, epoch, total, info):
+    class RaisedToTwo(loop.BudgetClock):  # the budget clock's refit after a fast first epoch
+        def refit(self, cfg, run_dir, state, epoch, total, *args) -> int:
             return 2
 
     monkeypatch.setattr(loop, "BudgetClock", RaisedToTwo)
@@ -158,3 +155,23 @@ def test_a_budgeted_run_without_validation_keeps_its_final_weights_as_best(tiny_
     best, last = (torch.load(run / "checkpoints" / f"{n}.pt", weights_only=True) for n in ("best", "last"))
     assert (best["epoch"], last["epoch"]) == (2, 2)
     assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])
+
+
+@pytest.mark.slow
+def test_a_resumed_budgeted_run_counts_the_time_its_earlier_sessions_took(tiny_dataset, tmp_path, caplog):
+    """Before (c06c7e1): ``--resume`` made no budget clock, so a run that had used its hour trained on to
+    its planned epochs; the checkpoint did not say how long the run had taken."""
+    from pipeline.train.run import run_training
+
+    overrides = [f"data.root={tiny_dataset}", f"output_dir={tmp_path}", "data.val_fraction=0", "train.budget=1h"]
+    run = run_training(load_config(REPO / "configs" / "smoke.yaml", [*overrides, "train.epochs=1"]))
+    last = run / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    assert 0 < state["seconds"] < 600
+    state["seconds"] = 3600.0  # the first session used the whole hour
+    torch.save(state, last)
+    with caplog.at_level("INFO", logger="pipeline.train.budget_clock"):
+        run_training(load_config(run / "config.yaml", ["train.epochs=8"]), resume_dir=run)
+    assert "budget 1h: 5 epochs instead of 8" in caplog.text  # refitted after this session's third epoch
+    state = torch.load(last, weights_only=True)
+    assert state["epoch"] == 5 and state["seconds"] > 3600

@@ -20,6 +20,7 @@ from ..data.splits import split_cases
 from ..errors import UserError
 from ..predict.postprocess import DECIDED_KEYS
 from ..predict.streamed import window_starts
+from ..train.budget_clock import decision_passes
 from .budget import fit_schedule, parse_budget, time_steps
 from .choices import Choice, plan_data, plan_network
 from .fingerprint import Fingerprint, fingerprint
@@ -88,8 +89,7 @@ def _schedule(dataset, found: Fingerprint, choices: list[Choice], base: Config, 
     windows = math.prod(len(window_starts(max(int(s), p), p, cfg.infer.overlap))  # padded up to the patch
                         for s, p in zip(shape, cfg.train.patch_size))
     validation_s = len(val) * windows * forward_s  # validation runs without flips
-    flips = 2 ** sum(s > 1 for s in cfg.train.patch_size)
-    decision_s = validation_s * (1 + flips) if cfg.train.decide_postprocessing else 0.0  # a pass without, one with
+    decision_s = validation_s * decision_passes(cfg.train)
     schedule = fit_schedule(budget, step_s, per_epoch, validation_s, decision_s)
     return [Choice("train.budget", cfg.train.budget or DEFAULT_BUDGET, "the time this run may take"),
             Choice("train.epochs", schedule.epochs, schedule.reason),

@@ -1,7 +1,12 @@
-"""Keep a run with ``train.budget`` inside its time: the planner's epoch count comes from a few timed
-steps on random data; real epochs also read and augment crops, write checkpoints and validate. After
-the first epochs, and again a quarter of the way in, the epoch count is fitted to the measured epoch
-time, and the poly decay is replanned for the new total (``TrainState.replan_poly``).
+"""Keep a run with ``train.budget`` inside its time, counting everything ``train.py`` does: the plan's
+timed steps, the data check, caching and store building, the epochs with their checkpoints and
+validations, and the post-processing decision after the last one, over every session of a resumed run.
+
+The planner's epoch count comes from a few timed steps on random data. The clock refits it to what the
+run measures: the mean epoch of this session after its first (which caches and warms up), the last
+validation, and the decision, which costs a validation without test-time flips and one per flip. Refits
+come after this session's third epoch, after each validation and at each quarter of the run; the poly
+decay is replanned for a new total (``TrainState.replan_poly``).
 """
 
 from __future__ import annotations
@@ -15,46 +20,88 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config, save_config
+from ..config import Config, TrainConfig, save_config
 from ..config_rules import budget_seconds
 from ..distributed import Dist, broadcast
 from .state import TrainState
 
 log = logging.getLogger(__name__)
 
-FIRST_REFIT = 3  # epochs: the first is slower (caches, warm-up), so the measure starts after it
-END_RESERVE = 0.05  # of the budget, left for the last checkpoint and the final validation
-TOLERANCE = 0.02  # a new total within 2 % of the old one is not worth a change of schedule
+FIRST_REFIT = 3  # this session's epochs: its first is slower (caches, warm-up), so the measure starts after it
+TOLERANCE = 0.01  # a new total within 1 % of the old one is not worth a change of schedule
+
+
+def decision_passes(train: TrainConfig) -> int:
+    """The post-processing decision's work after the last epoch, in validations: one pass without
+    test-time flips and one with every flip of the patch's axes (0 when the run decides nothing)."""
+    return 1 + 2 ** sum(size > 1 for size in train.patch_size) if train.decide_postprocessing else 0
 
 
 class BudgetClock:
-    """``after_epoch(epoch, total)`` -> the total epochs that end near ``budget`` after this clock started."""
+    """The run's time since ``train.py`` started, earlier sessions included (``spent``, seconds, from the
+    checkpoint), and with a budget ``after_epoch(...)`` -> the total epochs that end within it."""
 
-    def __init__(self, budget: str | float, clock: Callable[[], float] = time.monotonic):
-        self.clock, self.start = clock, clock()
-        self.end = self.start + budget_seconds(budget) * (1 - END_RESERVE)
-        self.first_epoch_end: float | None = None
-        self.refits: set[int] = set()
+    def __init__(self, budget: str | float | None, started: float | None = None, spent: float = 0.0,
+                 decision_passes: int = 0, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.budget_s = None if budget is None else budget_seconds(budget)
+        self.origin = (clock() if started is None else started) - spent  # the run's time zero on this clock
+        self.decision_passes = decision_passes  # validations' worth of work after the last epoch
+        self.epoch_end = self.clock()
+        self.session_epochs = 0
+        self.paces: list[float] = []  # seconds of this session's epochs after its first, validation excluded
+        self.validation_s = 0.0  # the last validation's seconds (0 before one was measured)
 
-    def after_epoch(self, epoch: int, total: int) -> int:
+    def elapsed(self) -> float:
+        """Seconds this run has taken so far, every session of it."""
+        return self.clock() - self.origin
+
+    def after_epoch(self, epoch: int, total: int, validation_s: float | None, val_every: int,
+                    validating: bool) -> int:
+        """Record the epoch just ended (``validation_s``: its validation, None without one) and return the
+        total epochs that fit the budget (``total`` when nothing is due or the change is within tolerance)."""
         now = self.clock()
-        if epoch == 1:
-            self.first_epoch_end = now
-        due = epoch == FIRST_REFIT or epoch == max(FIRST_REFIT + 1, math.ceil(total / 4))
-        if not due or epoch in self.refits or self.first_epoch_end is None or epoch >= total:
+        wall, self.epoch_end = now - self.epoch_end, now
+        self.session_epochs += 1
+        if self.session_epochs > 1:
+            self.paces.append(wall - (validation_s or 0.0))
+        if validation_s is not None:
+            self.validation_s = validation_s
+        quarters = {math.ceil(total * q / 4) for q in (1, 2, 3)}
+        due = self.session_epochs == FIRST_REFIT or validation_s is not None or epoch in quarters
+        if self.budget_s is None or not due or not self.paces or epoch >= total:
             return total
-        self.refits.add(epoch)
-        per_epoch = (now - self.first_epoch_end) / (epoch - 1)
-        fitted = epoch + max(1, math.floor((self.end - now) / per_epoch))
+        fitted = epoch + self.epochs_left(epoch, val_every, validating)
         return fitted if abs(fitted - total) > TOLERANCE * total else total
 
-    def refit(self, cfg: Config, run_dir: Path, state: TrainState, epoch: int, total: int, info: Dist) -> int:
+    def epochs_left(self, epoch: int, val_every: int, validating: bool) -> int:
+        """How many more epochs fit (at least one): each at the mean pace, validations where ``val_every``
+        puts them and at the last epoch, then the decision's passes."""
+        per_epoch = max(sum(self.paces) / len(self.paces), 1e-6)
+        validation_s = self.validation_s if validating else 0.0
+        left = self.budget_s - self.elapsed() - self.decision_passes * validation_s
+
+        def cost(more: int) -> float:
+            scheduled = (epoch + more - 1) // val_every - epoch // val_every  # validations before the last epoch
+            return more * per_epoch + (scheduled + 1) * validation_s
+
+        more = max(1, int((left - validation_s) / (per_epoch + validation_s / val_every)))
+        while more > 1 and cost(more) > left:
+            more -= 1
+        while cost(more + 1) <= left:
+            more += 1
+        return more
+
+    def refit(self, cfg: Config, run_dir: Path, state: TrainState, epoch: int, total: int,
+              validation_s: float | None, info: Dist, validating: bool) -> int:
         """``after_epoch`` on rank 0, for every rank; the poly decay and the run's ``config.yaml`` (what
         ``--resume`` reads) follow a new total."""
-        fitted = broadcast(self.after_epoch(epoch, total) if info.is_main else total, info)
+        fitted = self.after_epoch(epoch, total, validation_s, cfg.train.val_every, validating)
+        fitted = broadcast(fitted if info.is_main else total, info)
         if fitted == total:
             return total
-        log.info("budget %s: %d epochs instead of %d, from the measured epoch time", cfg.train.budget, fitted, total)
+        log.info("budget %s: %d epochs instead of %d, from the measured epoch time (%.0f s of %.0f s spent)",
+                 cfg.train.budget, fitted, total, self.elapsed(), self.budget_s)
         if isinstance(state.scheduler, torch.optim.lr_scheduler.PolynomialLR):
             state.replan_poly(fitted)
         if info.is_main:

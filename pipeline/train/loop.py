@@ -35,7 +35,7 @@ from ..evaluate import metrics
 from ..predict.predictor import Predictor
 from ..runtime import autocast, input_layout, resolve_precision, seed_everything, select_device
 from . import history
-from .budget_clock import BudgetClock
+from .budget_clock import BudgetClock, decision_passes
 from .loaders import training_loader, validation_items
 from .losses import build_loss
 from .replay import Replay, replay_from, seed_epoch
@@ -199,8 +199,9 @@ def _quiet_warnings() -> Iterator[None]:
         yield
 
 
-def fit(cfg: Config, run: Run, resume: dict | None = None, info: Dist = Dist()) -> float:
+def fit(cfg: Config, run: Run, resume: dict | None = None, info: Dist = Dist(), started: float | None = None) -> float:
     """Train for ``cfg.train.epochs`` epochs (continuing ``resume``); returns the best validation Dice.
+    ``started``: when ``train.py`` started (``time.monotonic``), the start of the budget's clock.
 
     Writes ``checkpoints/last.pt`` every epoch (keeping the previous one as ``last.prev.pt``),
     ``best.pt`` on improvement, appends ``log.csv`` and redraws ``loss.png``. On SIGTERM/SIGINT
@@ -218,7 +219,7 @@ def fit(cfg: Config, run: Run, resume: dict | None = None, info: Dist = Dist()) 
              next(s.model.parameters()).device, str(s.amp_dtype or "fp32").replace("torch.", ""), len(run.train),
              len(run.val), t.epochs, "" if t.volumes_per_epoch is None else f" of {t.volumes_per_epoch} volumes")
     epochs = tqdm(desc="epochs", unit="epoch", initial=s.state.epoch, total=t.epochs, disable=not info.is_main)
-    clock = BudgetClock(t.budget) if t.budget is not None and resume is None else None  # a planned run's time
+    clock = BudgetClock(t.budget, started, s.state.seconds, decision_passes(t) if s.val_items else 0)
     total, epoch = t.epochs, s.state.epoch
     with stop_requests() as requested, _quiet_warnings():
         should_stop = (lambda: any_rank(requested(), info)) if info.enabled else requested  # ranks stop together
@@ -230,16 +231,20 @@ def fit(cfg: Config, run: Run, resume: dict | None = None, info: Dist = Dist()) 
                                     replay.skip, should_stop, t.max_nonfinite_steps, info.is_main)
             stats.losses[:0], replay = replay.losses, Replay()
             if stats.interrupted:
+                s.state.seconds = clock.elapsed()
                 _save_interrupted(s.state, run, epoch, stats, info)
             s.state.scheduler.step()
             s.state.epoch = epoch
             due = s.val_items and (epoch % t.val_every == 0 or epoch == total)
+            validated = time.perf_counter()
             val_dice = validate(s.predictor, s.val_items, run.dataset.n_classes, info) if due else None
+            validation_s = time.perf_counter() - validated if due else None
+            s.state.seconds = clock.elapsed()
             _end_epoch(s.state, run, _log_row(epoch, lr, stats, val_dice, start), val_dice, info)
             epochs.update(1)
             epochs.set_postfix(loss=f"{stats.loss:.4f}", val_dice="-" if val_dice is None else f"{val_dice:.4f}")
-            if clock is not None:
-                total = epochs.total = clock.refit(cfg, run.dir, s.state, epoch, total, info)
+            total = epochs.total = clock.refit(cfg, run.dir, s.state, epoch, total, validation_s, info,
+                                               bool(s.val_items))
     epochs.close()
     _finish(s.state, run, bool(s.val_items), info)
     return s.state.best

@@ -60,16 +60,17 @@ def new_run_dir(cfg: Config) -> Path:
 
 
 def run_training(cfg: Config, resume_dir: str | Path | None = None, info: Dist = Dist(),
-                 plan: str | None = None) -> Path:
+                 plan: str | None = None, started: float | None = None) -> Path:
     """Check the data, make (or reopen) the run folder, and fit. Returns the run folder.
 
     Under torchrun rank 0 alone checks the data and writes the run folder; the
     other ranks receive the outcome (or stop quietly on its error, which rank 0 reports).
     ``plan`` (the planner's YAML, reasons as comments) is kept as ``plan.yaml`` in a new run folder.
+    ``started`` (``time.monotonic()`` when ``train.py`` began) starts the budget's clock.
     """
     run, resume = on_main(lambda: prepare_run(cfg, resume_dir, plan), info)
     if run is not None and (resume is None or not _finished(cfg, resume)):
-        fit(cfg, run, resume, info)
+        fit(cfg, run, resume, info, started)
     run_dir = Path(run.dir if run is not None else resume_dir)
     if cfg.train.decide_postprocessing and info.is_main:
         decide_after_training(cfg, run_dir)

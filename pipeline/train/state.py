@@ -32,6 +32,7 @@ class TrainState:
     meta: dict  # resolved config, class names and input channels, stored in every checkpoint
     epoch: int = 0  # epochs completed
     best: float = -math.inf  # best validation Dice so far
+    seconds: float = 0.0  # wall time of the run so far, every session (the budget's clock)
 
     @classmethod
     def create(cls, cfg: Config, labels: dict[int, str], in_channels: int, device: torch.device,
@@ -70,8 +71,8 @@ class TrainState:
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch, "best_metric": self.best, "rng": capture_rng(), "partial": partial,
-            "log_row": log_row, **self.meta,
+            "epoch": self.epoch, "best_metric": self.best, "seconds": self.seconds, "rng": capture_rng(),
+            "partial": partial, "log_row": log_row, **self.meta,
         }
 
     def restore(self, checkpoint: dict, epochs: int, global_rng: bool = True) -> None:
@@ -84,5 +85,6 @@ class TrainState:
             self.replan_poly(epochs)
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.epoch, self.best = int(checkpoint["epoch"]), float(checkpoint["best_metric"])
+        self.seconds = float(checkpoint.get("seconds", 0.0))  # absent in checkpoints before it was kept
         if global_rng:
             restore_rng(checkpoint["rng"])
