@@ -84,3 +84,12 @@ def test_the_first_refit_waits_for_a_measured_epoch_after_the_first():
 def test_the_decision_costs_a_pass_without_flips_and_one_per_flip(patch, decide, passes):
     cfg = load_config(None, [f"train.patch_size={list(patch)}", f"train.decide_postprocessing={decide}"])
     assert decision_passes(cfg.train) == passes
+
+
+def test_a_plan_of_one_epoch_goes_on_when_the_budget_has_room():
+    """Before: a plan cautious enough to give one epoch (timed on a busy machine) ended there, at a third of
+    its budget; at the planned last epoch the first epoch's time (caching and all) stands in as the pace."""
+    run = Simulated(validation_s=4.0, passes=9, val_every=1)
+    epochs, total = run.session(0, 1)
+    assert total > 1 and epochs == total
+    assert BUDGET_S - 2 * (run.epoch_s + run.validation_s) <= run.wall <= BUDGET_S

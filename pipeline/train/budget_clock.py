@@ -5,8 +5,9 @@ validations, and the post-processing decision after the last one, over every ses
 The planner's epoch count comes from a few timed steps on random data. The clock refits it to what the
 run measures: the mean epoch of this session after its first (which caches and warms up), the last
 validation, and the decision, which costs a validation without test-time flips and one per flip. Refits
-come after this session's third epoch, after each validation and at each quarter of the run; the poly
-decay is replanned for a new total (``TrainState.replan_poly``).
+come after this session's third epoch, after each validation, at each quarter of the run and at its
+planned last epoch (which a cautious plan of a few epochs may pass); the poly decay is replanned for a
+new total (``TrainState.replan_poly``).
 """
 
 from __future__ import annotations
@@ -68,16 +69,20 @@ class BudgetClock:
         if validation_s is not None:
             self.validation_s = validation_s
         quarters = {math.ceil(total * q / 4) for q in (1, 2, 3)}
-        due = self.session_epochs == FIRST_REFIT or validation_s is not None or epoch in quarters
-        if self.budget_s is None or not due or not self.paces or epoch >= total:
+        last = epoch >= total
+        due = self.session_epochs == FIRST_REFIT or validation_s is not None or epoch in quarters or last
+        if self.budget_s is None or not due or not (self.paces or last):
             return total
-        fitted = epoch + self.epochs_left(epoch, val_every, validating)
+        # at the planned last epoch with no pace measured yet, the first epoch (caching and all) stands in
+        fitted = epoch + self.epochs_left(epoch, val_every, validating, self.paces or [wall])
+        if last:  # the run may go on where the plan was too cautious, never end before the epoch just done
+            return fitted if fitted > epoch + 1 else total
         return fitted if abs(fitted - total) > TOLERANCE * total else total
 
-    def epochs_left(self, epoch: int, val_every: int, validating: bool) -> int:
-        """How many more epochs fit (at least one): each at the mean pace, validations where ``val_every``
-        puts them and at the last epoch, then the decision's passes."""
-        per_epoch = max(sum(self.paces) / len(self.paces), 1e-6)
+    def epochs_left(self, epoch: int, val_every: int, validating: bool, paces: list[float]) -> int:
+        """How many more epochs fit (at least one): each at the mean of ``paces``, validations where
+        ``val_every`` puts them and at the last epoch, then the decision's passes."""
+        per_epoch = max(sum(paces) / len(paces), 1e-6)
         validation_s = self.validation_s if validating else 0.0
         left = self.budget_s - self.elapsed() - self.decision_passes * validation_s
 
