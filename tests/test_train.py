@@ -163,15 +163,15 @@ def test_a_resumed_budgeted_run_counts_the_time_its_earlier_sessions_took(tiny_d
     its planned epochs; the checkpoint did not say how long the run had taken."""
     from pipeline.train.run import run_training
 
-    overrides = [f"data.root={tiny_dataset}", f"output_dir={tmp_path}", "data.val_fraction=0", "train.budget=1h"]
-    run = run_training(load_config(REPO / "configs" / "smoke.yaml", [*overrides, "train.epochs=1"]))
+    overrides = [f"data.root={tiny_dataset}", f"output_dir={tmp_path}", "data.val_fraction=0", "train.epochs=1"]
+    run = run_training(load_config(REPO / "configs" / "smoke.yaml", overrides))  # every run keeps its time
     last = run / "checkpoints" / "last.pt"
     state = torch.load(last, weights_only=True)
     assert 0 < state["seconds"] < 600
     state["seconds"] = 3600.0  # the first session used the whole hour
     torch.save(state, last)
     with caplog.at_level("INFO", logger="pipeline.train.budget_clock"):
-        run_training(load_config(run / "config.yaml", ["train.epochs=8"]), resume_dir=run)
-    assert "budget 1h: 5 epochs instead of 8" in caplog.text  # refitted after this session's third epoch
+        run_training(load_config(run / "config.yaml", ["train.epochs=8", "train.budget=1h"]), resume_dir=run)
+    assert "budget 1h: 4 epochs instead of 8" in caplog.text  # after this session's third epoch: stop there
     state = torch.load(last, weights_only=True)
-    assert state["epoch"] == 5 and state["seconds"] > 3600
+    assert state["epoch"] == 4 and state["seconds"] > 3600

@@ -75,27 +75,30 @@ class BudgetClock:
             return total
         # at the planned last epoch with no pace measured yet, the first epoch (caching and all) stands in
         fitted = epoch + self.epochs_left(epoch, val_every, validating, self.paces or [wall])
-        if last:  # the run may go on where the plan was too cautious, never end before the epoch just done
-            return fitted if fitted > epoch + 1 else total
+        if last:  # the run may go on where the plan was too cautious
+            return fitted if fitted > epoch else total
         return fitted if abs(fitted - total) > TOLERANCE * total else total
 
     def epochs_left(self, epoch: int, val_every: int, validating: bool, paces: list[float]) -> int:
-        """How many more epochs fit (at least one): each at the mean of ``paces``, validations where
-        ``val_every`` puts them and at the last epoch, then the decision's passes."""
+        """How many more epochs end nearest the budget (0: stop now): each at the mean of ``paces``,
+        validations where ``val_every`` puts them and at the last epoch, then the decision's passes. Whole
+        epochs miss the budget by up to half of one, over or under, rather than always under."""
         per_epoch = max(sum(paces) / len(paces), 1e-6)
         validation_s = self.validation_s if validating else 0.0
         left = self.budget_s - self.elapsed() - self.decision_passes * validation_s
 
         def cost(more: int) -> float:
+            if more == 0:
+                return 0.0
             scheduled = (epoch + more - 1) // val_every - epoch // val_every  # validations before the last epoch
             return more * per_epoch + (scheduled + 1) * validation_s
 
-        more = max(1, int((left - validation_s) / (per_epoch + validation_s / val_every)))
-        while more > 1 and cost(more) > left:
+        more = max(0, int((left - validation_s) / (per_epoch + validation_s / val_every)))
+        while more > 0 and cost(more) > left:
             more -= 1
         while cost(more + 1) <= left:
             more += 1
-        return more
+        return more + 1 if cost(more + 1) - left < left - cost(more) else more
 
     def refit(self, cfg: Config, run_dir: Path, state: TrainState, epoch: int, total: int,
               validation_s: float | None, info: Dist, validating: bool) -> int:
