@@ -37,6 +37,7 @@ class DataConfig:
     h5_image_key: str = "image"
     h5_label_key: str = "label"
     channel: int | None = None  # pick one channel of colour images (1 = green)
+    dicom_series: str | None = None  # a DICOM folder with several series: modality=CT, description=REGEX or uid=UID
     default_spacing: tuple[float, float, float] | None = None  # mm, for sources without one (HDF5, slices, 2D)
     modality: str = "CT"  # CT: clip to intensity_range (HU), map it onto intensity_target; MR / generic: z-score
     intensity_range: tuple[float, float] = (-200.0, 300.0)
@@ -114,6 +115,9 @@ class InferConfig:
     # what runs the windows: auto (OpenVINO on a CPU where installed), torch, openvino, onnxruntime
     backend: str = "auto"
     sw_batch_size: int = 1
+    # also write each prediction as nrrd-seg (3D Slicer) and/or dicom-seg (DICOM sources); NIfTI always
+    output_format: str | tuple[str, ...] = "nifti"
+    dicom_seg_type: str = "binary"  # or fractional: the foreground probabilities, 8 bits
     probabilities: bool = False  # also write probabilities/<case>.nii.gz (foreground classes, float32)
     tta: bool = False  # average the logits of every flip of the volume along the patch's axes (2D: 4, 3D: 8)
     largest_component: bool | tuple[int, ...] = False  # per class: keep its largest component (a list: those ids)

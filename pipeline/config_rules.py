@@ -27,6 +27,7 @@ CHOICES = {
     "infer.precision": ("auto", "fp32", "bf16", "fp16"),
     "infer.blend": ("gaussian", "constant"),
     "infer.backend": ("auto", "torch", "openvino", "onnxruntime"),
+    "infer.dicom_seg_type": ("binary", "fractional"),
 }
 
 PROBABILITIES = ("train.pos_fraction", "train.flip_prob", "train.affine_prob", "train.intensity_prob",
@@ -88,6 +89,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.channel_modality": (lambda v: len(v) >= 1 and set(v) <= set(CHOICES["data.modality"]),
                               "must list one of CT, MR or generic per input channel"),
     "data.tubular_classes": (lambda v: all(k >= 1 for k in v), "lists foreground label ids (1 or more)"),
+    "infer.output_format": (lambda v: len(_each(v)) >= 1 and set(_each(v)) <= {"nifti", "nrrd-seg", "dicom-seg"},
+                            "must be nifti, nrrd-seg, dicom-seg or a list of them"),
+    "data.dicom_series": (lambda v: v.partition("=")[0] in ("modality", "description", "uid") and "=" in v,
+                          "must be modality=CT, description=REGEX or uid=UID"),
 }
 
 

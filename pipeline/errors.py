@@ -42,5 +42,7 @@ def setup_logging(verbose: bool = False, main_rank: bool = True) -> None:
     above), and torchrun ranks other than 0 their warnings only."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s")
     logging.getLogger("monai").setLevel(logging.WARNING)
+    # MONAI's LoadImage tries a GPU DICOM decoder whenever pydicom is installed; our reader reads DICOM
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
     if not main_rank:
         logging.getLogger().setLevel(logging.WARNING)

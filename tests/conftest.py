@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,17 @@ def smoke_run(tiny_dataset, tmp_path_factory) -> Path:
     result = run_cli(*smoke_args(tiny_dataset, out))
     assert result.returncode == 0, result.stderr[-2000:]
     return (out / "latest").resolve()
+
+
+@pytest.fixture(scope="session")
+def trained(smoke_run, tmp_path_factory) -> tuple[Path, str]:
+    """(run folder, test.py's stdout): a copy of the smoke run, tested by ``test.py --run`` into ``RUN/test``."""
+    out = tmp_path_factory.mktemp("outputs")
+    run = Path(shutil.copytree(smoke_run, out / smoke_run.name))
+    (out / "latest").symlink_to(run.name)
+    result = run_cli("test.py", "--run", str(out / "latest"))
+    assert result.returncode == 0, result.stderr
+    return run, result.stdout
 
 
 @pytest.fixture(scope="session")

@@ -24,17 +24,6 @@ PNG = b"\x89PNG\r\n\x1a\n"
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def trained(smoke_run, tmp_path_factory):
-    """One smoke training run (a copy of the session's) and its test, shared by the checks below."""
-    out = tmp_path_factory.mktemp("outputs")
-    run = Path(shutil.copytree(smoke_run, out / smoke_run.name))
-    (out / "latest").symlink_to(run.name)
-    result = run_cli("test.py", "--run", str(out / "latest"))
-    assert result.returncode == 0, result.stderr
-    return run, result.stdout
-
-
 def test_run_folder_has_the_contract_files(trained):
     run, _ = trained
     assert run.name.startswith("smoke-")

@@ -24,6 +24,7 @@ from ..errors import UserError, exit_on_user_error
 from .grids import check_same_grid, grid_difference, spacing_from_affine
 from .io import kind_of, load_image, reader_options, spacing_or_default
 from .cases import Case, Dataset
+from .check_report import format_report
 from .layouts import load_dataset
 from .stack import stack_statistics
 from .volume_slabs import VolumeSlabs, slab_source, volume_voxels
@@ -56,6 +57,7 @@ class CheckReport:
     dataset: Dataset
     problems: list[Problem] = field(default_factory=list)
     stats: dict[str, CaseStats] = field(default_factory=dict)
+    dicom_series: str | None = None  # data.dicom_series: which series of a DICOM folder is the case
 
     @property
     def errors(self) -> list[Problem]:
@@ -207,7 +209,7 @@ def check_case(case: Case, dataset: Dataset, data: DataConfig,
 def check_dataset(dataset: Dataset, data: DataConfig | None = None, workers: int = 2) -> CheckReport:
     """Read every case once (threads) and report each problem with its file and a hint."""
     data = data or DataConfig()
-    report = CheckReport(dataset)
+    report = CheckReport(dataset, dicom_series=data.dicom_series)
     cases = [(c, True) for c in dataset.training] + [(c, False) for c in dataset.test]
     seen: dict[str, object] = {}
     for case, _ in cases:
@@ -233,35 +235,6 @@ def check_dataset(dataset: Dataset, data: DataConfig | None = None, workers: int
                         "error", str(case.image), f"has {fed} channel(s), data.channel_modality names "
                         f"{len(data.channel_modality)}", "give one modality per channel in data.channel_modality"))
     return report
-
-
-def format_report(report: CheckReport) -> str:
-    """Summary table of the cases, then every problem."""
-    ds = report.dataset
-    lines = [f"dataset: {ds.root}", f"layout: {ds.layout}", f"labels: {ds.labels}",
-             f"cases: {len(ds.training)} training, {len(ds.test)} test"]
-    stats = list(report.stats.values())
-    if stats:
-        def row(name: str, values: np.ndarray, fmt) -> str:
-            columns = (values.min(0), np.median(values, 0), values.max(0))
-            return f"| {name} | " + " | ".join(" x ".join(fmt(v) for v in np.atleast_1d(c)) for c in columns) + " |"
-
-        counts: dict[int, int] = {}
-        for s in stats:
-            for label, n in s.label_counts.items():
-                counts[label] = counts.get(label, 0) + n
-        lines += ["| | min | median | max |", "| --- | --- | --- | --- |",
-                  row("shape (voxels)", np.array([s.shape for s in stats]), lambda v: f"{v:.0f}"),
-                  row("spacing (mm)", np.array([s.spacing for s in stats]), lambda v: f"{v:.3g}"),
-                  row("intensity low", np.array([[s.intensity[0]] for s in stats]), lambda v: f"{v:.4g}"),
-                  row("intensity high", np.array([[s.intensity[1]] for s in stats]), lambda v: f"{v:.4g}")]
-        total = sum(counts.values()) or 1
-        lines.append("label voxels: " + ", ".join(f"{ds.labels.get(k, k)} {v:,} ({100 * v / total:.2f} %)"
-                                                  for k, v in sorted(counts.items())))
-    errors = len(report.errors)
-    lines.append(f"problems: {errors} error(s), {len(report.problems) - errors} warning(s)")
-    lines += [f"  {p}" for p in report.problems]
-    return "\n".join(lines)
 
 
 @exit_on_user_error

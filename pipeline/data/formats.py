@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -31,20 +33,73 @@ def itk_to_array(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
     return array, affine_from_itk(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
 
 
-def read_dicom(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One DICOM series; refuses a missing slice or uneven slice spacing, naming the gap."""
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if len(series) != 1:
-        raise UserError(f"{folder}: expected one DICOM series, found {len(series)}; put each series in its own folder")
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
-    positions, normal = [], None
+@dataclass(frozen=True)
+class Series:
+    """One DICOM series of a folder: its SeriesInstanceUID, modality, description and files in slice order."""
+
+    uid: str
+    modality: str
+    description: str
+    files: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"{self.uid} ({self.modality or '?'}, {self.description or 'no description'!r}, {len(self.files)} files)"
+
+
+def dicom_series(folder: Path) -> list[Series]:
+    """Every series in ``folder`` (GDCM groups files by SeriesInstanceUID and sorts them along the normal)."""
+    found = []
+    for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)):
+        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+        header = sitk.ImageFileReader()
+        header.SetFileName(files[0])
+        header.ReadImageInformation()
+        found.append(Series(uid, _tag(header, "0008|0060"), _tag(header, "0008|103e"), tuple(files)))
+    return found
+
+
+def _tag(header: sitk.ImageFileReader, key: str) -> str:
+    return header.GetMetaData(key).strip() if header.HasMetaDataKey(key) else ""
+
+
+def pick_series(folder: Path, selector: str | None = None) -> Series:
+    """The series of ``folder`` that ``selector`` (``data.dicom_series``: ``modality=CT``,
+    ``description=REGEX`` or ``uid=UID``) names; without one, the folder's only series."""
+    series = dicom_series(folder)
+    if not series:
+        raise UserError(f"{folder}: no DICOM series found")
+    if selector is None:
+        chosen = series
+    else:
+        key, _, value = selector.partition("=")
+        tests = {"modality": lambda s: s.modality.upper() == value.upper(),
+                 "description": lambda s: re.search(value, s.description, re.IGNORECASE) is not None,
+                 "uid": lambda s: s.uid == value}
+        chosen = [s for s in series if tests[key](s)]
+    if len(chosen) != 1:
+        listed = "; ".join(s.describe() for s in series)
+        wanted = f"data.dicom_series={selector} matches {len(chosen)}" if selector else f"{len(series)} series"
+        raise UserError(f"{folder}: {wanted} of: {listed}; set data.dicom_series to modality=..., description=... "
+                        "or uid=... to pick one")
+    return chosen[0]
+
+
+def read_dicom(folder: Path, selector: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One DICOM series of ``folder`` (``pick_series``), rescale slope and intercept applied (by GDCM); a
+    series mixing orientations or image sizes, a missing slice or uneven slice spacing is refused by name."""
+    series = pick_series(folder, selector)
+    files = series.files
+    positions, frames = [], set()
     for name in files:
         header = sitk.ImageFileReader()
         header.SetFileName(name)
         header.ReadImageInformation()
         positions.append(np.asarray(header.GetOrigin()))
-        if normal is None:
-            normal = np.asarray(header.GetDirection()).reshape(3, 3)[:, 2]
+        frames.add((header.GetSize()[:2], tuple(np.round(header.GetDirection(), 4))))
+    if len(frames) > 1:
+        raise UserError(f"{folder}: series {series.uid} mixes {len(frames)} image sizes or orientations; "
+                        "split it into one series per size and orientation")
+    normal = np.asarray(next(iter(frames))[1]).reshape(3, 3)[:, 2]
     if len(files) > 2:
         steps = np.diff([float(p @ normal) for p in positions])
         expected = float(np.median(steps))
@@ -53,7 +108,7 @@ def read_dicom(folder: Path) -> tuple[np.ndarray, np.ndarray]:
                 raise UserError(f"{folder}: slice gap between {Path(files[i]).name} and {Path(files[i + 1]).name}: "
                                 f"{step:.3g} mm where the series has {expected:.3g} mm (missing or duplicate slice?)")
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
+    reader.SetFileNames(list(files))
     return itk_to_array(reader.Execute())
 
 

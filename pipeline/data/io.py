@@ -77,10 +77,11 @@ def list_images(folder: Path, suffixes: tuple[str, ...] = ALL_SUFFIXES) -> list[
 
 def reader_options(data, label: bool = False) -> dict:
     """``load_image`` keywords for an image (or, with ``label``, a label) of a dataset
-    configured by ``data`` (a ``DataConfig``): HDF5 key, colour channel, default spacing."""
+    configured by ``data`` (a ``DataConfig``): HDF5 key, colour channel, default spacing, DICOM series."""
     if label:
         return {"h5_key": data.h5_label_key, "spacing": data.default_spacing, "label": True}
-    return {"h5_key": data.h5_image_key, "channel": data.channel, "spacing": data.default_spacing}
+    return {"h5_key": data.h5_image_key, "channel": data.channel, "spacing": data.default_spacing,
+            "dicom_series": data.dicom_series}
 
 
 def kind_of(path: str | Path) -> str:
@@ -130,13 +131,15 @@ def load_image(
     channel: int | None = None,
     spacing: tuple[float, ...] | None = None,
     label: bool = False,
+    dicom_series: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(array, affine) of a file or folder: array (x, y, z) or (x, y, z, C); affine 4x4 voxel -> RAS mm.
 
     ``h5_key`` names the HDF5 dataset, ``channel`` picks one channel of a colour
     image (1 = green), ``spacing`` (mm) is used where the source carries none
     (HDF5 without a ``spacing`` attribute, slices, 2D images; default 1 mm).
-    ``label`` turns 0/255 masks into 0/1. Raises UserError naming the file.
+    ``label`` turns 0/255 masks into 0/1. ``dicom_series`` picks the series of a DICOM folder that holds
+    several (``formats.pick_series``). Raises UserError naming the file.
     """
     path = Path(path)
     if not path.exists():
@@ -146,10 +149,11 @@ def load_image(
     files = [path] if label else channel_files(path, case_id(path))
     try:
         if len(files) > 1:
-            options = (h5_key, spacing_or_default(spacing), False)
+            options = (h5_key, spacing_or_default(spacing), False, dicom_series)
             array, affine = stack_channels(files, lambda file: _read_source(file, kind_of(file), *options))
         else:
-            array, affine = _read_source(path, kind_of(path), h5_key, spacing_or_default(spacing), label)
+            array, affine = _read_source(path, kind_of(path), h5_key, spacing_or_default(spacing), label,
+                                         dicom_series)
     except UserError:
         raise
     except (OSError, EOFError, ValueError, RuntimeError, KeyError, zlib.error, Image.DecompressionBombError,
@@ -170,14 +174,14 @@ def load_image(
     return array, np.asarray(affine, dtype=np.float64)
 
 
-def _read_source(path: Path, kind: str, h5_key: str, default_spacing,
-                 label: bool) -> tuple[np.ndarray, np.ndarray]:
+def _read_source(path: Path, kind: str, h5_key: str, default_spacing, label: bool,
+                 dicom_series: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     if kind == "nifti":
         return _read_nifti(path)
     if kind == "itk":
         return _read_itk(path)
     if kind == "dicom":
-        return read_dicom(path)
+        return read_dicom(path, dicom_series)
     if kind == "h5":
         return read_h5(path, h5_key, default_spacing)
     array = _read_stack(path, label) if kind == "stack" else _read_image2d(path)

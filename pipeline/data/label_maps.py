@@ -11,6 +11,15 @@ import numpy as np
 
 from ..errors import UserError
 
+# Foreground classes 1, 2, ... in this order: one colour per class in the slice images, .seg.nrrd and DICOM SEG.
+CLASS_COLOURS = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6")
+
+
+def class_colour(class_id: int) -> tuple[float, float, float]:
+    """RGB in [0, 1] of foreground class ``class_id`` (1, 2, ...; the colours repeat after the eighth)."""
+    hex_code = CLASS_COLOURS[(class_id - 1) % len(CLASS_COLOURS)]
+    return tuple(int(hex_code[i:i + 2], 16) / 255 for i in (1, 3, 5))
+
 
 def is_binary_mask(values: Collection[int], dtype: np.dtype) -> bool:
     """True for a uint8 label whose values (those present) are 0 and 255 with some 255: a binary mask

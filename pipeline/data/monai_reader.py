@@ -5,7 +5,9 @@ predictions back on the source grid."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import warnings
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from monai.data import ImageReader, MetaTensor
@@ -15,13 +17,23 @@ from ..errors import UserError
 from .io import kind_of, load_image
 
 
+@contextlib.contextmanager
+def quiet_default_readers() -> Iterator[None]:
+    """Around making a ``LoadImage``: MONAI also makes its default readers, and with pydicom installed it
+    warns that a GPU DICOM decoder is missing. Our reader reads DICOM (SimpleITK)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
+        yield
+
+
 class PipelineReader(ImageReader):
     """Reads one path with ``load_image``; channels (if any) are reported as the last dimension."""
 
     def __init__(self, h5_key: str = "image", channel: int | None = None,
-                 spacing: Sequence[float] | None = None, label: bool = False):
+                 spacing: Sequence[float] | None = None, label: bool = False, dicom_series: str | None = None):
         super().__init__()
-        self.options = {"h5_key": h5_key, "channel": channel, "spacing": spacing, "label": label}
+        self.options = {"h5_key": h5_key, "channel": channel, "spacing": spacing, "label": label,
+                        "dicom_series": dicom_series}
 
     def verify_suffix(self, filename) -> bool:
         try:
@@ -62,7 +74,9 @@ class _Preloaded(PipelineReader):
 def to_meta_tensor(array: np.ndarray, affine: np.ndarray, path) -> MetaTensor:
     """The (C, H, W, D) float32 MetaTensor that ``LoadImaged(reader=PipelineReader(...))`` makes of the
     file at ``path``, from its array and affine already read: the file is read once, not twice."""
-    return LoadImage(reader=_Preloaded(array, affine), image_only=True, ensure_channel_first=True)(str(path))
+    with quiet_default_readers():
+        load = LoadImage(reader=_Preloaded(array, affine), image_only=True, ensure_channel_first=True)
+    return load(str(path))
 
 
 def _single(filename):

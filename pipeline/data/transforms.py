@@ -23,7 +23,7 @@ from skimage.exposure import equalize_adapthist
 
 from ..config import Config
 from .io import reader_options
-from .monai_reader import PipelineReader
+from .monai_reader import PipelineReader, quiet_default_readers
 from .normalisation import Normalisation, normalise_tensor, record_moments
 
 IMAGE, LABEL = "image", "label"
@@ -66,7 +66,8 @@ def load_steps(cfg: Config, keys: Sequence[str] = (IMAGE, LABEL)) -> list:
     """Read each key's file into a channel-first MetaTensor (any supported format)."""
     readers = {IMAGE: PipelineReader(**reader_options(cfg.data)),
                LABEL: PipelineReader(**reader_options(cfg.data, label=True))}
-    return [mt.LoadImaged(key, reader=readers[key], image_only=True, ensure_channel_first=True) for key in keys]
+    with quiet_default_readers():
+        return [mt.LoadImaged(key, reader=readers[key], image_only=True, ensure_channel_first=True) for key in keys]
 
 
 def preprocess_steps(cfg: Config, keys: Sequence[str] = (IMAGE, LABEL), sampler_indices: bool = False) -> list:

@@ -17,9 +17,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from scipy import ndimage
 
+from ..data.label_maps import CLASS_COLOURS
 from ..files import atomic_write
-
-CLASS_COLOURS = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6"]
 
 
 def _save(fig: Figure, out: str | Path) -> None:
@@ -94,7 +93,7 @@ def slice_figure(
         spacing = tuple(np.asarray(spacing)[np.argsort(nib.orientations.io_orientation(affine)[:, 0])])
     low, high = window or tuple(np.percentile(image, [0.5, 99.5]))
     n_classes = int(max(label.max() if label is not None else 0, pred.max() if pred is not None else 0, 1))
-    cmap = ListedColormap(CLASS_COLOURS[: max(n_classes, 1)])
+    cmap = ListedColormap(list(CLASS_COLOURS[: max(n_classes, 1)]))
 
     single = image.shape[2] == 1
     planes = _planes(_focus(image, label, pred), spacing, single)

@@ -1,4 +1,4 @@
-"""Evaluation outputs: ``metrics.csv``, ``summary.json`` and ``report.md``."""
+"""Evaluation outputs: ``metrics.csv``, ``summary.json``, ``report.md`` and ``report.html``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..files import write_text
+from .report_html import write_html
 
 CSV_FIRST = ("case", "class", "name")
 PER_CASE = ("dice", "nsd", "cldice", "jaccard", "asd", "hd95")  # the per-case table of report.md, when computed
@@ -100,9 +101,11 @@ def read_case_rows(out_dir: Path) -> dict[str, list[dict]]:
 
 
 def write_reports(rows: Sequence[dict], summary: dict, out_dir: Path, images: Mapping[str, str] | None = None,
-                  title: str = "Evaluation") -> None:
-    """Write ``metrics.csv``, ``summary.json`` and ``report.md`` (rows and their ``summarize``) into ``out_dir``."""
+                  title: str = "Evaluation", loss_curve: Path | None = None) -> None:
+    """Write ``metrics.csv``, ``summary.json``, ``report.md`` and ``report.html`` (rows and their
+    ``summarize``; ``images`` relative to ``out_dir``; ``loss_curve``, the run's ``loss.png``) into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     write_metrics_csv(rows, out_dir / "metrics.csv")
     write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_text(out_dir / "report.md", render_markdown(summary, rows, images, title))
+    write_html(summary, rows, out_dir, images, title, loss_curve)

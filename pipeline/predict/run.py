@@ -20,7 +20,7 @@ from tqdm import tqdm
 from ..config import Config, load_config
 from ..data.cases import Case
 from ..data.grids import check_same_grid, grid_difference
-from ..data.io import ALL_SUFFIXES, case_id, list_images, load_image, reader_options, spacing_or_default
+from ..data.io import ALL_SUFFIXES, case_id, kind_of, list_images, load_image, reader_options, spacing_or_default
 from ..data.label_maps import class_ids, is_binary_mask
 from ..data.layouts import load_dataset
 from ..data.stack import SliceStack
@@ -32,6 +32,7 @@ from ..evaluate.figures import slice_figure
 from ..evaluate.report import read_case_rows, write_case_rows, write_reports
 from ..evaluate.rows import MetricOptions, evaluate_case, summarize
 from ..evaluate.slabs import score_stack
+from .clinical_outputs import check_sources, needs_probabilities, write_clinical_outputs
 from .outputs import discard_unfinished, new_output_dir
 from .predictor import Predictor
 from .stack_job import predict_slabs, stack_thumbnail, streamed_stack, write_volume_prediction
@@ -50,7 +51,8 @@ def resolve_run(run: str | Path) -> Path:
 
 
 def cases_from_images(images: Path, labels: Path | None) -> list[Case]:
-    """Image files of a folder, each paired with the same-named file in ``labels`` when given."""
+    """Image files and DICOM series folders of a folder, each paired with the same-named file in ``labels``
+    when given."""
     if not images.is_dir():
         raise UserError(f"{images}: image folder not found")
     label_files = {}
@@ -58,14 +60,22 @@ def cases_from_images(images: Path, labels: Path | None) -> list[Case]:
         if not labels.is_dir():
             raise UserError(f"{labels}: label folder not found")
         label_files = {case_id(p): p for p in list_images(labels)}
-    cases = [Case(case_id(p), p, label_files.get(case_id(p))) for p in list_images(images)]
+    series = [p for p in sorted(images.iterdir()) if p.is_dir() and _is_dicom_folder(p)]
+    cases = [Case(case_id(p), p, label_files.get(case_id(p))) for p in list_images(images) + series]
     if not cases:
-        raise UserError(f"{images}: no image files ({', '.join(ALL_SUFFIXES)})")
+        raise UserError(f"{images}: no image files ({', '.join(ALL_SUFFIXES)}) and no DICOM series folders")
     if labels is not None:
         missing = [c.image.name for c in cases if c.label is None]
         if missing:
             raise UserError(f"{labels}: no label for {', '.join(missing[:5])}; labels must share the image's file name")
     return cases
+
+
+def _is_dicom_folder(path: Path) -> bool:
+    try:
+        return kind_of(path) == "dicom"
+    except UserError:  # an empty or foreign folder beside the images
+        return False
 
 
 def run_cases(run_dir: Path, cfg: Config, data: str | None, images: str | None, labels: str | None) -> list[Case]:
@@ -159,12 +169,14 @@ def _spacing(cfg: Config) -> tuple[float, float, float]:
     return spacing_or_default(cfg.data.default_spacing)
 
 
-def _test_case(predictor: Predictor, case: Case, out_dir: Path) -> list[dict]:
-    """Prediction, slice image and metric rows (none without a label) of one case."""
+def _test_case(predictor: Predictor, case: Case, out_dir: Path, source: str) -> list[dict]:
+    """Prediction (and its clinical formats; ``source``: the run or package), slice image and metric rows
+    (none without a label) of one case."""
     cfg = predictor.cfg
-    want_prob = cfg.infer.probabilities or (cfg.infer.auc and case.label is not None)
+    want_prob = cfg.infer.probabilities or (cfg.infer.auc and case.label is not None) or needs_probabilities(cfg)
     result = predictor.predict(case, probabilities=want_prob)
     write_label_like(result.label, case.image, out_dir / "predictions" / f"{case.id}.nii.gz", affine=result.affine)
+    write_clinical_outputs(result, case, cfg, predictor.labels, out_dir / "predictions", source)
     if cfg.infer.probabilities:
         (out_dir / "probabilities").mkdir(exist_ok=True)
         save_nifti(np.moveaxis(result.probabilities[1:], 0, -1), result.affine,
@@ -218,10 +230,11 @@ def run_test(
         predictor = Predictor.from_run(base, checkpoint, overrides, device)
         name, kind = base.name, scored_kind(base, data, images, checkpoint)
     cases = run_cases(base, predictor.cfg, data, images, labels)
+    check_sources(predictor.cfg, cases)  # before the output folder: nothing half-written
     existed = out is not None and Path(out).exists()
     out_dir = on_main(lambda: new_output_dir(base, out, resume), info)
     try:
-        _test_cases(predictor, cases, out_dir, resume, info)
+        _test_cases(predictor, cases, out_dir, resume, info, name)
     except UserError:
         if info.is_main and not resume:
             discard_unfinished(out_dir, created=not existed)
@@ -229,10 +242,12 @@ def run_test(
     barrier(info)
     if not info.is_main:
         return out_dir, None
-    return out_dir, _report(name, out_dir, cases, kind)
+    curve = base / "loss.png" if model is None and (base / "loss.png").is_file() else None
+    return out_dir, _report(name, out_dir, cases, kind, curve)
 
 
-def _test_cases(predictor: Predictor, cases: list[Case], out_dir: Path, resume: bool, info: Dist) -> None:
+def _test_cases(predictor: Predictor, cases: list[Case], out_dir: Path, resume: bool, info: Dist,
+                source: str) -> None:
     """Predict, draw and score every case not done yet, streamed cases first; each case's rows are
     written as it finishes (what ``--resume`` reads)."""
     (out_dir / "predictions").mkdir(exist_ok=True)
@@ -249,12 +264,13 @@ def _test_cases(predictor: Predictor, cases: list[Case], out_dir: Path, resume: 
     with tqdm(shard(small, info), desc="test", unit="case", disable=not info.is_main or not small) as bar:
         for case in bar:  # the bar is closed (newline) on errors too
             if case.id not in done:
-                done[case.id] = _test_case(predictor, case, out_dir)
+                done[case.id] = _test_case(predictor, case, out_dir, source)
                 write_case_rows(out_dir, case.id, done[case.id])
 
 
-def _report(name: str, out_dir: Path, cases: list[Case], kind: str) -> dict | None:
-    """The reports of every rank's cases, saying what was scored; None without labels."""
+def _report(name: str, out_dir: Path, cases: list[Case], kind: str, loss_curve: Path | None) -> dict | None:
+    """The reports of every rank's cases, saying what was scored (with the run's loss curve, when tested
+    from a run); None without labels."""
     done = read_case_rows(out_dir)
     rows = [row for case in cases for row in done[case.id]]
     if not rows:
@@ -263,5 +279,5 @@ def _report(name: str, out_dir: Path, cases: list[Case], kind: str) -> dict | No
     summary = {**summarize(rows), "scored": kind, "scored_note": SCORED[kind]}
     if kind in ("selection", "training"):
         log.warning("scored %s", SCORED[kind])
-    write_reports(rows, summary, out_dir, {c.id: f"slices/{c.id}.png" for c in cases}, title=f"Test of {name}")
+    write_reports(rows, summary, out_dir, {c.id: f"slices/{c.id}.png" for c in cases}, f"Test of {name}", loss_curve)
     return summary
