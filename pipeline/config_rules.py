@@ -49,6 +49,16 @@ def budget_seconds(value: str | float) -> float | None:
     return float(match.group(1)) * UNITS[match.group(2) or "m"]
 
 
+def _series_selector(value: str) -> bool:
+    key, equals, pattern = value.partition("=")
+    if key == "description" and equals:
+        try:
+            re.compile(pattern)
+        except re.error:
+            return False
+    return bool(equals and pattern) and key in ("modality", "description", "uid")
+
+
 def _each(value: Any) -> tuple:
     return value if isinstance(value, tuple) else (value,)
 
@@ -91,8 +101,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.tubular_classes": (lambda v: all(k >= 1 for k in v), "lists foreground label ids (1 or more)"),
     "infer.output_format": (lambda v: len(_each(v)) >= 1 and set(_each(v)) <= {"nifti", "nrrd-seg", "dicom-seg"},
                             "must be nifti, nrrd-seg, dicom-seg or a list of them"),
-    "data.dicom_series": (lambda v: v.partition("=")[0] in ("modality", "description", "uid") and "=" in v,
-                          "must be modality=CT, description=REGEX or uid=UID"),
+    "data.dicom_series": (_series_selector, "must be modality=CT, description=REGEX (a valid one) or uid=UID"),
 }
 
 

@@ -84,9 +84,9 @@ def test_the_first_refit_waits_for_a_measured_epoch_after_the_first():
     assert BudgetClock(None, clock=lambda: 0.0).after_epoch(3, 40, None, 5, False) == 40  # no budget
 
 
-@pytest.mark.parametrize("patch, decide, passes", [((32, 32, 16), True, 9), ((64, 64, 1), True, 5),
+@pytest.mark.parametrize("patch, decide, passes", [((32, 32, 16), True, 10), ((64, 64, 1), True, 6),
                                                    ((32, 32, 16), False, 0)])
-def test_the_decision_costs_a_pass_without_flips_and_one_per_flip(patch, decide, passes):
+def test_the_decision_costs_a_pass_without_flips_one_per_flip_and_one_for_reading(patch, decide, passes):
     cfg = load_config(None, [f"train.patch_size={list(patch)}", f"train.decide_postprocessing={decide}"])
     assert decision_passes(cfg.train) == passes
 

@@ -22,7 +22,7 @@ from pipeline.data.layouts import load_dataset
 from pipeline.data.segmentation_files import Algorithm, write_dicom_seg, write_seg_nrrd
 from pipeline.data.synthetic import PhantomSpec, make_phantom
 from pipeline.errors import UserError
-from pipeline.config import DataConfig
+from pipeline.config import DataConfig, load_config
 
 LABELS = {0: "background", 1: "organ", 2: "vessel"}
 COLOURS = {"organ": (230, 25, 75), "vessel": (60, 180, 75)}  # label_maps.CLASS_COLOURS 1 and 2
@@ -117,6 +117,27 @@ def test_dicom_seg_reads_back_in_highdicom_equal_to_the_label_in_world_coordinat
     assert [tuple(c) for c in colours] == [COLOURS["organ"], COLOURS["vessel"]]
     algorithm = described[0].SegmentationAlgorithmIdentificationSequence[0]
     assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion, algorithm.AlgorithmSource) == ("resunet", "9", "run-1")
+
+
+def test_a_fractional_seg_holds_the_probabilities_in_eight_bits(phantom, tmp_path):
+    hu, label, affine = phantom
+    write_dicom_series(hu, affine, tmp_path / "ct", SeriesInfo())
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(3), size=label.shape).transpose(3, 0, 1, 2).astype(np.float32)
+    out = write_dicom_seg(label, tmp_path / "ct", LABELS, tmp_path / "p.seg.dcm", Algorithm("resunet", "run-1"),
+                          probabilities=probabilities)
+    seg = hd.seg.segread(out)
+    assert seg.SegmentationType == "FRACTIONAL" and seg.MaximumFractionalValue == 255
+    volume = seg.get_volume(combine_segments=False)  # (frames, rows, columns, segments), scaled back to [0, 1]
+    for number in (1, 2):
+        values = _world_resample(volume.array[..., number - 1], volume.affine, label.shape, RAS_TO_LPS @ affine)
+        assert np.abs(values - probabilities[number]).max() <= 0.5 / 255 + 1e-6
+
+
+@pytest.mark.parametrize("value", ["CT", "series=1.2", "description=([", "uid="])
+def test_a_series_selector_that_is_not_one_is_refused_by_the_config(value):
+    with pytest.raises(UserError, match="data.dicom_series must be modality=CT, description=REGEX"):
+        load_config(None, [f"data.dicom_series={value}"])
 
 
 def test_seg_nrrd_reads_back_in_slicerio_with_names_colours_and_the_grid(phantom, tmp_path):

@@ -52,14 +52,21 @@ def write_dicom_series(volume: np.ndarray, affine: np.ndarray, folder: Path, inf
         meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds = _slice_dataset(meta, info, uids, stored[:, :, k].T, k)
-        ds.ImageOrientationPatient = [float(v) for v in (*row_dir, *col_dir)]
-        ds.ImagePositionPatient = [float(v) for v in lps[:3, 3] + k * lps[:3, 2]]
-        ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]
-        ds.SliceThickness = float(spacing[2])
+        ds.ImageOrientationPatient = _ds([*row_dir, *col_dir])
+        ds.ImagePositionPatient = _ds(lps[:3, 3] + k * lps[:3, 2])
+        ds.PixelSpacing = _ds([spacing[1], spacing[0]])
+        ds.SliceThickness = _ds([spacing[2]])[0]
         ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
         paths.append(folder / f"slice_{k:04d}.dcm")
         ds.save_as(paths[-1], enforce_file_format=True)
     return paths
+
+
+def _ds(values) -> list:
+    """Decimal strings of at most 16 characters, as the DS value representation allows."""
+    from pydicom.valuerep import DSfloat
+
+    return [DSfloat(float(v), auto_format=True) for v in values]
 
 
 def _slice_dataset(meta, info: SeriesInfo, uids: dict, pixels: np.ndarray, k: int):
@@ -75,7 +82,9 @@ def _slice_dataset(meta, info: SeriesInfo, uids: dict, pixels: np.ndarray, k: in
     ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20260101", "120000", "1", ""
     ds.ReferringPhysicianName = ""
     ds.Modality, ds.SeriesDescription, ds.SeriesNumber = info.modality, info.description, info.series_number
-    ds.Manufacturer, ds.InstanceNumber = "medseg-pipeline phantom", k + 1
+    ds.Manufacturer, ds.InstanceNumber, ds.AcquisitionNumber = "medseg-pipeline phantom", k + 1, 1
+    # a phantom is no paired body part: no Laterality (dciodvfy finds no error in these files)
+    ds.PatientPosition, ds.ImageType, ds.KVP = "HFS", ["ORIGINAL", "PRIMARY", "AXIAL"], ""
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.Rows, ds.Columns = pixels.shape
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
