@@ -2,12 +2,13 @@
 # make test:    run the test suite (what CI runs)
 # make test-fast: the suite without the tests marked slow (training, exports, subprocesses)
 # make demo:    generate demo CT data, train, test, report
+# make report-check: open the demo's report.html in headless Chromium (sort check + report.png)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 
-.PHONY: install test test-fast demo clean-demo
+.PHONY: install test test-fast demo report-check clean-demo
 
 install: $(STAMP)
 
@@ -28,3 +29,6 @@ demo: install
 	$(PY) -m pipeline.synthetic --out data/demo
 	$(PY) train.py --config configs/demo.yaml
 	$(PY) test.py --run outputs/latest
+
+report-check: install
+	$(PY) -m pipeline.evaluate.screenshot outputs/latest/test/report.html --check
