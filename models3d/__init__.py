@@ -36,7 +36,7 @@ def build_model(
 
     Widths come from ``channels`` (one per level, top to bottom) or from
     ``base_width`` doubled over ``depth`` levels. Other keywords (``norm``,
-    ``dropout``, ``patch_size``) go to the class. Raises ValueError for an
+    ``dropout``, ``patch_size``, ``deep_supervision``) go to the class. Raises ValueError for an
     unknown name, listing the valid ones.
     """
     if name not in _REGISTRY:
@@ -50,13 +50,14 @@ def build_model(
 
 def build_from_config(model, in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
     """The network a configuration's ``model`` section describes (``name``, ``channels``, ``norm``,
-    ``dropout``), its operators and pooling planned for ``patch_size`` (H, W, D).
+    ``dropout``, ``deep_supervision``), its operators and pooling planned for ``patch_size`` (H, W, D).
 
     Raises ValueError naming the configuration keys when they do not describe a valid network.
     """
     try:
         return build_model(model.name, in_channels, out_channels, channels=model.channels, norm=model.norm,
-                           dropout=model.dropout, patch_size=tuple(patch_size))
+                           dropout=model.dropout, patch_size=tuple(patch_size),
+                           deep_supervision=getattr(model, "deep_supervision", False))
     except ValueError as err:
         raise ValueError(f"model.name / model.channels / train.patch_size: {err}") from None
 

@@ -239,8 +239,11 @@ class PlannedNetwork(nn.Module):
     (kernels of size 1 along the flat axis: the same function, run by 3D kernels).
     """
 
-    def __init__(self, patch_size: Sequence[int], depth: int, spatial_dims: int | None = None):
+    def __init__(self, patch_size: Sequence[int], depth: int, spatial_dims: int | None = None,
+                 deep_supervision: bool = False):
         super().__init__()
+        self.deep_supervision = deep_supervision
+        self.aux_heads = nn.ModuleList()  # filled by ``supervise`` when deep_supervision
         self.plan: LevelPlan = plan_levels(tuple(patch_size), depth)
         self.flat = FlatAxis.of(patch_size) if spatial_dims != 3 else FlatAxis(None)
         if spatial_dims not in (None, self.flat.dims):
@@ -250,7 +253,35 @@ class PlannedNetwork(nn.Module):
         self.pools = [self.flat.reduce(p) for p in self.plan.pools]
         self.register_load_state_dict_pre_hook(self.flat.checkpoint_hook)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B, out_channels, H, W, D) of input (B, in_channels, H, W, D)."""
+    @property
+    def supervised_outputs(self) -> int:
+        """How many logits tensors a training forward returns: 1, or 1 + the auxiliary heads."""
+        return 1 + len(self.aux_heads)
+
+    def supervise(self, decoder_widths: Sequence[int], out_channels: int) -> None:
+        """With deep supervision, a 1x1 head to class logits on every decoder level's output but the top
+        one (the network's own head) and the lowest (nnU-Net's choice); ``decoder_widths``: the widths of
+        the decoder levels' outputs, bottom to top."""
+        if not self.deep_supervision:
+            return
+        if len(decoder_widths) < 3:
+            raise ValueError(f"deep_supervision needs a decoder level between the lowest and the top; this network "
+                             f"decodes at {len(decoder_widths)} level(s): give model.channels another level")
+        self.aux_heads = nn.ModuleList(CONV[self.flat.dims](width, out_channels, kernel_size=1)
+                                       for width in reversed(list(decoder_widths)[1:-1]))
+
+    def outputs(self, logits: torch.Tensor, decoded: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        """``logits`` alone; in training with deep supervision, ``[logits, 1/2 resolution, 1/4, ...]`` from
+        the auxiliary heads on ``decoded`` (every decoder level's output, bottom to top)."""
+        if not (self.training and len(self.aux_heads)):
+            return logits
+        return [logits, *(head(x) for head, x in zip(self.aux_heads, reversed(decoded[1:-1])))]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """Logits (B, out_channels, H, W, D) of input (B, in_channels, H, W, D); in training with deep
+        supervision a list, the full-resolution logits first, then each lower resolution's."""
         check_input(x, self.plan, self.flat)
-        return self.flat.unsqueeze(self.segment(self.flat.squeeze(x)))
+        out = self.segment(self.flat.squeeze(x))
+        if isinstance(out, list):
+            return [self.flat.unsqueeze(o) for o in out]
+        return self.flat.unsqueeze(out)

@@ -36,11 +36,12 @@ class SegNet(PlannedNetwork):
         dropout: float = 0.0,
         patch_size: Sequence[int] = (112, 112, 80),
         spatial_dims: int | None = None,
+        deep_supervision: bool = False,
     ):
         depth = len(channels)
         if not 0 <= skips < depth:
             raise ValueError(f"skips must be between 0 and {depth - 1} for {depth} levels, got {skips}")
-        super().__init__(patch_size, depth, spatial_dims)
+        super().__init__(patch_size, depth, spatial_dims, deep_supervision)
         self.skips = skips
         self.encoder = make_encoder(residual, in_channels, channels, self.kernels, norm, dropout)
         self.decoder = nn.ModuleDict({
@@ -49,6 +50,7 @@ class SegNet(PlannedNetwork):
             for i in reversed(range(depth))
         })
         self.head = CONV[self.flat.dims](channels[0], out_channels, kernel_size=1)
+        self.supervise([channels[max(i - 1, 0)] for i in reversed(range(depth))], out_channels)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """The bottom level's features, and per level above it (top first) its features and pooling indices."""
@@ -61,11 +63,12 @@ class SegNet(PlannedNetwork):
             indices.append(idx)
         return bottom(x), features, indices
 
-    def decode(self, x: torch.Tensor, features: list[torch.Tensor], indices: list[torch.Tensor]) -> torch.Tensor:
+    def decode(self, x: torch.Tensor, features: list[torch.Tensor], indices: list[torch.Tensor]) -> list[torch.Tensor]:
         """The bottom decoder level, then per level upwards: unpool with the encoder's indices,
-        concatenate its features (the top ``skips`` levels), level block."""
+        concatenate its features (the top ``skips`` levels), level block. Every level's output."""
         bottom, *levels = self.decoder.values()
         x = bottom(x)
+        decoded = [x]
         for level, i in zip(levels, reversed(range(len(features)))):
             pool = self.pools[i]
             x = MAX_UNPOOL[self.flat.dims](x, indices[i], kernel_size=pool, stride=pool,
@@ -73,7 +76,9 @@ class SegNet(PlannedNetwork):
             if i < self.skips:
                 x = torch.cat([x, features[i]], dim=1)
             x = level(x)
-        return x
+            decoded.append(x)
+        return decoded
 
-    def segment(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.decode(*self.encode(x)))
+    def segment(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        decoded = self.decode(*self.encode(x))
+        return self.outputs(self.head(decoded[-1]), decoded)

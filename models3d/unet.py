@@ -51,7 +51,8 @@ class UNet(PlannedNetwork):
     (8.2 vs 57.1 GMAC per forward pass, ``python -m models3d``).
 
     Stages: ``encoder.level1 .. levelD`` (top to bottom), ``decoder.level<D-1> .. level1``
-    (bottom to top), ``head`` (1x1 convolution to class logits).
+    (bottom to top), ``head`` (1x1 convolution to class logits); ``deep_supervision`` adds ``aux_heads``
+    (training only, see ``PlannedNetwork.supervise``).
     Input (B, in_channels, H, W, D) -> logits (B, out_channels, H, W, D).
     """
 
@@ -66,8 +67,9 @@ class UNet(PlannedNetwork):
         dropout: float = 0.0,
         patch_size: Sequence[int] = (112, 112, 80),
         spatial_dims: int | None = None,
+        deep_supervision: bool = False,
     ):
-        super().__init__(patch_size, len(channels), spatial_dims)
+        super().__init__(patch_size, len(channels), spatial_dims, deep_supervision)
         self.strided = strided
         kernels, pools, depth = self.kernels, self.pools, len(channels)
         strides = [*pools, None] if strided else None
@@ -84,6 +86,8 @@ class UNet(PlannedNetwork):
                 for i in reversed(range(depth - 1))
             })
         self.head = CONV[self.flat.dims](channels[0], out_channels, kernel_size=1)
+        below = [max(i - 1, 0) if strided else i for i in reversed(range(depth - 1))]
+        self.supervise([channels[i] for i in below], out_channels)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The bottom level's features and the skip of every level above it (top first)."""
@@ -96,12 +100,15 @@ class UNet(PlannedNetwork):
                 x = MAX_POOL[self.flat.dims](x, kernel_size=pool, stride=pool)
         return bottom(x), skips
 
-    def decode(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
-        """Up the decoder levels, bottom to top, each joined with its skip."""
+    def decode(self, x: torch.Tensor, skips: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Up the decoder levels, bottom to top, each joined with its skip: every level's output."""
+        decoded = []
         for level, skip in zip(self.decoder.values(), reversed(skips)):
             x = level(x, skip)
-        return x
+            decoded.append(x)
+        return decoded
 
-    def segment(self, x: torch.Tensor) -> torch.Tensor:
+    def segment(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         bottom, skips = self.encode(x)
-        return self.head(self.decode(bottom, skips))
+        decoded = self.decode(bottom, skips)
+        return self.outputs(self.head(decoded[-1]), decoded)

@@ -66,6 +66,9 @@ class ModelConfig:
     channels: tuple[int, ...] = (16, 32, 64, 128)
     norm: str = "instance"
     dropout: float = 0.0
+    # train every decoder level but the top and the lowest against the label too (nnU-Net); inference and
+    # exported networks use the top head only
+    deep_supervision: bool = False
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,25 +40,22 @@ def test_two_ranks_train_once_with_identical_parameters(tiny_dataset, tmp_path):
     assert result.stdout.count("run folder:") == 1
 
 
-def test_checkpoint_from_one_rank_resumes_on_two(tiny_dataset, tmp_path):
-    first = run_cli(*smoke_args(tiny_dataset, tmp_path, "train.epochs=1"))
-    assert first.returncode == 0, first.stderr
-    run = (tmp_path / "latest").resolve()
-    resumed = _torchrun("train.py", "--resume", str(run), "--set", "train.epochs=2")
+def test_checkpoint_from_one_rank_resumes_on_two(smoke_run, tmp_path):
+    run = Path(shutil.copytree(smoke_run, tmp_path / smoke_run.name))  # trained by one process, 2 epochs
+    resumed = _torchrun("train.py", "--resume", str(run), "--set", "train.epochs=3")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     sums = _checksums(resumed.stderr)
     assert sums[0] == sums[1]
-    assert [line.split(",")[0] for line in (run / "log.csv").read_text(encoding="utf-8").splitlines()[1:]] == ["1", "2"]
+    assert [line.split(",")[0] for line in (run / "log.csv").read_text(encoding="utf-8").splitlines()[1:]] == [
+        "1", "2", "3"]
 
 
-def test_test_py_on_two_ranks_writes_the_single_process_rows(tiny_dataset, tmp_path):
-    assert run_cli(*smoke_args(tiny_dataset, tmp_path, "train.epochs=1")).returncode == 0
-    run = (tmp_path / "latest").resolve()
-    assert run_cli("test.py", "--run", str(run), "--out", str(tmp_path / "one")).returncode == 0
+def test_test_py_on_two_ranks_writes_the_single_process_rows(trained, tiny_dataset, tmp_path):
+    run, _ = trained  # tested by one process into RUN/test
     two = _torchrun("test.py", "--run-dir", str(run), "--out", str(tmp_path / "two"))
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("mean foreground Dice") == 1
-    one_csv = (tmp_path / "one" / "metrics.csv").read_text(encoding="utf-8")
+    one_csv = (run / "test" / "metrics.csv").read_text(encoding="utf-8")
     assert one_csv == (tmp_path / "two" / "metrics.csv").read_text(encoding="utf-8")
     assert len(one_csv.splitlines()) == 1 + 2 * 2  # two cases, two classes
     evaluated = _torchrun("-m", "pipeline.evaluate", "--pred", str(tmp_path / "two" / "predictions"),

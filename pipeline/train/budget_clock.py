@@ -35,8 +35,7 @@ TOLERANCE = 0.01  # a new total within 1 % of the old one is not worth a change 
 def decision_passes(train: TrainConfig) -> int:
     """The post-processing decision's work after the last epoch, in validations: a pass without test-time
     flips, one per flip of the patch's axes, and one more for reading, resampling and putting back each
-    case twice, which validation (on cached volumes) does not (the demo: 127 s, 9.8 validations of 13 s,
-    for 8 flips); 0 when the run decides nothing."""
+    case twice, which validation (on cached volumes) does not; 0 when the run decides nothing."""
     return 2 + 2 ** sum(size > 1 for size in train.patch_size) if train.decide_postprocessing else 0
 
 

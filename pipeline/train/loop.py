@@ -85,7 +85,7 @@ def train_step(model: nn.Module, batch: dict, loss_fn: nn.Module, optimizer: tor
     label = batch[LABEL].as_tensor().to(device, non_blocking=True)
     with autocast(device, amp_dtype):
         logits = model(image)
-    loss = loss_fn(logits.float(), label)
+    loss = loss_fn(logits, label)  # in float32, per output of a deeply supervised network
     optimizer.zero_grad(set_to_none=True)
     if torch.isfinite(loss):
         scaler.scale(loss).backward()
@@ -185,7 +185,8 @@ def setup(cfg: Config, run: Run, info: Dist = Dist()) -> Session:
                  info.world_size, dist_backend(), crops, cfg.train.lr)
     lazy = lazy_cases(cfg, run.train + run.val)
     loader, transform = training_loader(cfg, run.train, run.dir / "cache", device, info, lazy)
-    return Session(state, model, build_loss(cfg, run.dataset.n_classes).to(device), loader, transform,
+    loss_fn = build_loss(cfg, run.dataset.n_classes, getattr(state.model, "supervised_outputs", 1)).to(device)
+    return Session(state, model, loss_fn, loader, transform,
                    validation_items(cfg, run.val, lazy, info), Predictor(state.model, cfg, labels), amp_dtype)
 
 
