@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from pipeline import distributed
 from pipeline.errors import UserError, exit_on_user_error, setup_logging
 from pipeline.plan.planner import run_config
+from pipeline.runtime import process_started
 from pipeline.train.run import TrainingInterrupted, run_training
 
 DEFAULT_CONFIG = "configs/demo.yaml"
@@ -25,7 +25,7 @@ DEFAULT_CONFIG = "configs/demo.yaml"
 
 @exit_on_user_error
 def main() -> None:
-    started = time.monotonic()  # a budget (train.budget) counts everything from here
+    started = process_started()  # a budget (train.budget) counts everything from the interpreter's start
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help=f"YAML preset (default {DEFAULT_CONFIG}; --resume: the run's config.yaml)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",

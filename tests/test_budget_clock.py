@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.config import load_config
-from pipeline.train.budget_clock import BudgetClock, decision_passes
+from pipeline.train.budget_clock import HEARTBEAT_S, BudgetClock, decision_passes, recorded_seconds
 
 BUDGET_S = 300.0  # "5m"
 
@@ -45,7 +45,8 @@ class Simulated:
             self.checkpoint_s = clock.elapsed()  # what fit() stores in last.pt
             total = clock.after_epoch(epoch, total, self.validation_s if due else None, self.val_every, validating)
         if stop_after is not None and epoch < total:
-            self.now += self.epoch_s / 2  # killed mid-epoch: that half is lost, and not in the checkpoint
+            self.now += self.epoch_s / 2  # killed mid-epoch: that half is lost, and not in the checkpoint,
+            self.checkpoint_s = max(self.checkpoint_s, clock.elapsed() - HEARTBEAT_S)  # but in elapsed.json
         else:
             self.now += self.passes * self.validation_s  # the decision after the last epoch
         self.wall += self.now
@@ -63,13 +64,14 @@ def test_a_fresh_run_ends_within_its_budget_counting_setup_validations_and_the_d
 
 def test_a_run_killed_and_resumed_ends_within_its_budget():
     """Before (c06c7e1): ``--resume`` made no clock, so the run killed at epoch 2 trained its planned 40
-    epochs: 503 s in the same simulation with that clock."""
+    epochs: 503 s in the same simulation with that clock. The work the kill loses (half an epoch here) is
+    counted from ``elapsed.json``, written every 5 s."""
     run = Simulated(validation_s=4.0, passes=9)
     done, total = run.session(0, 40, stop_after=2)
     assert done == 2 and total == 40  # killed before the first refit
     epochs, total = run.session(done, total)
     assert epochs == total < 40
-    assert abs(run.wall - run.epoch_s / 2 - BUDGET_S) <= run.half_epoch()  # the lost half epoch is not seen
+    assert abs(run.wall - BUDGET_S) <= run.half_epoch() + HEARTBEAT_S  # the lost half epoch counts, but its last 5 s
 
 
 def test_a_run_without_validation_keeps_no_reserve_for_it():
@@ -98,3 +100,19 @@ def test_a_plan_of_one_epoch_goes_on_when_the_budget_has_room():
     epochs, total = run.session(0, 1)
     assert total > 1 and epochs == total
     assert abs(run.wall - BUDGET_S) <= run.half_epoch()
+
+
+def test_the_run_s_seconds_are_kept_every_five_seconds_and_read_back_on_resume(tmp_path):
+    now = [100.0]
+    clock = BudgetClock("5m", started=90.0, spent=30.0, clock=lambda: now[0], record=tmp_path / "elapsed.json")
+    assert recorded_seconds(tmp_path) == 0.0  # nothing written yet
+    clock.tick()
+    assert recorded_seconds(tmp_path) == 40.0  # 30 s of earlier sessions, 10 s of this one
+    now[0] = 104.0
+    clock.tick()
+    assert recorded_seconds(tmp_path) == 40.0  # 4 s later: not yet
+    now[0] = 106.0
+    clock.tick()
+    assert recorded_seconds(tmp_path) == 46.0
+    (tmp_path / "elapsed.json").write_text("{not json")
+    assert recorded_seconds(tmp_path) == 0.0  # a damaged record counts nothing rather than stopping the run

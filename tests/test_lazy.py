@@ -255,7 +255,7 @@ def test_validation_scores_a_store_by_its_dice(stack_run, tmp_path):
     """``validate`` (what log.csv's val_dice holds) scores a lazy store with its slab-by-slab Dice, here a
     non-trivial one (the smoke runs' own networks predict no vessel yet, so their logs cannot show it)."""
     from pipeline.predict import Predictor
-    from pipeline.train.loop import validate
+    from pipeline.train.validation import validate
     from pipeline.train.store_validation import store_dice
 
     root, run = stack_run

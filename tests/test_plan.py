@@ -245,3 +245,13 @@ def test_a_streamed_case_samples_its_foreground_uniformly_across_slabs(tmp_path)
     assert case.foreground.shape == (SAMPLE, 1)
     share = float(np.mean(case.foreground == 1.0))
     assert 0.08 < share < 0.102  # 9,000 of 99,000 voxels: 9.1 %, sd 0.3 %
+
+
+def test_small_images_get_a_patch_that_holds_the_whole_median_image(tmp_path):
+    """Before (da30da8): rounded down to 32 x 48 x 32, so no crop held a whole image; nnU-Net plans
+    40 x 56 x 40 for images of this size."""
+    chosen = _choices(_dataset(tmp_path / "small", "MRI", 0.0, (100.0, 200.0), shape=(35, 50, 35)))
+    assert chosen["train.patch_size"] == [40, 56, 40]
+    _, choices = plan(load_config(None, [f"data.root={tmp_path / 'small'}"]), timing=False)
+    assert "rounded up for pooling: each crop holds a whole median image" in next(
+        c.reason for c in choices if c.key == "train.patch_size")

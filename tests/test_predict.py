@@ -73,3 +73,22 @@ def test_a_resampled_run_takes_the_argmax_on_the_source_grid(tiny_dataset):
     assert np.array_equal(pred, prob.argmax(axis=0))
     alone = predictor.predict(path).label  # the class-at-a-time path without probabilities
     assert np.array_equal(alone, pred)
+
+
+def test_an_image_smaller_than_the_patch_is_padded_and_predicted_on_its_own_grid(tiny_dataset):
+    """The plan gives small images a patch past their shape (40 x 56 x 40 for 35 x 50 x 35): the windows
+    pad the image and the label map comes back on its grid, equal to a prediction with a patch inside it
+    (the network here is pointwise, so the window cannot change the answer). A slab-by-slab prediction
+    would have no window to slide: the image goes the in-memory way."""
+    from pipeline.predict.stack_job import streamed_stack
+
+    path = tiny_dataset / "imagesTs" / "case_004.nii.gz"  # 48 x 48 x 24
+    labels = {0: "background", 1: "a", 2: "b"}
+    configs = [load_config(REPO / "configs" / "smoke.yaml", [f"data.root={tiny_dataset}", f"train.patch_size={patch}",
+                                                             "infer.stream_voxels=0"])
+               for patch in ("[64,56,32]", "[16,16,8]")]
+    big, small = (Predictor(_fixed_network(), cfg, labels).predict(path, probabilities=True) for cfg in configs)
+    assert big.label.shape == (48, 48, 24) and np.array_equal(big.label, small.label)
+    np.testing.assert_allclose(big.probabilities, small.probabilities, atol=1e-6)
+    assert (big.label == 2).sum() > 100  # something to compare
+    assert streamed_stack(path, configs[0]) is None and streamed_stack(path, configs[1]) is not None

@@ -46,7 +46,7 @@ def time_steps(cfg: Config, in_channels: int, n_classes: int, steps: int = 4, wa
     model = build_from_config(cfg.model, in_channels, n_classes, cfg.train.patch_size).to(device)
     model = channels_last(model) if device.type == "cpu" else model
     optimizer, _ = build_optimizer(model, cfg)
-    loss_fn = build_loss(cfg, n_classes, getattr(model, "supervised_outputs", 1))
+    loss_fn = build_loss(cfg, n_classes, model.supervised_outputs)
     amp = resolve_precision(cfg.train.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     crops = cfg.train.batch_size * cfg.train.samples_per_volume

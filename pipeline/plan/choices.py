@@ -106,8 +106,7 @@ def plan_network(found: Fingerprint, target_spacing: Any) -> list[Choice]:
     fg_share = 1.0 - found.class_share().get(0, 1.0)
     pos = 0.67 if fg_share < 0.1 else 0.5
     return [
-        Choice("train.patch_size", patch, f"the median shape {_vox(shape)} shrunk along its longest axis (in mm) "
-               f"to at most {PATCH_VOXELS_2D if found.is_2d else PATCH_VOXELS_3D:,} voxels, divisible for pooling"),
+        Choice("train.patch_size", patch, _patch_reason(shape, patch, found.is_2d)),
         Choice("model.name", "resunet", "the residual UNet: 4-5x less time per step than the other families at the "
                "same widths (benchmarks/results/models_table.md), so more steps fit the budget"),
         Choice("model.channels", widths,
@@ -125,8 +124,11 @@ def plan_network(found: Fingerprint, target_spacing: Any) -> list[Choice]:
 
 def _patch(shape: np.ndarray, spacing: np.ndarray, is_2d: bool) -> list[int]:
     """The largest patch within the voxel budget: the median shape, cut 10 % at a time along the axis
-    that is longest in mm, then rounded to what the pooling plan divides (never past the image)."""
-    patch = np.maximum(np.floor(shape), 1).astype(float)
+    that is longest in mm, then rounded to what the pooling plan divides: to the nearest (never past the
+    image) when the budget cut it; up when the whole median image fits, so that a crop holds all of it,
+    padded (as nnU-Net plans small images)."""
+    whole = np.maximum(np.ceil(shape), 1).astype(float)
+    patch = whole.copy()
     if is_2d:
         patch[2] = 1
     budget = PATCH_VOXELS_2D if is_2d else PATCH_VOXELS_3D
@@ -135,12 +137,21 @@ def _patch(shape: np.ndarray, spacing: np.ndarray, is_2d: bool) -> list[int]:
         patch[axis] = max(1.0, np.floor(patch[axis] * 0.9))
     depth = _depth(patch)
     factors = [_pool_factor(int(s), depth) for s in patch]
-    rounded = [_round(s, f, shape[a]) for a, (s, f) in enumerate(zip(patch, factors))]
+    small = bool(np.all(patch == whole))  # the whole median image fits: round up and pad
+    rounded = [_round_up(s, f) if small else _round(s, f, shape[a]) for a, (s, f) in enumerate(zip(patch, factors))]
     while np.prod(rounded) > budget * 1.1:  # rounding up may overshoot: take one step off the longest axis
         axis = int(np.argmax([r * sp if f < r else -1 for r, sp, f in zip(rounded, spacing, factors)]))
         rounded[axis] -= factors[axis]
     plan_levels(tuple(rounded), depth)  # the network's own rule: raises if the rounding missed it
     return rounded
+
+
+def _patch_reason(shape: np.ndarray, patch: list[int], is_2d: bool) -> str:
+    if all(p >= s for p, s in zip(patch, np.ceil(shape))):
+        return (f"the median shape {_vox(shape)} rounded up for pooling: each crop holds a whole median image "
+                "(smaller ones are padded)")
+    return (f"the median shape {_vox(shape)} shrunk along its longest axis (in mm) to at most "
+            f"{PATCH_VOXELS_2D if is_2d else PATCH_VOXELS_3D:,} voxels, divisible for pooling")
 
 
 def _round(size: float, factor: int, limit: float) -> int:
@@ -149,6 +160,11 @@ def _round(size: float, factor: int, limit: float) -> int:
         return 1
     up = int(round(size / factor)) * factor
     return max(factor, up if up <= limit else int(size // factor) * factor)
+
+
+def _round_up(size: float, factor: int) -> int:
+    """``size`` up to a multiple of ``factor`` (1 stays 1: a flat axis)."""
+    return 1 if size <= 1 else int(np.ceil(size / factor)) * factor
 
 
 def _pool_factor(size: int, depth: int) -> int:

@@ -13,6 +13,7 @@ new total (``TrainState.replan_poly``).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -24,12 +25,24 @@ import torch
 from ..config import Config, TrainConfig, save_config
 from ..config_rules import budget_seconds
 from ..distributed import Dist, broadcast
+from ..files import write_text
 from .state import TrainState
 
 log = logging.getLogger(__name__)
 
 FIRST_REFIT = 3  # this session's epochs: its first is slower (caches, warm-up), so the measure starts after it
 TOLERANCE = 0.01  # a new total within 1 % of the old one is not worth a change of schedule
+ELAPSED_FILE = "elapsed.json"  # in the run folder: the run's seconds so far, kept every few seconds
+HEARTBEAT_S = 5.0
+
+
+def recorded_seconds(run_dir: Path) -> float:
+    """The seconds a run had taken when its ``elapsed.json`` was last written (0 without one): a killed
+    run's last seconds, which its last checkpoint does not hold."""
+    try:
+        return float(json.loads((run_dir / ELAPSED_FILE).read_text(encoding="utf-8"))["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
 
 
 def decision_passes(train: TrainConfig) -> int:
@@ -41,11 +54,12 @@ def decision_passes(train: TrainConfig) -> int:
 
 class BudgetClock:
     """The run's time since ``train.py`` started, earlier sessions included (``spent``, seconds, from the
-    checkpoint), and with a budget ``after_epoch(...)`` -> the total epochs that end within it."""
+    checkpoint or ``elapsed.json``), and with a budget ``after_epoch(...)`` -> the total epochs that end
+    within it."""
 
     def __init__(self, budget: str | float | None, started: float | None = None, spent: float = 0.0,
-                 decision_passes: int = 0, clock: Callable[[], float] = time.monotonic):
-        self.clock = clock
+                 decision_passes: int = 0, clock: Callable[[], float] = time.monotonic, record: Path | None = None):
+        self.clock, self.record, self.last_tick = clock, record, -math.inf
         self.budget_s = None if budget is None else budget_seconds(budget)
         self.origin = (clock() if started is None else started) - spent  # the run's time zero on this clock
         self.decision_passes = decision_passes  # validations' worth of work after the last epoch
@@ -54,9 +68,26 @@ class BudgetClock:
         self.paces: list[float] = []  # seconds of this session's epochs after its first, validation excluded
         self.validation_s = 0.0  # the last validation's seconds (0 before one was measured)
 
+    @classmethod
+    def of_run(cls, train: TrainConfig, run_dir: Path, started: float | None, checkpoint_seconds: float | None,
+               validating: bool, info: Dist) -> BudgetClock:
+        """The clock of a run in ``run_dir``; a resumed one (``checkpoint_seconds``: its checkpoint's) goes on
+        from the later of that and ``elapsed.json``, which also holds what the kill lost. Rank 0 keeps the record."""
+        spent = 0.0 if checkpoint_seconds is None else max(checkpoint_seconds, recorded_seconds(run_dir))
+        return cls(train.budget, started, spent, decision_passes(train) if validating else 0,
+                   record=run_dir / ELAPSED_FILE if info.is_main else None)
+
     def elapsed(self) -> float:
         """Seconds this run has taken so far, every session of it."""
         return self.clock() - self.origin
+
+    def tick(self) -> None:
+        """After a training step: every ``HEARTBEAT_S`` seconds, the run's seconds into ``record``
+        (``elapsed.json``), so that the work a kill loses still counts against the budget on resume."""
+        now = self.clock()
+        if self.record is not None and now - self.last_tick >= HEARTBEAT_S:
+            self.last_tick = now
+            write_text(self.record, json.dumps({"seconds": round(self.elapsed(), 1)}) + "\n")
 
     def after_epoch(self, epoch: int, total: int, validation_s: float | None, val_every: int,
                     validating: bool) -> int:

@@ -1,4 +1,4 @@
-"""The training loop: ``train_one_epoch``, ``validate`` and ``fit``.
+"""The training loop: ``train_one_epoch`` and ``fit``.
 
 ``fit`` sets up (``setup``), then for each epoch: seed its random draws, train,
 validate, checkpoint, log. Stopping on a signal saves a checkpoint that resumes
@@ -27,21 +27,20 @@ from tqdm import tqdm
 from ..checkpoint import check_room, load_checkpoint, save_checkpoint
 from ..config import Config
 from ..data.cases import Case, Dataset
-from ..data.store import VolumeStore, lazy_cases
+from ..data.store import lazy_cases
 from ..data.transforms import IMAGE, LABEL
-from ..distributed import Dist, any_rank, barrier, gather, shard
+from ..distributed import Dist, any_rank, barrier
 from ..errors import UserError
-from ..evaluate import metrics
 from ..predict.predictor import Predictor
 from ..runtime import autocast, input_layout, resolve_precision, seed_everything, select_device
 from . import history
-from .budget_clock import BudgetClock, decision_passes
+from .budget_clock import BudgetClock
 from .loaders import training_loader, validation_items
 from .losses import build_loss
 from .replay import Replay, replay_from, seed_epoch
 from .signals import TrainingInterrupted, stop_requests
 from .state import TrainState
-from .store_validation import store_dice
+from .validation import validate
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +96,11 @@ def train_step(model: nn.Module, batch: dict, loss_fn: nn.Module, optimizer: tor
 def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, amp_dtype: torch.dtype | None, skip: int = 0,
                     should_stop: Callable[[], bool] = lambda: False, max_nonfinite: int = 10,
-                    progress: bool = True) -> EpochStats:
+                    progress: bool = True, after_step: Callable[[], None] = lambda: None) -> EpochStats:
     """One pass over the loader (batches of (B, C, H, W, D) crops).
 
     The first ``skip`` batches are drawn but not trained on (a resumed epoch
-    replays its random crops exactly); ``should_stop`` is asked after every
+    replays its random crops exactly); ``after_step`` is called and ``should_stop`` asked after every
     step; a non-finite loss skips the step, and ``max_nonfinite`` of them in a
     row stop training with the files of the last batch named.
     """
@@ -124,6 +123,7 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module, optimizer: tor
             _report_nonfinite(loss, batch, nonfinite, max_nonfinite)
         else:
             losses.append(loss.item())
+        after_step()
         if should_stop():
             return EpochStats(losses, steps, time.perf_counter() - start, data_seconds, interrupted=True)
 
@@ -134,23 +134,6 @@ def _report_nonfinite(loss: torch.Tensor, batch: dict, count: int, limit: int) -
     if count >= limit:
         raise UserError(f"{count} consecutive non-finite losses, last batch from {', '.join(files)}; "
                         "check those images for NaN/extreme values or lower train.lr")
-
-
-def validate(predictor: Predictor, items, n_classes: int, info: Dist = Dist()) -> float:
-    """Mean foreground Dice over whole validation volumes (sliding window, argmax; no test-time
-    flips or post-processing, so the score tracks the network alone and costs one pass).
-
-    Under torchrun each rank scores its share of ``items`` and the mean is over all of them.
-    """
-    scores = []
-    for item in tqdm(shard(items, info), desc="  validate", leave=False, unit="case", disable=not info.is_main):
-        if isinstance(item, VolumeStore):  # too large to hold: slab by slab
-            scores.append(float(np.mean(store_dice(predictor, item, n_classes))))
-            continue
-        pred = predictor.logits(item[IMAGE].as_tensor()[None], tta=False).argmax(dim=1)[0].cpu().numpy()
-        ref = item[LABEL].as_tensor()[0].cpu().numpy()
-        scores.append(float(np.mean([metrics.dice(pred == c, ref == c) for c in range(1, n_classes)])))
-    return float(np.mean(gather(scores, info)))
 
 
 @dataclass
@@ -185,7 +168,7 @@ def setup(cfg: Config, run: Run, info: Dist = Dist()) -> Session:
                  info.world_size, dist_backend(), crops, cfg.train.lr)
     lazy = lazy_cases(cfg, run.train + run.val)
     loader, transform = training_loader(cfg, run.train, run.dir / "cache", device, info, lazy)
-    loss_fn = build_loss(cfg, run.dataset.n_classes, getattr(state.model, "supervised_outputs", 1)).to(device)
+    loss_fn = build_loss(cfg, run.dataset.n_classes, state.model.supervised_outputs).to(device)
     return Session(state, model, loss_fn, loader, transform,
                    validation_items(cfg, run.val, lazy, info), Predictor(state.model, cfg, labels), amp_dtype)
 
@@ -220,7 +203,7 @@ def fit(cfg: Config, run: Run, resume: dict | None = None, info: Dist = Dist(), 
              next(s.model.parameters()).device, str(s.amp_dtype or "fp32").replace("torch.", ""), len(run.train),
              len(run.val), t.epochs, "" if t.volumes_per_epoch is None else f" of {t.volumes_per_epoch} volumes")
     epochs = tqdm(desc="epochs", unit="epoch", initial=s.state.epoch, total=t.epochs, disable=not info.is_main)
-    clock = BudgetClock(t.budget, started, s.state.seconds, decision_passes(t) if s.val_items else 0)
+    clock = BudgetClock.of_run(t, run.dir, started, s.state.seconds if resume else None, bool(s.val_items), info)
     total, epoch = t.epochs, s.state.epoch
     with stop_requests() as requested, _quiet_warnings():
         should_stop = (lambda: any_rank(requested(), info)) if info.enabled else requested  # ranks stop together
@@ -229,7 +212,7 @@ def fit(cfg: Config, run: Run, resume: dict | None = None, info: Dist = Dist(), 
             start, lr = time.perf_counter(), s.state.optimizer.param_groups[0]["lr"]
             seed_epoch(s.transform, s.loader.generator, t.seed, epoch, info.rank)
             stats = train_one_epoch(s.model, s.loader, s.loss_fn, s.state.optimizer, s.state.scaler, s.amp_dtype,
-                                    replay.skip, should_stop, t.max_nonfinite_steps, info.is_main)
+                                    replay.skip, should_stop, t.max_nonfinite_steps, info.is_main, clock.tick)
             stats.losses[:0], replay = replay.losses, Replay()
             if stats.interrupted:
                 s.state.seconds = clock.elapsed()

@@ -16,7 +16,7 @@ from ..predict.streamed import stream_logits
 
 def store_dice(predictor: Predictor, store: VolumeStore, n_classes: int) -> list[float]:
     """Dice of each foreground class of a lazy store's label against its prediction (no flips),
-    predicted and counted slab by slab (validation during lazy training): one pass, as ``loop.validate``
+    predicted and counted slab by slab (validation during lazy training): one pass, as ``validation.validate``
     scores the volumes held in memory, whatever ``infer.tta`` says."""
     infer = dataclasses.replace(predictor.cfg.infer, tta=False)
 
