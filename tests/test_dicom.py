@@ -148,6 +148,21 @@ def test_seg_nrrd_reads_back_in_slicerio_with_names_colours_and_the_grid(phantom
     assert np.allclose(read["ijkToLPS"], RAS_TO_LPS @ affine) and np.array_equal(read["voxels"], label)
 
 
+def test_batch_evaluation_scores_the_nifti_and_leaves_the_clinical_copies_beside_it(phantom, tmp_path):
+    from pipeline.evaluate.folder import pair_files
+
+    hu, label, affine = phantom
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "ref").mkdir()
+    for folder in ("pred", "ref"):
+        nib.save(nib.Nifti1Image(label, affine), tmp_path / folder / "case_1.nii.gz")
+    write_seg_nrrd(label, affine, LABELS, tmp_path / "pred" / "case_1.seg.nrrd")
+    write_dicom_series(hu, affine, tmp_path / "ct", SeriesInfo())
+    write_dicom_seg(label, tmp_path / "ct", LABELS, tmp_path / "pred" / "case_1.seg.dcm", Algorithm("resunet", "r"))
+    assert [(c, p.name) for c, p, _, _ in pair_files(tmp_path / "pred", tmp_path / "ref")] == [
+        ("case_1", "case_1.nii.gz")]
+
+
 @pytest.mark.slow
 def test_test_py_writes_seg_and_seg_nrrd_equal_to_its_nifti_for_dicom_cases(smoke_run, phantom, tmp_path):
     hu, _, affine = phantom

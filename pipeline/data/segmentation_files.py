@@ -24,6 +24,7 @@ from .label_maps import class_colour
 
 OUTPUT_FORMATS = ("nifti", "nrrd-seg", "dicom-seg")
 SUFFIXES = {"nifti": ".nii.gz", "nrrd-seg": ".seg.nrrd", "dicom-seg": ".seg.dcm"}
+CLINICAL_SUFFIXES = (SUFFIXES["nrrd-seg"], SUFFIXES["dicom-seg"])  # written beside the NIfTI, not scored again
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..data.io import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, case_id, list_images, spacing_or_default
+from ..data.segmentation_files import CLINICAL_SUFFIXES
 from ..data.stack import SliceStack, stack_statistics
 from ..distributed import Dist, barrier, shard
 from ..errors import UserError
@@ -32,7 +33,8 @@ def _files(folder: Path, what: str) -> dict[str, Path]:
     of slices (``predictions/<case>/`` of test.py) or a case folder holding ``labels/`` (the SenNet layout)."""
     if not folder.is_dir():
         raise UserError(f"{folder}: {what} folder not found")
-    files = {case_id(p): p for p in list_images(folder, VOLUME_SUFFIXES + IMAGE_2D_SUFFIXES)}
+    files = {case_id(p): p for p in list_images(folder, VOLUME_SUFFIXES + IMAGE_2D_SUFFIXES)
+             if not p.name.lower().endswith(CLINICAL_SUFFIXES)}  # the same prediction for Slicer or PACS
     if any(p.suffix.lower() in IMAGE_2D_SUFFIXES for p in files.values()):
         log.info("%s: 2D images are scored one by one as single-slice cases; to score a slice stack as one "
                  "volume, pass the folder that holds its folder", folder)
