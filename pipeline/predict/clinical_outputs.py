@@ -51,3 +51,11 @@ def write_clinical_outputs(result: Prediction, case: Case, cfg: Config, labels: 
         written.append(write_dicom_seg(result.label, case.image, labels, folder / f"{case.id}{SUFFIXES['dicom-seg']}",
                                        Algorithm(cfg.model.name, source), cfg.data.dicom_series, probabilities))
     return written
+
+
+def warn_if_streamed(cfg: Config, case: Case) -> None:
+    """A case predicted slab by slab is written as label slices or a streamed NIfTI only: say so once."""
+    extra = [f for f in output_formats(cfg) if f != "nifti"]
+    if extra:
+        log.warning("%s: predicted slab by slab (larger than infer.stream_voxels): %s not written for it; "
+                    "these formats need the whole volume in memory", case.id, " and ".join(extra))

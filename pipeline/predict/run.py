@@ -32,7 +32,7 @@ from ..evaluate.figures import slice_figure
 from ..evaluate.report import read_case_rows, write_case_rows, write_reports
 from ..evaluate.rows import MetricOptions, evaluate_case, summarize
 from ..evaluate.slabs import score_stack
-from .clinical_outputs import check_sources, needs_probabilities, write_clinical_outputs
+from .clinical_outputs import check_sources, needs_probabilities, warn_if_streamed, write_clinical_outputs
 from .outputs import discard_unfinished, new_output_dir
 from .predictor import Predictor
 from .stack_job import predict_slabs, stack_thumbnail, streamed_stack, write_volume_prediction
@@ -257,6 +257,8 @@ def _test_cases(predictor: Predictor, cases: list[Case], out_dir: Path, resume: 
         log.info("resuming %s: %d of %d cases already done", out_dir, len(done), len(cases))
     stacks = {c.id: s for c in cases if (s := streamed_stack(c.image, predictor.cfg)) is not None}  # headers only
     for case in (c for c in cases if c.id in stacks and c.id not in done):  # every rank takes a share of its slices
+        if info.is_main:
+            warn_if_streamed(predictor.cfg, case)
         rows = _test_streamed_case(predictor, case, stacks[case.id], out_dir, info)
         if info.is_main:
             write_case_rows(out_dir, case.id, rows)
