@@ -235,7 +235,7 @@ def test_probabilities_and_auc_on_request(trained, tiny_dataset, tmp_path):
 def test_test_py_chooses_the_metrics_of_its_report_and_refuses_training_keys(trained, tiny_dataset, tmp_path):
     run, out = trained[0], tmp_path / "chosen"
     line = _one_line_error(run_cli("test.py", "--run", str(run), "--set", "train.epochs=9"))
-    assert "test.py changes only infer.*, evaluate.* and data.tubular_classes" in line
+    assert "test.py changes only infer.*, evaluate.*, data.tubular_classes and data.dicom_series" in line
     result = run_cli("test.py", "--run", str(run), "--out", str(out), "--set", "evaluate.metrics=[nsd,cldice]",
                      "evaluate.nsd_tolerance_mm=[1.5,3]", "data.tubular_classes=[2]")
     assert result.returncode == 0, result.stderr[-800:]

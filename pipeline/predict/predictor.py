@@ -171,10 +171,11 @@ class Predictor:
 
 def _inference_only(overrides: Sequence[str]) -> list[str]:
     """``overrides`` when each changes inference or evaluation only; else UserError naming the first other."""
-    bad = [o for o in overrides if not o.strip().startswith(("infer.", "evaluate.", "data.tubular_classes="))]
+    allowed = ("infer.", "evaluate.", "data.tubular_classes=", "data.dicom_series=")  # which series is read
+    bad = [o for o in overrides if not o.strip().startswith(allowed)]
     if bad:
-        raise UserError(f"--set {bad[0]!r}: test.py changes only infer.*, evaluate.* and data.tubular_classes; "
-                        "the rest belongs to the trained network")
+        raise UserError(f"--set {bad[0]!r}: test.py changes only infer.*, evaluate.*, data.tubular_classes and "
+                        "data.dicom_series; the rest belongs to the trained network")
     return list(overrides)
 
 
