@@ -21,11 +21,11 @@ def series_lines(report: CheckReport) -> list[str]:
     for case in report.dataset.training + report.dataset.test:
         if kind_of(case.image) != "dicom":
             continue
+        found = dicom_series(case.image)  # the folder is scanned once
         try:
-            chosen = pick_series(case.image, report.dicom_series).uid
+            chosen = pick_series(case.image, report.dicom_series, found).uid
         except UserError:
             chosen = None  # reported among the problems
-        found = dicom_series(case.image)
         lines.append(f"DICOM series of {case.id} ({len(found)}):")
         lines += [f"  {'*' if s.uid == chosen else ' '} {s.describe()}" for s in found]
     return lines

@@ -62,10 +62,11 @@ def _tag(header: sitk.ImageFileReader, key: str) -> str:
     return header.GetMetaData(key).strip() if header.HasMetaDataKey(key) else ""
 
 
-def pick_series(folder: Path, selector: str | None = None) -> Series:
+def pick_series(folder: Path, selector: str | None = None, series: list[Series] | None = None) -> Series:
     """The series of ``folder`` that ``selector`` (``data.dicom_series``: ``modality=CT``,
-    ``description=REGEX`` or ``uid=UID``) names; without one, the folder's only series."""
-    series = dicom_series(folder)
+    ``description=REGEX`` or ``uid=UID``) names; without one, the folder's only series. ``series``: the
+    folder's ``dicom_series`` when already read."""
+    series = dicom_series(folder) if series is None else series
     if not series:
         raise UserError(f"{folder}: no DICOM series found")
     if selector is None:
