@@ -70,14 +70,15 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO / "data" / "demo")
     parser.add_argument("--out", type=Path, required=True, help="a new folder for the runs and their logs")
     parser.add_argument("--kill-at", type=float, default=0.4, help="fraction of the budget")
-    parser.add_argument("--fresh-only", action="store_true", help="no killed and resumed runs")
+    parser.add_argument("--runs", nargs="+", choices=["fresh", "killed"], default=["fresh", "killed"],
+                        help="which kinds of run to measure (default both)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    if any((args.out / f"{b}-fresh").exists() for b in args.budgets):
+    if any((args.out / f"{b}-{kind}").exists() for b in args.budgets for kind in args.runs):
         sys.exit(f"{args.out}: holds runs of these budgets already; choose another --out")
     print("| budget | run | epochs | wall (s) | wall / budget |\n|---|---|---|---|---|", flush=True)
     for budget in args.budgets:
-        for kill_at in (None,) if args.fresh_only else (None, args.kill_at):
+        for kill_at in [None if kind == "fresh" else args.kill_at for kind in args.runs]:
             row = measure(args.data.resolve(), budget, args.out, kill_at)
             killed = f" ({row['killed_epochs']} before the kill)" if kill_at else ""
             print(f"| {budget} | {row['kind']} | {row['epochs']}{killed} | {row['wall']:.0f} | "
