@@ -1,5 +1,6 @@
-"""Surface distances and NSD read slab by slab (``evaluate/slab_distances.py``): equal to the in-memory
-metrics across slab borders and KD-tree chunks, and an exact percentile from counted distances."""
+"""Surface distances and NSD read slab by slab (``evaluate/slab_distances.py``, ``distance_field.py``): equal
+to the in-memory metrics and to scipy's distance transform across slab borders, and an exact percentile from
+counted distances."""
 
 from __future__ import annotations
 
@@ -7,18 +8,19 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipeline.evaluate import slab_distances
-from pipeline.evaluate.metrics import all_metrics, nsd
+from pipeline.evaluate.distance_field import envelope, squared_distances
+from pipeline.evaluate.metrics import all_metrics, nsd, surface
 from pipeline.evaluate.slab_distances import Boundary, DistanceTally
 from pipeline.evaluate.slabs import tally_slabs
 
 
-@pytest.mark.parametrize("thickness, chunk_points", [(1, 60), (2, 20_000_000), (5, 60), (5, 20_000_000),
-                                                     (40, 20_000_000)])
-def test_slab_metrics_equal_the_in_memory_ones_across_slab_borders(thickness, chunk_points, monkeypatch):
-    """Surfaces that cross slab borders, touch the volume's ends, and classes present on one side only; the
-    surface in one KD-tree, or in trees of 60 voxels asked nearest first."""
-    monkeypatch.setattr(slab_distances, "CHUNK_POINTS", chunk_points)
+def _boundary(volume: np.ndarray, k: int) -> Boundary:
+    return Boundary(lambda a, b: volume[..., a:b], volume.shape, k)
+
+
+@pytest.mark.parametrize("thickness", [1, 2, 5, 40])
+def test_slab_metrics_equal_the_in_memory_ones_across_slab_borders(thickness):
+    """Surfaces that cross slab borders, touch the volume's ends, and classes present on one side only."""
     rng = np.random.default_rng(thickness)
     ref = ndimage.binary_opening(rng.random((30, 26, 23)) > 0.45).astype(np.uint8)  # blobs touching every border
     pred = ref.copy()
@@ -29,7 +31,7 @@ def test_slab_metrics_equal_the_in_memory_ones_across_slab_borders(thickness, ch
     tallies = tally_slabs(pairs, [1, 2, 3])
 
     def boundaries(k: int) -> tuple[Boundary, Boundary]:
-        return tuple(Boundary(lambda a, b, v=v: v[..., a:b], ref.shape[2], k) for v in (pred, ref))
+        return _boundary(pred, k), _boundary(ref, k)
 
     for k in (1, 2, 3):  # 3: empty on both sides
         expected = all_metrics(pred == k, ref == k, spacing)
@@ -62,3 +64,36 @@ def test_a_distance_tally_gives_numpy_s_mean_maximum_and_percentiles_without_the
     other.add(np.array([100.0, 0.35]))
     both = tally.joined(other)
     assert both.percentile(95) == np.percentile(np.concatenate([every, [100.0, 0.35]]), 95) and both.largest == 100.0
+
+
+def test_the_lower_envelope_is_the_brute_force_minimum():
+    rng = np.random.default_rng(7)
+    g = rng.integers(0, 30, (200, 37)).astype(float) ** 2 * 0.49
+    g[rng.random(g.shape) < 0.6] = np.inf  # lines with few parabolas, some with none
+    g[:5] = np.inf
+    g[5:9, :] = 3.0  # equal heights: ties everywhere
+    q, p = np.arange(37)[:, None], np.arange(37)[None, :]
+    expected = (1.7 * (q - p) ** 2 + g[:, None, :]).min(axis=2)
+    assert np.array_equal(envelope(g, 1.7), expected)
+
+
+@pytest.mark.parametrize("thickness", [1, 3, 16])
+def test_distances_to_a_far_compact_surface_equal_scipy_s_transform(thickness):
+    """A noisy prediction (surface everywhere) and a small reference near one end, anisotropic: what slows a
+    KD-tree down. Every surface voxel's distance, slab by slab, equals scipy's transform of the whole
+    volume, in both directions."""
+    rng = np.random.default_rng(thickness)
+    pred = (rng.random((31, 27, 40)) > 0.5).astype(np.uint8)
+    ref = np.zeros_like(pred)
+    ref[20:26, 3:9, 33:37] = 1
+    spacing = (0.7, 1.3, 2.1)
+    slabs = [(z, min(z + thickness, 40)) for z in range(0, 40, thickness)]
+    masks = {"pred": surface(pred == 1), "ref": surface(ref == 1)}
+    counts = {name: [int(m[..., a:b].sum()) for a, b in slabs] for name, m in masks.items()}
+    for a, b in (("pred", "ref"), ("ref", "pred")):
+        field = ndimage.distance_transform_edt(~masks[b], sampling=spacing)
+        expected = np.concatenate([field[..., lo:hi][masks[a][..., lo:hi]] for lo, hi in slabs])
+        got = np.sqrt(np.concatenate(list(squared_distances(
+            _boundary({"pred": pred, "ref": ref}[a], 1), _boundary({"pred": pred, "ref": ref}[b], 1), slabs,
+            counts[a], counts[b], spacing))))
+        assert got.shape == expected.shape and np.allclose(got, expected, rtol=1e-12, atol=0), (a, b)

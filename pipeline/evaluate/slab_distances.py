@@ -1,13 +1,10 @@
 """Surface distances and NSD of two label volumes read slab by slab, in memory that no prediction can grow
-past a bound: however much surface a broken network predicts, a few slabs and a KD-tree of at most
-``CHUNK_POINTS`` points are held at a time.
+past a bound: however much surface a broken network predicts, a slab and a few planes are held at a time.
 
-Distances from the surface voxels of A to the surface of B (medpy's definition, ``metrics.surface``):
-B's slabs are grouped into chunks of at most ``CHUNK_POINTS`` surface voxels (one chunk when B is small:
-one tree, built once). Each slab of A asks the chunks nearest along the slab axis first and stops when
-the next chunk's gap is longer than every distance found so far, so each distance is the exact nearest
-one. The distances go to a ``DistanceTally``: count, sum, maximum and the count of each distinct value,
-so ``hd95`` is the exact 95th percentile (as ``np.percentile``) without holding the distances.
+Distances from the surface voxels of A to the surface of B (medpy's definition, ``metrics.surface``) come
+from a distance transform of B's surface split by axis (``distance_field.py``), exact and linear in the
+voxels. They go to a ``DistanceTally``: count, sum, maximum and the count of each distinct value, so
+``hd95`` is the exact 95th percentile (as ``np.percentile``) without holding the distances.
 
 NSD at a tolerance is local: a surfel's partner within the tolerance lies within ``tolerance / spacing``
 cell slices, so each slab of A asks B's surfels in that window only.
@@ -19,18 +16,16 @@ medpy and DeepMind's package take whole volumes).
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.spatial import cKDTree
 
-from .metrics import nearest_distances, surface
-from .surface_dice import cell_codes, surfel_areas, surfels, within_tolerance
+from .distance_field import squared_distances
+from .metrics import surface
+from .surface_dice import boundary, cell_codes, near_cells, surfel_areas, surfels
 
 Reader = Callable[[int, int], np.ndarray]  # (start, stop) -> class ids (H, W, stop - start)
-CHUNK_POINTS = 20_000_000  # surface voxels per KD-tree: ~1.4 GB with the tree's copy and the query's
 
 
 @dataclass
@@ -83,76 +78,52 @@ def tally_summary(to_ref: DistanceTally, to_pred: DistanceTally) -> dict[str, fl
 
 @dataclass
 class Boundary:
-    """Class ``k`` of a label volume of ``depth`` slices read by ``read``: its surface voxels and its
+    """Class ``k`` of a label volume of ``shape`` (H, W, D) read by ``read``: its surface voxels and its
     boundary cells in any range of slices, each computed from the slices and their neighbours."""
 
     read: Reader
-    depth: int
+    shape: tuple[int, int, int]
     k: int
 
-    def points(self, start: int, stop: int) -> np.ndarray:
-        """Volume indices (N, 3) int32 of the surface voxels in slices [start, stop)."""
-        lo, hi = max(start - 1, 0), min(stop + 1, self.depth)
-        mask = self.read(lo, hi) == self.k
-        if not mask.any():
-            return np.zeros((0, 3), dtype=np.int32)
-        found = np.argwhere(surface(mask)[..., start - lo : stop - lo]).astype(np.int32)
-        found[:, 2] += start
-        return found
+    @property
+    def depth(self) -> int:
+        return self.shape[2]
 
-    def cells(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """Boundary cells t in [start, stop) along the slab axis (cell t spans voxels t - 1 and t; indices
-        of the volume padded by one voxel, as ``cell_codes``) and their codes."""
+    def mask(self, start: int, stop: int) -> np.ndarray:
+        """The surface voxels in slices [start, stop): (H, W, stop - start) bool."""
+        lo, hi = max(start - 1, 0), min(stop + 1, self.depth)
+        found = self.read(lo, hi) == self.k
+        return surface(found)[..., start - lo : stop - lo] if found.any() else found[..., start - lo : stop - lo]
+
+    def codes(self, start: int, stop: int) -> tuple[int, np.ndarray]:
+        """(t0, codes): the ``cell_codes`` of cells t in [start, stop) along the slab axis, clipped to the
+        volume's cells (cell t spans voxels t - 1 and t; indices of the volume padded by one voxel), from t0."""
         start, stop = max(start, 0), min(stop, self.depth + 1)
         lo, hi = max(start - 1, 0), min(stop, self.depth)
-        codes = cell_codes(self.read(lo, hi) == self.k)[..., start - lo : stop - lo]
+        return start, cell_codes(self.read(lo, hi) == self.k)[..., start - lo : stop - lo]
+
+    def cells(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Boundary cells in [start, stop) along the slab axis (indices as ``codes``) and their codes."""
+        first, codes = self.codes(start, stop)
         found, values = surfels(codes)
-        found[:, 2] += start
+        found[:, 2] += first
         return found, values
 
 
-def directed_distances(a: Boundary, b: Boundary, slabs: Sequence[tuple[int, int]],
-                       chunks: Sequence[tuple[int, int]], spacing: np.ndarray) -> DistanceTally:
-    """Distances from A's surface voxels to B's surface, A read by ``slabs`` and B by ``chunks`` (slice
-    ranges, each holding at most about ``CHUNK_POINTS`` of B's surface voxels)."""
-    tally, trees = DistanceTally(), OrderedDict()
-    for start, stop in slabs:
-        points = a.points(start, stop) * spacing
-        if not len(points):
-            continue
-        best = np.full(len(points), np.inf)
-        for index in sorted(range(len(chunks)), key=lambda i: _gap(chunks[i], start, stop)):
-            reach = _gap(chunks[index], start, stop) * spacing[2] * (1 - 1e-9)  # no point there is nearer
-            ask = best >= reach
-            if not ask.any():
-                break
-            tree = _tree(trees, index, lambda: b.points(*chunks[index]) * spacing)
-            if tree is not None:
-                best[ask] = np.minimum(best[ask], nearest_distances(points[ask], tree))
-        tally.add(best)
+def directed_distances(a: Boundary, b: Boundary, slabs: Sequence[tuple[int, int]], a_counts: Sequence[int],
+                       b_counts: Sequence[int], spacing: Sequence[float]) -> DistanceTally:
+    """Distances (mm) from A's surface voxels to B's surface, both read by ``slabs`` (slice ranges covering
+    the volume; ``a_counts`` and ``b_counts``: surface voxels per slab)."""
+    tally = DistanceTally()
+    for squared in squared_distances(a, b, slabs, a_counts, b_counts, spacing):
+        tally.add(np.sqrt(squared))
     return tally
-
-
-def _gap(chunk: tuple[int, int], start: int, stop: int) -> int:
-    """Slices between the nearest slices of ``chunk`` and [start, stop) (0 when they overlap)."""
-    return max(0, chunk[0] - (stop - 1), start - (chunk[1] - 1))
-
-
-def _tree(cache: OrderedDict, index: int, points: Callable[[], np.ndarray], keep: int = 2) -> cKDTree | None:
-    """The KD-tree of chunk ``index`` (None when it has no surface), the last ``keep`` ones cached."""
-    if index not in cache:
-        found = points()
-        cache[index] = cKDTree(found) if len(found) else None
-        while len(cache) > keep:
-            cache.popitem(last=False)
-    cache.move_to_end(index)
-    return cache[index]
 
 
 def surface_areas_within(a: Boundary, b: Boundary, slabs: Sequence[tuple[int, int]], spacing: Sequence[float],
                          tolerance: float) -> tuple[float, float]:
     """(area of A's surfels within ``tolerance`` mm of B's, area of all of A's surfels), A read by
-    ``slabs`` and B in a window ``tolerance`` wide around each."""
+    ``slabs`` and B's boundary cells in a window ``tolerance`` wide around each."""
     areas = surfel_areas(tuple(float(s) for s in spacing))
     reach = math.floor(tolerance / spacing[2]) + 1
     close = total = 0.0
@@ -161,26 +132,9 @@ def surface_areas_within(a: Boundary, b: Boundary, slabs: Sequence[tuple[int, in
         cells, codes = a.cells(start, own_stop)
         if not len(cells):
             continue
-        targets, _ = b.cells(start - reach, own_stop + reach)
+        first, window = b.codes(start - reach, own_stop + reach)
+        cells[:, 2] -= first
         area = areas[codes]
-        close += float(area[within_tolerance(cells, targets, spacing, tolerance)].sum())
+        close += float(area[near_cells(cells, boundary(window), spacing, tolerance)].sum())
         total += float(area.sum())
     return close, total
-
-
-def chunked(slabs: Sequence[tuple[int, int]], counts: Sequence[int], limit: int | None = None
-            ) -> list[tuple[int, int]]:
-    """Consecutive ``slabs`` merged into slice ranges of at most ``limit`` (default ``CHUNK_POINTS``)
-    surface voxels (``counts`` per slab; a slab over the limit alone), empty slabs left out."""
-    limit = CHUNK_POINTS if limit is None else limit
-    chunks, current, held = [], None, 0
-    for (start, stop), n in zip(slabs, counts):
-        if n == 0:
-            continue
-        if current is not None and held + n <= limit and current[1] == start:
-            current, held = (current[0], stop), held + n
-            continue
-        if current is not None:
-            chunks.append(current)
-        current, held = (start, stop), n
-    return chunks + ([current] if current is not None else [])

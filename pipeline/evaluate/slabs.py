@@ -5,9 +5,9 @@ also counts each slab's surface voxels (medpy's definition: the voxels one erosi
 with connectivity 1 removes, the volume's outside counted as background; each slab
 is eroded with one neighbouring slice on either side, so the surface is exactly the
 whole volume's). The surface distances and the normalised surface Dice then read
-the volumes again, slab by slab (``slab_distances.py``): memory holds a few slabs
-and a bounded KD-tree, never all the surface voxels, so a broken network's noisy
-prediction is scored in the same memory as a good one. The values equal the
+the volumes again, slab by slab (``slab_distances.py``): memory holds a slab and a
+few planes, never all the surface voxels, so a broken network's noisy prediction is
+scored in the same memory as a good one. The values equal the
 in-memory metrics'. clDice is not computed: a skeleton needs the whole volume.
 """
 
@@ -23,7 +23,7 @@ from ..data.stack import SLAB, SliceStack, stack_statistics
 from ..errors import UserError
 from .metrics import DISTANCE_METRICS, empty_distances, overlap_from_counts, surface
 from .rows import MetricOptions, voxel_counts
-from .slab_distances import Boundary, chunked, directed_distances, surface_areas_within, tally_summary
+from .slab_distances import Boundary, directed_distances, surface_areas_within, tally_summary
 
 log = logging.getLogger(__name__)
 
@@ -59,20 +59,14 @@ class ClassTally:
                          options: MetricOptions) -> dict[str, float]:
         values, sampling = {}, np.asarray(spacing, dtype=np.float64)
         if options.wants(*DISTANCE_METRICS):
-            to_ref = directed_distances(pred, ref, self._with(self.pred_surface),
-                                        chunked(self.slabs, self.ref_surface), sampling)
-            to_pred = directed_distances(ref, pred, self._with(self.ref_surface),
-                                         chunked(self.slabs, self.pred_surface), sampling)
+            to_ref = directed_distances(pred, ref, self.slabs, self.pred_surface, self.ref_surface, sampling)
+            to_pred = directed_distances(ref, pred, self.slabs, self.ref_surface, self.pred_surface, sampling)
             values.update(tally_summary(to_ref, to_pred))
         if options.wants("nsd"):
             p_close, p_total = surface_areas_within(pred, ref, self._cells_of(self.pred_voxels), sampling, tolerance)
             r_close, r_total = surface_areas_within(ref, pred, self._cells_of(self.ref_voxels), sampling, tolerance)
             values["nsd"] = (p_close + r_close) / (p_total + r_total)
         return values
-
-    def _with(self, counts: list[int]) -> list[tuple[int, int]]:
-        """The slabs with a nonzero count."""
-        return [slab for slab, n in zip(self.slabs, counts) if n]
 
     def _cells_of(self, voxels: list[int]) -> list[tuple[int, int]]:
         """The slabs whose cells (between each slice and the one before) can hold surfels: the class is in
@@ -99,7 +93,7 @@ def score_stack(pred: SliceStack, ref: SliceStack, case: str, labels: dict[int, 
         if options.wants(*DISTANCE_METRICS, "nsd") and all(tally.counts[:3]):
             log.info("%s, %s: %d + %d surface voxels scored (prediction + reference)", case, labels[k],
                      sum(tally.pred_surface), sum(tally.ref_surface))
-        boundaries = tuple(Boundary(read, pred.shape[2], k) for read in readers)
+        boundaries = tuple(Boundary(read, pred.shape, k) for read in readers)
         rows.append({"case": case, "class": k, "name": labels[k],
                      **tally.metrics(spacing, tolerances[k], options, boundaries)})
     return rows

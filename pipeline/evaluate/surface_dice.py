@@ -144,30 +144,27 @@ def within_tolerance(points: np.ndarray, targets: np.ndarray, spacing: Sequence[
     return hits
 
 
+def near_cells(cells: np.ndarray, grid: np.ndarray, spacing: Sequence[float], tolerance: float) -> np.ndarray:
+    """Whether each of ``cells`` (N, ndim), indices into ``grid`` (bool boundary cells), has a cell of ``grid``
+    at most ``tolerance`` mm away: its offsets looked up in the grid when few, else a bounded KD-tree query."""
+    offsets = tolerance_offsets(spacing, tolerance)
+    if len(offsets) > MAX_OFFSETS:
+        return within_tolerance(cells, np.argwhere(grid).astype(np.int32), spacing, tolerance)
+    if len(cells) == 0 or not grid.any():
+        return np.zeros(len(cells), dtype=bool)
+    reach = np.abs(offsets).max(axis=0)  # padded by it, a cell's neighbours are flat index steps away
+    padded = np.pad(grid, [(r, r) for r in reach])
+    flat = np.ravel_multi_index(tuple((cells + reach).T), padded.shape)
+    return _any_at(flat, padded, offsets @ _c_strides(padded.shape))
+
+
 def surface_dice(pred_codes: np.ndarray, ref_codes: np.ndarray, spacing: Sequence[float], tolerance: float) -> float:
     """NSD of two non-empty masks given as the ``cell_codes`` of one crop of both."""
     areas = surfel_areas(tuple(float(s) for s in spacing))
-    offsets = tolerance_offsets(spacing, tolerance)
-    if len(offsets) > MAX_OFFSETS:
-        return surfel_dice(surfels(pred_codes), surfels(ref_codes), spacing, tolerance)
-    # Boundary grids padded by the offsets' reach, so that a cell's neighbours are flat index steps away.
-    reach = np.abs(offsets).max(axis=0)
-    p_grid, r_grid = (np.pad(boundary(codes), [(r, r) for r in reach]) for codes in (pred_codes, ref_codes))
-    steps = offsets @ _c_strides(p_grid.shape)  # flat steps of C order, as flatnonzero and ravel count
-    p_close = _any_at(np.flatnonzero(p_grid), r_grid, steps)
-    r_close = _any_at(np.flatnonzero(r_grid), p_grid, steps)
-    p_area = areas[pred_codes[boundary(pred_codes)]]  # C order, as the cells
-    r_area = areas[ref_codes[boundary(ref_codes)]]
-    return _dice_of_areas(p_area, p_close, r_area, r_close)
-
-
-def surfel_dice(pred: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray, np.ndarray], spacing: Sequence[float],
-                tolerance: float) -> float:
-    """NSD of two non-empty boundaries given as (cell indices (N, ndim), codes (N,)), e.g. gathered slab by slab."""
-    areas = surfel_areas(tuple(float(s) for s in spacing))
-    p_close = within_tolerance(pred[0], ref[0], spacing, tolerance)
-    r_close = within_tolerance(ref[0], pred[0], spacing, tolerance)
-    return _dice_of_areas(areas[pred[1]], p_close, areas[ref[1]], r_close)
+    (p_cells, p_codes), (r_cells, r_codes) = surfels(pred_codes), surfels(ref_codes)
+    p_close = near_cells(p_cells, boundary(ref_codes), spacing, tolerance)
+    r_close = near_cells(r_cells, boundary(pred_codes), spacing, tolerance)
+    return _dice_of_areas(areas[p_codes], p_close, areas[r_codes], r_close)
 
 
 def _dice_of_areas(p_area: np.ndarray, p_close: np.ndarray, r_area: np.ndarray, r_close: np.ndarray) -> float:
