@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from pipeline.evaluate import slab_distances
 from pipeline.evaluate.distance_field import envelope, squared_distances
 from pipeline.evaluate.metrics import all_metrics, nsd, surface
 from pipeline.evaluate.slab_distances import Boundary, DistanceTally
@@ -18,9 +19,11 @@ def _boundary(volume: np.ndarray, k: int) -> Boundary:
     return Boundary(lambda a, b: volume[..., a:b], volume.shape, k)
 
 
-@pytest.mark.parametrize("thickness", [1, 2, 5, 40])
-def test_slab_metrics_equal_the_in_memory_ones_across_slab_borders(thickness):
-    """Surfaces that cross slab borders, touch the volume's ends, and classes present on one side only."""
+@pytest.mark.parametrize("thickness, tree_points", [(1, 0), (2, 5_000_000), (5, 0), (5, 5_000_000), (40, 0)])
+def test_slab_metrics_equal_the_in_memory_ones_across_slab_borders(thickness, tree_points, monkeypatch):
+    """Surfaces that cross slab borders, touch the volume's ends, and classes present on one side only; the
+    distances from a KD-tree of the other surface, or from the distance transform (``tree_points`` 0)."""
+    monkeypatch.setattr(slab_distances, "TREE_POINTS", tree_points)
     rng = np.random.default_rng(thickness)
     ref = ndimage.binary_opening(rng.random((30, 26, 23)) > 0.45).astype(np.uint8)  # blobs touching every border
     pred = ref.copy()

@@ -14,8 +14,8 @@ The squared distance from voxel p to the nearest feature (a surface voxel of B) 
 
 Each distance is the exact nearest one, as medpy reads it off scipy's transform of the whole volume, at
 a cost linear in the voxels. A KD-tree of B's surface (what ``metrics.nearest_distances`` uses for
-volumes in memory) slows down by orders of magnitude when a broken prediction puts surface everywhere:
-each of its hundreds of millions of voxels, far from a compact reference, visits most of the tree.
+volumes in memory) answers queries from far away slowly, about 0.1 M a second here against a reference
+surface of 36 k voxels, and a broken prediction asks one per voxel of its surface: hundreds of millions.
 
 Written by hand because no maintained library offers a distance transform in bounded memory or one
 step of it with given initial values (scipy, ITK and ``edt`` transform whole arrays).
