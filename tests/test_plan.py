@@ -255,3 +255,4 @@ def test_small_images_get_a_patch_that_holds_the_whole_median_image(tmp_path):
     _, choices = plan(load_config(None, [f"data.root={tmp_path / 'small'}"]), timing=False)
     assert "rounded up for pooling: each crop holds a whole median image" in next(
         c.reason for c in choices if c.key == "train.patch_size")
+

@@ -3,8 +3,9 @@ past a bound: however much surface a broken network predicts, a slab and a few p
 
 Distances from the surface voxels of A to the surface of B (medpy's definition, ``metrics.surface``) come
 from a KD-tree of B's surface voxels while both surfaces are small (up to ``TREE_POINTS``), else from a
-distance transform of B's surface split by axis (``distance_field.py``), exact and linear in the voxels. They go to a ``DistanceTally``: count, sum, maximum and the count of each distinct value, so
-``hd95`` is the exact 95th percentile (as ``np.percentile``) without holding the distances.
+distance transform of B's surface split by axis (``distance_field.py``), exact and linear in the voxels.
+They go to a ``DistanceTally``: count, sum, maximum and the count of each distinct value, so ``hd95`` is
+the exact 95th percentile (as ``np.percentile``) without holding the distances.
 
 NSD at a tolerance is local: a surfel's partner within the tolerance lies within ``tolerance / spacing``
 cell slices, so each slab of A asks B's surfels in that window only.

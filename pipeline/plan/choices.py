@@ -112,7 +112,7 @@ def plan_network(found: Fingerprint, target_spacing: Any) -> list[Choice]:
         Choice("model.channels", widths,
                f"{depth} levels: the longest patch axis pooled while it keeps >= {MIN_WIDTH} voxels "
                "(shorter axes stop earlier)"),
-        Choice("train.batch_size", 1, "one volume per step, two crops of it (what a 2-core CPU sustains)"),
+        Choice("train.batch_size", 1, "one volume per step (the timed plan sets the crops per step)"),
         Choice("train.samples_per_volume", 2, "two crops per volume per step"),
         Choice("train.pos_fraction", pos, f"foreground is {fg_share:.1%} of voxels: "
                + ("two crops in three centred on it" if pos > 0.5 else "half the crops centred on it")),

@@ -5,6 +5,7 @@ Precedence: the plan fills every key it decides; a preset's keys and ``--set`` k
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -21,6 +22,7 @@ from ..errors import UserError
 from ..predict.postprocess import DECIDED_KEYS
 from ..predict.streamed import window_starts
 from ..train.budget_clock import decision_passes
+from .batch import plan_crops
 from .budget import fit_schedule, parse_budget, time_steps
 from .choices import Choice, plan_data, plan_network
 from .fingerprint import Fingerprint, fingerprint
@@ -72,17 +74,30 @@ def plan(base: Config, overrides: Sequence[str] = (), timing: bool = True,
     preset = preset or {}
     fixed = {o.split("=", 1)[0].strip() for o in overrides} | _flat_keys(preset)
     if timing and "train.epochs" not in fixed:
-        choices += _schedule(dataset, found, choices, base, overrides, clock, preset)
+        timed = _schedule(dataset, found, choices, base, overrides, clock, preset, fixed)
+        choices = [c for c in choices if c.key not in {t.key for t in timed}] + timed
     return found, choices
 
 
 def _schedule(dataset, found: Fingerprint, choices: list[Choice], base: Config, overrides: Sequence[str],
-              clock: Callable[[], float], preset: dict) -> list[Choice]:
+              clock: Callable[[], float], preset: dict, fixed: set[str]) -> list[Choice]:
+    """The timed choices: crops per step (unless given) and the epochs that fill the budget."""
     cfg = config_from_dict(merge_overrides(_deep_merge(plan_dict(choices), preset), overrides), "plan + --set")
     budget = parse_budget(cfg.train.budget or DEFAULT_BUDGET)
     n_classes = max(dataset.labels) + 1
-    step_s = time_steps(cfg, found.cases[0].channels, n_classes, clock=clock)
     train, val, _ = split_cases(list(dataset.training), cfg.data, cfg.train.seed)
+
+    def seconds_at(volumes: int, per_volume: int) -> float:
+        crops = dataclasses.replace(cfg.train, batch_size=volumes, samples_per_volume=per_volume)
+        return time_steps(dataclasses.replace(cfg, train=crops), found.cases[0].channels, n_classes, clock=clock)
+
+    batch: list[Choice] = []
+    if {"train.batch_size", "train.samples_per_volume"} & fixed:
+        step_s = seconds_at(cfg.train.batch_size, cfg.train.samples_per_volume)
+    else:
+        batch, step_s = plan_crops(cfg.train.patch_size, found.is_2d, len(train), seconds_at)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+            cfg.train, batch_size=batch[0].value, samples_per_volume=batch[1].value))
     per_epoch = math.ceil((cfg.train.volumes_per_epoch or len(train)) / cfg.train.batch_size)
     forward_s = step_s / (3 * cfg.train.batch_size * cfg.train.samples_per_volume)  # a forward is ~1/3 of a step
     shape = np.median(found.shapes, axis=0)
@@ -91,7 +106,8 @@ def _schedule(dataset, found: Fingerprint, choices: list[Choice], base: Config, 
     validation_s = len(val) * windows * forward_s  # validation runs without flips
     decision_s = validation_s * decision_passes(cfg.train)
     schedule = fit_schedule(budget, step_s, per_epoch, validation_s, decision_s)
-    return [Choice("train.budget", cfg.train.budget or DEFAULT_BUDGET, "the time this run may take"),
+    return [*batch,
+            Choice("train.budget", cfg.train.budget or DEFAULT_BUDGET, "the time this run may take"),
             Choice("train.epochs", schedule.epochs, schedule.reason),
             Choice("train.val_every", schedule.val_every, "five validations over the run"),
             Choice("train.lr_schedule", "poly", "poly decay to 0 over the planned epochs")]

@@ -1,0 +1,65 @@
+"""Crops per training step (``plan/batch.py``): doubled while a step's voxels stay within the target and
+the time per voxel falls by 10 %, timed by a model of fixed and per-voxel costs; the planned path times
+and sets them unless the user gave them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.config import load_config
+from pipeline.plan.batch import plan_crops
+from pipeline.plan.planner import plan
+from test_plan import _dataset
+
+
+def _step_seconds(overhead: float, per_voxel: float, patch: tuple[int, ...], calls: list):
+    """A step-time model: a fixed cost per step plus a cost per voxel of its crops."""
+    def seconds_at(volumes: int, per_volume: int) -> float:
+        calls.append((volumes, per_volume))
+        return overhead + per_voxel * volumes * per_volume * int(np.prod(patch))
+    return seconds_at
+
+
+def test_small_patches_get_crops_per_step_while_the_time_per_voxel_falls():
+    patch = (32, 48, 32)  # 49,152 voxels: two crops hold 98,304, the target 2,007,040
+    calls = []
+    # 0.1 s per step whatever its size, 1.5 s per M voxels: doubling from 2 crops saves 20 %, 13 %, then 7 %
+    choices, seconds = plan_crops(patch, False, 200, _step_seconds(0.1, 1.5e-6, patch, calls))
+    assert calls == [(1, 2), (2, 2), (4, 2), (8, 2)]
+    assert {c.key: c.value for c in choices} == {"train.batch_size": 4, "train.samples_per_volume": 2}
+    assert seconds == pytest.approx(0.1 + 1.5e-6 * 8 * 49152)
+    assert "8 crops of 49,152 voxels per step" in choices[0].reason and "target is 2,007,040" in choices[0].reason
+    calls.clear()  # three training volumes: more crops of each
+    choices, _ = plan_crops(patch, False, 3, _step_seconds(0.1, 1.5e-6, patch, calls))
+    assert calls == [(1, 2), (2, 2), (3, 3), (3, 6)] and [c.value for c in choices] == [3, 3]
+    calls.clear()  # a full-size patch already holds the target: one timing, one volume, two crops
+    choices, _ = plan_crops((112, 112, 80), False, 200, _step_seconds(0.1, 1e-7, (112, 112, 80), calls))
+    assert calls == [(1, 2)] and [c.value for c in choices] == [1, 2]
+    calls.clear()  # no fixed cost: doubling saves nothing, so the step stays at two crops
+    choices, _ = plan_crops(patch, False, 200, _step_seconds(0.0, 1e-7, patch, calls))
+    assert calls == [(1, 2), (2, 2)] and [c.value for c in choices] == [1, 2]
+
+
+def test_the_timed_plan_sets_the_crops_unless_they_are_given(tmp_path, monkeypatch):
+    import pipeline.plan.planner as planner
+
+    seen = []
+
+    def timed(cfg, *args, **kwargs):
+        seen.append((cfg.train.batch_size, cfg.train.samples_per_volume))
+        return 0.2 + 1e-7 * cfg.train.batch_size * cfg.train.samples_per_volume * int(np.prod(cfg.train.patch_size))
+
+    monkeypatch.setattr(planner, "time_steps", timed)
+    root = _dataset(tmp_path / "ct", "CT", -1000.0, (-100.0, 400.0), spacings=((1.0, 1.0, 1.0),) * 8)
+    _, choices = plan(load_config(None, [f"data.root={root}", "train.budget=10m"]))
+    planned = {c.key: c for c in choices}
+    assert [c.key for c in choices].count("train.batch_size") == 1
+    assert planned["train.batch_size"].value > 1 and seen[-1] == (planned["train.batch_size"].value,
+                                                                  planned["train.samples_per_volume"].value)
+    assert "timed here" in planned["train.batch_size"].reason
+    seen.clear()
+    given = [f"data.root={root}", "train.budget=10m", "train.samples_per_volume=4"]
+    _, choices = plan(load_config(None, given), given)
+    assert seen == [(1, 4)]  # the user's crops, timed once
+    assert [c.value for c in choices if c.key == "train.batch_size"] == [1]  # the untimed choice, not planned
