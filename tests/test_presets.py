@@ -36,19 +36,23 @@ def _train_and_test(preset: str, tmp_path, *extra: str):
 
 
 def test_la_heart_preset_reads_hdf5(tmp_path):
-    run, split = _train_and_test("la_heart", tmp_path)
-    rows = read_metrics_csv(run / "test" / "metrics.csv")
-    assert [r["case"] for r in rows] == sorted(split["test"]) and {r["name"] for r in rows} == {"left_atrium"}
-    image, _ = load_image(SHARED / "LA_heart_h5" / "train" / f"{split['test'][0]}.h5")
-    pred, _ = load_image(run / "test" / "predictions" / f"{split['test'][0]}.nii.gz")
-    assert pred.shape == image.shape
-
-    # a held-out folder of .h5 files, as the challenge's test cases come
+    """The preset trains on its .h5 cases; test.py reads a held-out folder of .h5 files, as the challenge's
+    test cases come, and writes each prediction on its image's grid."""
+    result = run_cli("train.py", "--config", str(REPO / "configs" / "la_heart.yaml"),
+                     "--set", f"output_dir={tmp_path}", *QUICK, "data.val_fraction=0")  # no validation pass
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = (tmp_path / "latest").resolve()
+    source = sorted((SHARED / "LA_heart_h5" / "train").glob("*.h5"))[0]
     held_out = tmp_path / "la_test"
     held_out.mkdir()
-    shutil.copy(SHARED / "LA_heart_h5" / "train" / f"{split['test'][0]}.h5", held_out / "case_a.h5")
+    shutil.copy(source, held_out / "case_a.h5")
     result = run_cli("test.py", "--run", str(run), "--data", str(held_out), "--out", str(tmp_path / "held_out"))
     assert result.returncode == 0, result.stderr[-2000:]
+    rows = read_metrics_csv(tmp_path / "held_out" / "metrics.csv")
+    assert [(r["case"], r["name"]) for r in rows] == [("case_a", "left_atrium")]
+    image, _ = load_image(source)
+    pred, _ = load_image(tmp_path / "held_out" / "predictions" / "case_a.nii.gz")
+    assert pred.shape == image.shape
     summary = json.loads((tmp_path / "held_out" / "summary.json").read_text(encoding="utf-8"))
     metrics = summary["classes"]["1"]["metrics"]
     assert {"dice", "jaccard", "asd", "hd95", "hd"} <= set(metrics) and metrics["dice"]["n"] == 1

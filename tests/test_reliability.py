@@ -32,7 +32,7 @@ from pipeline.data.io import load_image
 
 # 5 volumes per epoch from 3 training cases: each epoch is a permutation and 2 more draws, which a resumed
 # epoch must replay exactly
-DETERMINISTIC = ("train.deterministic=true", "train.precision=fp32", "infer.precision=fp32", "train.epochs=4",
+DETERMINISTIC = ("train.deterministic=true", "train.precision=fp32", "infer.precision=fp32", "train.epochs=3",
                  "train.volumes_per_epoch=5")
 
 
@@ -53,14 +53,14 @@ def uninterrupted(tiny_dataset, tmp_path_factory) -> dict:
     return _weights((out / "latest").resolve())
 
 
-def _start_and_signal(tiny_dataset, out: Path, sig: int, after_epoch: int, delay: float) -> subprocess.Popen:
+def _start_and_signal(args: list[str], run: Path, sig: int, after_epoch: int, delay: float) -> subprocess.Popen:
+    """``python ARGS`` sent ``sig`` ``delay`` s after ``run/log.csv`` holds ``after_epoch`` epochs."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, *smoke_args(tiny_dataset, out, *DETERMINISTIC)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
-                            errors="replace")
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace")
     deadline = time.time() + 120
     while time.time() < deadline:
-        log = out / "latest" / "log.csv"
+        log = run / "log.csv"
         if log.exists() and len(log.read_text(encoding="utf-8").splitlines()) > after_epoch:
             break
         if proc.poll() is not None:
@@ -79,37 +79,30 @@ def _assert_same(a: dict, b: dict) -> None:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tiny_dataset, tmp_path, uninterrupted):
-    proc = _start_and_signal(tiny_dataset, tmp_path, signal.SIGKILL, after_epoch=1, delay=0.3)
-    assert proc.returncode == -signal.SIGKILL
-    run = (tmp_path / "latest").resolve()
-    assert _epochs_logged(run)[-1] < 4  # really killed before the end
-    resumed = run_cli("train.py", "--resume", str(run), isolated=True)
-    assert resumed.returncode == 0, resumed.stderr
-    assert _epochs_logged(run) == [1, 2, 3, 4]
-    _assert_same(_weights(run), uninterrupted)
-
-
-@pytest.mark.slow
-def test_sigterm_saves_the_exact_step_and_resume_matches(tiny_dataset, tmp_path, uninterrupted):
-    proc = _start_and_signal(tiny_dataset, tmp_path, signal.SIGTERM, after_epoch=1, delay=0.0)
+def test_sigterm_then_sigkill_then_resume_gives_the_uninterrupted_weights(tiny_dataset, tmp_path, uninterrupted):
+    """SIGTERM saves the exact step; the resumed run killed mid-epoch with SIGKILL (no chance to save) resumes
+    again from its last checkpoint; the weights at the end are the uninterrupted run's, bit for bit."""
+    proc = _start_and_signal(smoke_args(tiny_dataset, tmp_path, *DETERMINISTIC), tmp_path / "latest",
+                             signal.SIGTERM, after_epoch=1, delay=0.0)
     stderr = proc.stderr.read()
     assert proc.returncode == 130, stderr[-2000:]
     assert "interrupted: stopped in epoch" in stderr and "--resume" in stderr
     run = (tmp_path / "latest").resolve()
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["partial"] is not None and state["partial"]["step"] >= 1
+
+    proc = _start_and_signal(["train.py", "--resume", str(run)], run, signal.SIGKILL, after_epoch=2, delay=0.3)
+    assert proc.returncode == -signal.SIGKILL
+    assert _epochs_logged(run)[-1] < 3  # really killed before the end
     resumed = run_cli("train.py", "--resume", str(run), isolated=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert _epochs_logged(run) == [1, 2, 3, 4]
+    assert _epochs_logged(run) == [1, 2, 3]
     _assert_same(_weights(run), uninterrupted)
 
 
 @pytest.mark.slow
-def test_damaged_last_checkpoint_falls_back_to_the_previous_one(tiny_dataset, tmp_path):
-    first = run_cli(*smoke_args(tiny_dataset, tmp_path, "train.epochs=2"))
-    assert first.returncode == 0, first.stderr
-    run = (tmp_path / "latest").resolve()
+def test_damaged_last_checkpoint_falls_back_to_the_previous_one(smoke_run, tmp_path):
+    run = Path(shutil.copytree(smoke_run, tmp_path / smoke_run.name))  # 2 epochs
     last = run / "checkpoints" / "last.pt"
     assert (run / "checkpoints" / "last.prev.pt").is_file()
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a write that died halfway
@@ -131,14 +124,13 @@ class _Plant:
 
 
 @pytest.mark.slow
-def test_hostile_checkpoint_never_runs_code(tiny_dataset, tmp_path):
+def test_hostile_checkpoint_never_runs_code(smoke_run, tmp_path):
     marker = tmp_path / "planted"
     evil = tmp_path / "evil.pt"
     torch.save({"model": _Plant(marker), "config": {}}, evil)
-    first = run_cli(*smoke_args(tiny_dataset, tmp_path / "out", "train.epochs=1"))
-    assert first.returncode == 0, first.stderr
+    run = shutil.copytree(smoke_run, tmp_path / "run")
     for env in ({}, {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}):
-        result = run_cli("test.py", "--run", str(tmp_path / "out" / "latest"), "--checkpoint", str(evil), env=env)
+        result = run_cli("test.py", "--run", str(run), "--checkpoint", str(evil), env=env)
         assert result.returncode == 2 and "evil.pt: not a loadable checkpoint" in result.stderr
         assert "Traceback" not in result.stderr
         assert not marker.exists()
@@ -249,13 +241,11 @@ def test_out_of_memory_while_stitching_retries_buffered_then_on_the_cpu(monkeypa
 
 
 @pytest.mark.slow
-def test_resume_with_another_architecture_is_a_clear_error(tiny_dataset, tmp_path):
-    first = run_cli(*smoke_args(tiny_dataset, tmp_path, "train.epochs=1"))
-    assert first.returncode == 0, first.stderr
-    run = (tmp_path / "latest").resolve()
-    result = run_cli("train.py", "--resume", str(run), "--set", "model.name=unet", "train.epochs=2")
+def test_resume_with_another_architecture_is_a_clear_error(smoke_run, tmp_path):
+    run = Path(shutil.copytree(smoke_run, tmp_path / smoke_run.name))  # 2 epochs
+    result = run_cli("train.py", "--resume", str(run), "--set", "model.name=unet", "train.epochs=3")
     assert result.returncode == 2 and "a resumed run keeps those" in result.stderr and "Traceback" not in result.stderr
-    assert [line.split(",")[0] for line in (run / "log.csv").read_text(encoding="utf-8").splitlines()[1:]] == ["1"]
+    assert _epochs_logged(run) == [1, 2]
 
 
 def test_too_little_disk_room_is_refused_before_training(monkeypatch, tmp_path):
@@ -271,10 +261,8 @@ def test_too_little_disk_room_is_refused_before_training(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_stopped_test_and_evaluation_redo_only_missing_cases(tiny_dataset, tmp_path):
-    assert run_cli(*smoke_args(tiny_dataset, tmp_path, "train.epochs=1")).returncode == 0
-    run = (tmp_path / "latest").resolve()
-    assert run_cli("test.py", "--run", str(run)).returncode == 0
+def test_stopped_test_and_evaluation_redo_only_missing_cases(trained, tiny_dataset, tmp_path):
+    run = Path(shutil.copytree(trained[0], tmp_path / trained[0].name))  # tested by test.py into RUN/test
     complete = (run / "test" / "metrics.csv").read_text(encoding="utf-8")
     # as if killed while on case_005: its record and outputs are missing
     for stale in ("cases/case_005.json", "predictions/case_005.nii.gz", "metrics.csv", "summary.json"):

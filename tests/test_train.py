@@ -4,6 +4,8 @@ and the state's checkpoint round trip."""
 from __future__ import annotations
 
 import itertools
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,14 +119,12 @@ def test_train_state_checkpoint_round_trip():
 
 
 @pytest.mark.slow
-def test_a_finished_run_extended_with_more_epochs_trains_on_a_replanned_poly_decay(tiny_dataset, tmp_path):
+def test_a_finished_run_extended_with_more_epochs_trains_on_a_replanned_poly_decay(smoke_run, tmp_path):
     """Before: train.py --resume RUN --set train.epochs=N on a finished run trained every added epoch at
     learning rate 0 (PyTorch's chained PolynomialLR stays at its final 0) and left the weights as they were."""
-    from conftest import run_cli, smoke_args
+    from conftest import run_cli
 
-    first = run_cli(*smoke_args(tiny_dataset, tmp_path, "train.epochs=2"))
-    assert first.returncode == 0, first.stderr[-800:]
-    run = (tmp_path / "latest").resolve()
+    run = Path(shutil.copytree(smoke_run, tmp_path / smoke_run.name))  # configs/smoke.yaml: 2 epochs
     before = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
     extended = run_cli("train.py", "--resume", str(run), "--set", "train.epochs=4")
     assert extended.returncode == 0, extended.stderr[-800:]
