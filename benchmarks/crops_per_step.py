@@ -5,8 +5,9 @@ voxels-per-step rule and with the fixed one volume and two crops it replaced.
 
 Generates (once, kept in ``--work``) the CT phantom set at ``--shape`` and trains it twice through the
 own-data path, ``train.py --set data.root=DATA train.budget=B``: ``fixed`` adds ``train.batch_size=1
-train.samples_per_volume=2`` (the plan before the rule), ``planned`` lets the plan time and choose. Each
-run alone, one after the other. Seconds per step are the median of the epochs without a validation (the
+train.samples_per_volume=2`` (the plan before the rule), ``planned`` lets the plan time and choose,
+``forced-8`` trains 4 volumes x 2 crops a step whatever the timing says; all validate every other epoch
+(``train.val_every=2``). Each run alone, one after the other; runs already in ``--work`` are read again. Seconds per step are the median of the epochs without a validation (the
 log's epoch seconds over the epoch's steps), voxels per step the crops times the patch; the last
 validation Dice (selection cases, the same split on both sides) says what the budget bought.
 """
@@ -25,7 +26,9 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-SIDES = {"fixed": ["train.batch_size=1", "train.samples_per_volume=2"], "planned": []}
+SIDES = {"fixed": ["train.batch_size=1", "train.samples_per_volume=2"], "planned": [],
+         "forced-8": ["train.batch_size=4", "train.samples_per_volume=2"]}
+COMMON = ["train.val_every=2"]  # every other epoch without a validation, on both sides, to time the steps
 
 
 def measure(run: Path) -> dict:
@@ -59,11 +62,12 @@ def main() -> None:
     results = {}
     for side, keys in SIDES.items():
         out = args.work / side
-        if out.exists():
-            sys.exit(f"{out}: exists; choose another --work")
+        if (out / "latest").exists():  # measured before: read again
+            results[side] = measure((out / "latest").resolve())
+            continue
         with open(args.work / f"{side}.log", "w", encoding="utf-8") as log:
             subprocess.run([sys.executable, "train.py", "--set", f"data.root={data}", f"train.budget={args.budget}",
-                            f"output_dir={out}", *keys], cwd=REPO, check=True, stdout=log, stderr=subprocess.STDOUT)
+                            f"output_dir={out}", *COMMON, *keys], cwd=REPO, check=True, stdout=log, stderr=subprocess.STDOUT)
         results[side] = measure((out / "latest").resolve())
     print(f"{args.cases} CT phantoms of {'x'.join(map(str, args.shape))} voxels, planned runs of {args.budget}")
     print("| crops per step | volumes x crops | patch | epochs | steps | s per step | steps/s | voxels/step | "
