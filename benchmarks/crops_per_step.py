@@ -7,9 +7,10 @@ Generates (once, kept in ``--work``) the CT phantom set at ``--shape`` and train
 own-data path, ``train.py --set data.root=DATA train.budget=B``: ``fixed`` adds ``train.batch_size=1
 train.samples_per_volume=2`` (the plan before the rule), ``planned`` lets the plan time and choose,
 ``forced-8`` trains 4 volumes x 2 crops a step whatever the timing says; all validate every other epoch
-(``train.val_every=2``). Each run alone, one after the other; runs already in ``--work`` are read again. Seconds per step are the median of the epochs without a validation (the
-log's epoch seconds over the epoch's steps), voxels per step the crops times the patch; the last
-validation Dice (selection cases, the same split on both sides) says what the budget bought.
+(``train.val_every=2``). Each run alone, one after the other; runs already in ``--work`` are read again.
+Seconds per step are the median of the epochs without a validation (the log's epoch seconds over the
+epoch's steps), voxels per step the crops times the patch; the last validation Dice (selection cases, the
+same split on all sides) says what the budget bought.
 """
 
 from __future__ import annotations
@@ -65,9 +66,10 @@ def main() -> None:
         if (out / "latest").exists():  # measured before: read again
             results[side] = measure((out / "latest").resolve())
             continue
+        command = [sys.executable, "train.py", "--set", f"data.root={data}", f"train.budget={args.budget}",
+                   f"output_dir={out}", *COMMON, *keys]
         with open(args.work / f"{side}.log", "w", encoding="utf-8") as log:
-            subprocess.run([sys.executable, "train.py", "--set", f"data.root={data}", f"train.budget={args.budget}",
-                            f"output_dir={out}", *COMMON, *keys], cwd=REPO, check=True, stdout=log, stderr=subprocess.STDOUT)
+            subprocess.run(command, cwd=REPO, check=True, stdout=log, stderr=subprocess.STDOUT)
         results[side] = measure((out / "latest").resolve())
     print(f"{args.cases} CT phantoms of {'x'.join(map(str, args.shape))} voxels, planned runs of {args.budget}")
     print("| crops per step | volumes x crops | patch | epochs | steps | s per step | steps/s | voxels/step | "
