@@ -16,13 +16,13 @@ from pipeline.evaluate.report import read_metrics_csv
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/datasets not present (a user's clone)")]
 
-# one epoch of a narrow network; test-time flips off (they multiply inference by 4-8 and are tested
+# one epoch of two steps of a narrow network; test-time flips off (they multiply inference by 4-8 and are tested
 # in test_levers.py and test_pipeline.py) and a quarter-window overlap (a tenth of the windows of
 # small patches at 0.5); the torch engine (exporting for OpenVINO costs more than these few windows;
 # test_export.py runs the engines); a few validation cases for test.py to score (the LA and DRIVE presets train
 # on every case); everything else as the preset has it
-QUICK = ["train.epochs=1", "model.channels=[8,16,32]", "train.samples_per_volume=1", "infer.tta=false",
-         "infer.overlap=0.25", "data.val_fraction=0.1", "infer.backend=torch"]
+QUICK = ["train.epochs=1", "train.volumes_per_epoch=2", "model.channels=[8,16,32]", "train.samples_per_volume=1",
+         "infer.tta=false", "infer.overlap=0.25", "data.val_fraction=0.1", "infer.backend=torch"]
 
 
 def _train_and_test(preset: str, tmp_path, *extra: str):
@@ -38,11 +38,16 @@ def _train_and_test(preset: str, tmp_path, *extra: str):
 def test_la_heart_preset_reads_hdf5(tmp_path):
     """The preset trains on its .h5 cases; test.py reads a held-out folder of .h5 files, as the challenge's
     test cases come, and writes each prediction on its image's grid."""
+    cases = sorted((SHARED / "LA_heart_h5" / "train").glob("*.h5"))
+    root = tmp_path / "la_train"  # four of the 14 cases: the preset's plan, check and cache read them all
+    root.mkdir()
+    for case in cases[:4]:
+        shutil.copy(case, root / case.name)
     result = run_cli("train.py", "--config", str(REPO / "configs" / "la_heart.yaml"),
-                     "--set", f"output_dir={tmp_path}", *QUICK, "data.val_fraction=0")  # no validation pass
+                     "--set", f"data.root={root}", f"output_dir={tmp_path}", *QUICK, "data.val_fraction=0")
     assert result.returncode == 0, result.stderr[-2000:]
     run = (tmp_path / "latest").resolve()
-    source = sorted((SHARED / "LA_heart_h5" / "train").glob("*.h5"))[0]
+    source = cases[-1]  # a case the network did not train on
     held_out = tmp_path / "la_test"
     held_out.mkdir()
     shutil.copy(source, held_out / "case_a.h5")
