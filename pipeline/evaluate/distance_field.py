@@ -102,7 +102,7 @@ def _by_parabolas(g: np.ndarray, step2: float) -> np.ndarray:
         level = here[pending] + step2 * q * q
         while len(pending):  # drop the parabolas the new one lies below from where they start
             at = top[pending] * count + pending
-            p = apex[at]
+            p = apex[at].astype(np.int64)  # p * count passes int32 on planes of thousands of voxels a side
             cross = (level - (values[p * count + pending] + step2 * p * p)) / (2 * step2 * (q - p))
             crossing[pending] = cross
             hidden = cross <= start[at]
