@@ -1,10 +1,12 @@
 """Crops per training step from a voxels-per-step target, timed on this machine.
 
-A step of two crops of a small patch (two of 32 x 48 x 32: 98,000 voxels) spends much of its time on what
-every step costs whatever its size: the optimizer over all weights, each layer's launch, the loss. nnU-Net
-trains such data with batches of 9 and more. The plan doubles the crops of a step while they hold at most
-as many voxels as two full-size crops (``step_voxels``) and the time per voxel, timed here, drops by at
-least ``GAIN``: a large patch stays at one volume and two crops, a small one gets several volumes a step.
+A step of two crops of a small patch (two of 32 x 48 x 32: 98,000 voxels) can spend much of its time on
+what every step costs whatever its size: the optimizer over all weights, each layer's launch, the loss.
+nnU-Net trains such data with batches of 9 and more. The plan doubles the crops of a step while they hold
+at most as many voxels as two full-size crops (``step_voxels``) and the time per voxel, timed here, drops
+by at least ``GAIN``: a large patch stays at one volume and two crops, a small one gets several volumes a
+step where the machine rewards it. On the 2-core CPU measured, a 40 x 40 x 40 step is already
+compute-bound and the plan keeps one volume and two crops (``benchmarks/results/crops_per_step.md``).
 """
 
 from __future__ import annotations
