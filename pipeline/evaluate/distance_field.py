@@ -78,6 +78,7 @@ def _reach(g: np.ndarray, step2: float) -> np.ndarray:
 
 
 def _by_shifts(g: np.ndarray, step2: float, reach: int) -> np.ndarray:
+    """The envelope of lines whose minima all lie within ``reach`` positions: shifted minima."""
     f = g.copy()
     for d in range(1, reach + 1):
         np.minimum(f[:, d:], g[:, :-d] + step2 * d * d, out=f[:, d:])
