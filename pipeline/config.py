@@ -88,6 +88,10 @@ class TrainConfig:
     scale_range: float = 0.15  # scale factor in [1 - r, 1 + r] per axis
     intensity_prob: float = 0.0  # chance of an intensity scale (x[0.9, 1.1]) and, separately, a shift (+-0.1)
     gamma_prob: float = 0.0  # chance of a gamma in [0.7, 1.5] on the patch's intensity range
+    noise_prob: float = 0.0  # chance of Gaussian noise, its std drawn from [0, 0.1] (z-scored units)
+    blur_prob: float = 0.0  # chance of a Gaussian blur, sigma in [0.5, 1] voxels along each axis the patch spans
+    contrast_prob: float = 0.0  # chance of a contrast factor in [0.75, 1.25] about the patch's mean, range kept
+    low_res_prob: float = 0.0  # chance of a zoom out by [0.5, 1] (nearest) and back (linear): low resolution
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 3e-5

@@ -31,7 +31,8 @@ CHOICES = {
 }
 
 PROBABILITIES = ("train.pos_fraction", "train.flip_prob", "train.affine_prob", "train.intensity_prob",
-                 "train.gamma_prob", "data.cache_rate")
+                 "train.gamma_prob", "train.noise_prob", "train.blur_prob", "train.contrast_prob", "train.low_res_prob",
+                 "data.cache_rate")
 
 COUNTS = ("train.epochs", "train.batch_size", "train.samples_per_volume", "train.volumes_per_epoch",
           "train.val_every", "train.lr_step_epochs", "infer.sw_batch_size", "train.max_nonfinite_steps")

@@ -63,3 +63,23 @@ def test_the_timed_plan_sets_the_crops_unless_they_are_given(tmp_path, monkeypat
     _, choices = plan(load_config(None, given), given)
     assert seen == [(1, 4)]  # the user's crops, timed once
     assert [c.value for c in choices if c.key == "train.batch_size"] == [1]  # the untimed choice, not planned
+
+
+def test_the_plan_turns_augmentation_on_from_the_measured_number_of_steps(tmp_path, monkeypatch):
+    import pipeline.plan.planner as planner
+    from pipeline.plan.choices import AUGMENT_FROM_STEPS
+
+    monkeypatch.setattr(planner, "time_steps", lambda cfg, *args, **kwargs: 0.05)  # s per step, any crops
+    root = _dataset(tmp_path / "ct", "CT", -1000.0, (-100.0, 400.0), spacings=((1.0, 1.0, 1.0),) * 8)
+    for budget in ("2m", "30m"):
+        keys = [f"data.root={root}", f"train.budget={budget}"]
+        _, choices = plan(load_config(None, keys), keys)
+        planned = {c.key: c for c in choices}
+        per_epoch = -(-6 // planned["train.batch_size"].value)  # 8 cases, 2 for validation: ceil(6 / batch)
+        steps = planned["train.epochs"].value * per_epoch
+        on = steps >= AUGMENT_FROM_STEPS
+        assert on == (budget == "30m")  # 2 min hold about 2,000 steps of 0.05 s, 30 min about 30,000
+        assert planned["train.noise_prob"].value == (0.1 if on else 0.0)
+        assert planned["train.affine_prob"].value == (0.2 if on else 0.0)
+        assert ("train.rotate_degrees" in planned) == on and f"{steps:,} planned steps" in planned[
+            "train.gamma_prob"].reason

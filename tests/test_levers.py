@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from skimage.exposure import equalize_adapthist
 
-from pipeline.config import InferConfig
-from pipeline.data.transforms import IMAGE, LABEL, clahe, clahe_tensor, random_affine
+from pipeline.config import InferConfig, TrainConfig
+from pipeline.data.transforms import IMAGE, LABEL, clahe, clahe_tensor, intensity_transforms, random_affine
 from pipeline.evaluate.figures import error_figure
 from pipeline.predict.engines import TorchEngine
 from pipeline.predict.sliding import flip_dims, predict_volume
@@ -73,6 +73,33 @@ def test_random_affine_stays_in_the_patch_planes(patch, rotated_about, scaled):
     assert out[IMAGE].shape == label.shape and out[LABEL].shape == label.shape
     assert set(np.unique(out[LABEL].numpy())) <= {0.0, 1.0}  # nearest for the label
     assert not torch.equal(out[IMAGE].as_tensor(), data[IMAGE])  # it did transform
+
+
+@pytest.mark.parametrize("patch", [(16, 16, 8), (32, 32, 1)])
+def test_each_intensity_augmentation_changes_the_image_as_nnunet_does(patch):
+    """Each transform alone at probability 1: the label is untouched, the image changes the way the key says,
+    and a single-slice patch is never mixed across its flat axis (blur, low resolution)."""
+    rng = np.random.default_rng(0)
+    image = torch.from_numpy(rng.standard_normal((1, *patch), dtype=np.float32))
+    label = (image > 0).float()
+    keys = ["noise_prob", "blur_prob", "intensity_prob", "contrast_prob", "low_res_prob", "gamma_prob"]
+    for key in keys:
+        steps = intensity_transforms(TrainConfig(patch_size=patch, **{key: 1.0}))
+        assert len(steps) == (2 if key == "intensity_prob" else 1)
+        out = {IMAGE: image.clone(), LABEL: label.clone()}
+        for step in steps:
+            step.set_random_state(1)
+            out = step(out)
+        got = torch.as_tensor(out[IMAGE])
+        assert torch.equal(torch.as_tensor(out[LABEL]), label) and got.shape == image.shape
+        assert not torch.allclose(got, image), key
+        if key == "noise_prob":
+            assert 0 < float((got - image).std()) <= 0.1
+        if key == "contrast_prob":  # about the mean, within the old range
+            assert abs(float(got.mean() - image.mean())) < 1e-4 and got.min() >= image.min() - 1e-5
+        if key in ("blur_prob", "low_res_prob"):
+            assert float(got.std()) < float(image.std())  # smoothed: white noise loses variance
+    assert intensity_transforms(TrainConfig(patch_size=patch)) == []  # off by default
 
 
 def test_error_figure_draws_one_row_per_case(tmp_path):

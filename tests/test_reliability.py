@@ -124,13 +124,14 @@ class _Plant:
 
 
 @pytest.mark.slow
-def test_hostile_checkpoint_never_runs_code(smoke_run, tmp_path):
+def test_hostile_checkpoint_never_runs_code(smoke_run, tmp_path, monkeypatch):
     marker = tmp_path / "planted"
     evil = tmp_path / "evil.pt"
     torch.save({"model": _Plant(marker), "config": {}}, evil)
     run = shutil.copytree(smoke_run, tmp_path / "run")
-    for env in ({}, {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}):
-        result = run_cli("test.py", "--run", str(run), "--checkpoint", str(evil), env=env)
+    for force_unsafe in ("0", "1"):  # torch.load reads the variable at each call
+        monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", force_unsafe)
+        result = run_cli("test.py", "--run", str(run), "--checkpoint", str(evil))
         assert result.returncode == 2 and "evil.pt: not a loadable checkpoint" in result.stderr
         assert "Traceback" not in result.stderr
         assert not marker.exists()

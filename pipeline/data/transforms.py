@@ -6,7 +6,8 @@ window, MR z-score over the body, generic z-score), pad to the patch,
 and, for training, foreground/background voxel indices for the crop sampler.
 Random: ``RandCropByPosNegLabeld`` patches (foreground-oversampled), flips on every
 axis the patch has, and, where the config turns them on, rotation/scaling
-(``RandAffined``), intensity scale and shift, and gamma. All deterministic steps
+(``RandAffined``) and nnU-Net's intensity set: noise, blur, brightness, contrast,
+simulated low resolution and gamma. All deterministic steps
 are invertible, so ``Invertd`` puts a prediction back on the input's own grid.
 """
 
@@ -21,7 +22,7 @@ from monai import transforms as mt
 
 from skimage.exposure import equalize_adapthist
 
-from ..config import Config
+from ..config import Config, TrainConfig
 from .io import reader_options
 from .monai_reader import PipelineReader, quiet_default_readers
 from .normalisation import Normalisation, normalise_tensor, record_moments
@@ -110,12 +111,30 @@ def random_transforms(cfg: Config) -> list:
             steps.append(mt.RandFlipd([IMAGE, LABEL], prob=t.flip_prob, spatial_axis=axis))
     if t.affine_prob > 0:
         steps.append(random_affine(t.patch_size, t.affine_prob, t.rotate_degrees, t.scale_range))
+    steps += intensity_transforms(t)
+    steps.append(mt.DeleteItemsd([FG, BG]))
+    return steps
+
+
+def intensity_transforms(t: TrainConfig) -> list:
+    """The image-only augmentations the config turns on, in nnU-Net's order: noise, blur, brightness
+    (scale and shift), contrast, low resolution, gamma. Ranges are nnU-Net's, in z-scored units."""
+    spans = [size > 1 for size in t.patch_size]
+    sigma = [(0.5, 1.0) if s else (0.0, 0.0) for s in spans]  # a flat axis is not blurred
+    steps: list = []
+    if t.noise_prob > 0:
+        steps.append(mt.RandGaussianNoised(IMAGE, prob=t.noise_prob, std=0.1))  # std drawn from [0, 0.1]
+    if t.blur_prob > 0:
+        steps.append(mt.RandGaussianSmoothd(IMAGE, *sigma, prob=t.blur_prob))
     if t.intensity_prob > 0:
         steps.append(mt.RandScaleIntensityd(IMAGE, factors=0.1, prob=t.intensity_prob))
         steps.append(mt.RandShiftIntensityd(IMAGE, offsets=0.1, prob=t.intensity_prob))
+    if t.contrast_prob > 0:
+        steps.append(mt.RandScaleIntensityFixedMeand(IMAGE, factors=0.25, preserve_range=True, prob=t.contrast_prob))
+    if t.low_res_prob > 0:
+        steps.append(mt.RandSimulateLowResolutiond(IMAGE, prob=t.low_res_prob, zoom_range=(0.5, 1.0)))
     if t.gamma_prob > 0:
         steps.append(mt.RandAdjustContrastd(IMAGE, gamma=(0.7, 1.5), prob=t.gamma_prob))
-    steps.append(mt.DeleteItemsd([FG, BG]))
     return steps
 
 

@@ -23,6 +23,9 @@ PATCH_VOXELS_2D = 256 * 256
 ANISOTROPY = 3.0  # coarsest / finest median spacing from which data counts as anisotropic
 ZERO_BACKGROUND = 0.05  # share of exactly-zero voxels from which 0 is taken as the background
 FEW_CASES = 5  # below this many labelled cases, none is held out for validation
+# planned training steps from which nnU-Net's augmentation set is turned on: measured by
+# benchmarks/augmentation.py (benchmarks/results/augmentation.md)
+AUGMENT_FROM_STEPS = 4000
 
 
 @dataclass(frozen=True)
@@ -187,3 +190,22 @@ def _mm(values) -> str:
 
 def _vox(values) -> str:
     return " x ".join(str(int(round(float(v)))) for v in values)
+
+
+def plan_augmentation(steps: int, is_2d: bool) -> list[Choice]:
+    """nnU-Net's augmentation probabilities (rotation and scaling, noise, blur, brightness, contrast, low
+    resolution, gamma; flips are always on) for a run of at least ``AUGMENT_FROM_STEPS`` steps, else off:
+    on a short budget the network has not fitted the plain crops yet, and augmentation slows that down."""
+    on = steps >= AUGMENT_FROM_STEPS
+    probs = {"affine_prob": 0.2, "noise_prob": 0.1, "blur_prob": 0.2, "intensity_prob": 0.15,
+             "contrast_prob": 0.15, "low_res_prob": 0.25, "gamma_prob": 0.3}
+    why = (f"{steps:,} planned steps, at least the {AUGMENT_FROM_STEPS:,} from which augmentation paid "
+           "(benchmarks/results/augmentation.md): nnU-Net's probabilities" if on else
+           f"{steps:,} planned steps, fewer than the {AUGMENT_FROM_STEPS:,} from which augmentation paid "
+           "(benchmarks/results/augmentation.md): off, flips only")
+    choices = [Choice(f"train.{key}", p if on else 0.0, why) for key, p in probs.items()]
+    if on:
+        choices += [Choice("train.rotate_degrees", 180.0 if is_2d else 30.0, "nnU-Net's rotation range"
+                           + (" in the plane of a 2D image" if is_2d else "")),
+                    Choice("train.scale_range", 0.3, "scaling by 0.7-1.3 (nnU-Net: 0.7-1.4)")]
+    return choices

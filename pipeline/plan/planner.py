@@ -24,7 +24,7 @@ from ..predict.streamed import window_starts
 from ..train.budget_clock import decision_passes
 from .batch import plan_crops
 from .budget import fit_schedule, parse_budget, time_steps
-from .choices import Choice, plan_data, plan_network
+from .choices import Choice, plan_augmentation, plan_data, plan_network
 from .fingerprint import Fingerprint, fingerprint
 
 DEFAULT_BUDGET = "30m"
@@ -81,7 +81,8 @@ def plan(base: Config, overrides: Sequence[str] = (), timing: bool = True,
 
 def _schedule(dataset, found: Fingerprint, choices: list[Choice], base: Config, overrides: Sequence[str],
               clock: Callable[[], float], preset: dict, fixed: set[str]) -> list[Choice]:
-    """The timed choices: crops per step (unless given) and the epochs that fill the budget."""
+    """The timed choices: crops per step (unless given), the epochs that fill the budget and the augmentation
+    that that many steps support."""
     cfg = config_from_dict(merge_overrides(_deep_merge(plan_dict(choices), preset), overrides), "plan + --set")
     budget = parse_budget(cfg.train.budget or DEFAULT_BUDGET)
     n_classes = max(dataset.labels) + 1
@@ -106,7 +107,8 @@ def _schedule(dataset, found: Fingerprint, choices: list[Choice], base: Config, 
     validation_s = len(val) * windows * forward_s  # validation runs without flips
     decision_s = validation_s * decision_passes(cfg.train)
     schedule = fit_schedule(budget, step_s, per_epoch, validation_s, decision_s)
-    return [*batch,
+    augment = plan_augmentation(schedule.epochs * per_epoch, found.is_2d)
+    return [*batch, *augment,
             Choice("train.budget", cfg.train.budget or DEFAULT_BUDGET, "the time this run may take"),
             Choice("train.epochs", schedule.epochs, schedule.reason),
             Choice("train.val_every", schedule.val_every, "five validations over the run"),

@@ -1,0 +1,104 @@
+"""Augmentation against none at a fixed budget: held-out Dice of the own-data path with nnU-Net's set on
+and off, per budget, and the planned steps of each run (where the plan's ``AUGMENT_FROM_STEPS`` comes from).
+
+    python benchmarks/augmentation.py drive --budgets 5m 30m --out /tmp/augmentation
+
+For each budget, ``train.py --set data.root=... train.budget=B`` trains twice on the same seeded split as
+``benchmarks/real_data.py`` (no validation cases; the held-out cases scored by ``test.py`` with the last
+checkpoint): ``off`` sets every augmentation probability to 0 (flips stay), ``on`` sets the plan's set
+(``plan_augmentation``'s values), so neither side depends on the threshold being measured. Each run alone,
+one after the other; runs already in ``--out`` are read again. Prints, per budget, the steps each side
+took, the held-out Dice, NSD and HD95 of each and on - off; writes ``--out/augmentation.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from pipeline.config import load_config  # noqa: E402
+from pipeline.data.layouts import load_dataset  # noqa: E402
+from pipeline.plan.choices import AUGMENT_FROM_STEPS, plan_augmentation  # noqa: E402
+from real_data import REFERENCES, foreground_means, held_out  # noqa: E402
+
+METRICS = ("dice", "nsd", "hd95")
+
+
+def side_keys(on: bool, is_2d: bool) -> list[str]:
+    """``--set`` keys of one side: the plan's augmentation set, or every probability at 0."""
+    choices = plan_augmentation(AUGMENT_FROM_STEPS if on else 0, is_2d)
+    return [f"{c.key}={c.value}" for c in choices]
+
+
+def train_and_test(folder: Path, root: str, test_ids: list[str], budget: str, keys: list[str]) -> Path:
+    """The run folder of a planned run in ``folder`` (trained and tested unless it already was)."""
+    run = folder / "latest"
+    if not (run / "test" / "summary.json").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        train = [sys.executable, "train.py", "--set", f"output_dir={folder}", f"data.root={root}",
+                 "data.test_cases=[" + ",".join(test_ids) + "]", "data.val_fraction=0", f"train.budget={budget}",
+                 *keys]
+        test = [sys.executable, "test.py", "--run", str(run), "--checkpoint", "last"]
+        for cmd, log in ((train, "train.log"), (test, "test.log")):
+            with open(folder / log, "w", encoding="utf-8") as f:
+                if subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode:
+                    sys.exit(f"error: {' '.join(cmd)} failed; see {folder / log}")
+    return run.resolve()
+
+
+def measure(run: Path) -> dict:
+    """Steps trained, training seconds and held-out foreground means of ``run``."""
+    cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["train"]
+    train_cases = len(json.loads((run / "split.json").read_text(encoding="utf-8"))["train"])
+    per_epoch = math.ceil((cfg.get("volumes_per_epoch") or train_cases) / cfg["batch_size"])
+    with open(run / "log.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    means = {name: v["mean"] for name, v in foreground_means(run / "test").items()}
+    return {"steps": per_epoch * len(rows), "seconds": sum(float(r["seconds"]) for r in rows),
+            **{m: means.get(m) for m in METRICS}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", choices=sorted(REFERENCES))
+    parser.add_argument("--budgets", nargs="+", default=["5m", "30m"])
+    parser.add_argument("--out", type=Path, required=True, help="runs go here; runs already there are read")
+    args = parser.parse_args()
+    cfg = load_config(ROOT / REFERENCES[args.dataset]["config"])
+    root = str((ROOT / cfg.data.root).resolve())
+    dataset = load_dataset(root, cfg.data)
+    test_ids = held_out([c.id for c in dataset.training], 4, cfg.train.seed)
+    is_2d = args.dataset == "drive"  # the two references: DRIVE's images are single slices, LA's volumes are not
+    lines = [f"# Augmentation on and off: {args.dataset}, own-data path", "",
+             f"`python benchmarks/augmentation.py {args.dataset} --budgets {' '.join(args.budgets)} --out "
+             f"{args.out}`; held out (last checkpoint): {', '.join(test_ids)}.", "",
+             "| budget | side | steps | train s | " + " | ".join(METRICS) + " |", "|---" * (4 + len(METRICS)) + "|"]
+    for budget in args.budgets:
+        got = {}
+        for side in ("off", "on"):
+            run = train_and_test(args.out / f"{budget}-{side}", root, test_ids, budget, side_keys(side == "on", is_2d))
+            got[side] = measure(run)
+            row = got[side]
+            print(f"{budget} {side:3s}: {row['steps']:6d} steps in {row['seconds']:.0f} s; "
+                  + "  ".join(f"{m} {row[m]:.4f}" for m in METRICS), flush=True)
+            lines.append(f"| {budget} | {side} | {row['steps']} | {row['seconds']:.0f} | "
+                         + " | ".join(f"{row[m]:.4f}" for m in METRICS) + " |")
+        diff = {m: got["on"][m] - got["off"][m] for m in METRICS}
+        print(f"{budget} on - off: " + "  ".join(f"{m} {d:+.4f}" for m, d in diff.items()), flush=True)
+        lines.append(f"| {budget} | on - off | | | " + " | ".join(f"{d:+.4f}" for d in diff.values()) + " |")
+    (args.out / "augmentation.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
