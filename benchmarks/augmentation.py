@@ -72,11 +72,12 @@ def measure(run: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", choices=sorted(REFERENCES))
+    parser.add_argument("--data", help="dataset root (default: the preset's data.root)")
     parser.add_argument("--budgets", nargs="+", default=["5m", "30m"])
     parser.add_argument("--out", type=Path, required=True, help="runs go here; runs already there are read")
     args = parser.parse_args()
     cfg = load_config(ROOT / REFERENCES[args.dataset]["config"])
-    root = str((ROOT / cfg.data.root).resolve())
+    root = args.data or str((ROOT / cfg.data.root).resolve())
     dataset = load_dataset(root, cfg.data)
     test_ids = held_out([c.id for c in dataset.training], 4, cfg.train.seed)
     is_2d = args.dataset == "drive"  # the two references: DRIVE's images are single slices, LA's volumes are not
