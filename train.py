@@ -5,6 +5,7 @@
     python train.py --config configs/smoke.yaml --set train.epochs=3 model.name=usegnet2
     python train.py --resume outputs/demo-20261123-101500
     python train.py --set data.root=/data/mine train.budget=30m   # own data: planned from the data
+    python train.py --set data.root=/data/mine data.folds=5 train.budget=2h   # 5 folds sharing 2 h
     torchrun --nproc_per_node=2 train.py --config configs/smoke.yaml   # data-parallel
 """
 
@@ -18,7 +19,7 @@ from pipeline import distributed
 from pipeline.errors import UserError, exit_on_user_error, setup_logging
 from pipeline.plan.planner import run_config
 from pipeline.runtime import process_started
-from pipeline.train.run import TrainingInterrupted, run_training
+from pipeline.train.folds import TrainingInterrupted, train_run
 
 DEFAULT_CONFIG = "configs/demo.yaml"
 
@@ -44,7 +45,7 @@ def main() -> None:
     cfg, plan = distributed.on_main(lambda: run_config(config, args.overrides, args.resume, args.config, args.plan),
                                     info)
     try:
-        run_dir = run_training(cfg, resume_dir=args.resume, info=info, plan=plan, started=started)
+        run_dir = train_run(cfg, args.resume, info, plan, started)  # data.folds=K: every fold, one folder
     except TrainingInterrupted as stop:
         if info.is_main:
             print(f"interrupted: {stop}", file=sys.stderr)

@@ -58,13 +58,17 @@ def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
-def weights_digest(weights: dict[str, torch.Tensor]) -> str:
-    """SHA-256 of a state dict's names and values: which weights a decision was made with."""
+def weights_digest(*states: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of state dicts' names and values, in order: which weights (one network, or the folds of an
+    ensemble) a decision was made with."""
     digest = hashlib.sha256()
-    for name in sorted(weights):
-        tensor = weights[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    for i, weights in enumerate(states):
+        if i:
+            digest.update(f"|member {i}|".encode())
+        for name in sorted(weights):
+            tensor = weights[name].detach().cpu().contiguous()
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

@@ -48,7 +48,7 @@ class DataConfig:
     spacing: tuple[float, float, float] | None = None  # resample to this spacing (mm); None keeps the native grid
     val_fraction: float = 0.2  # of the training cases, held out for validation (seeded)
     folds: int = 0  # k-fold cross-validation when > 1: fold `fold` is the validation set
-    fold: int = 0
+    fold: int | None = None  # unset with folds > 1: train.py trains every fold in one folder, sharing the budget
     val_cases: tuple[str, ...] | None = None  # explicit validation case ids (override the above)
     test_cases: tuple[str, ...] | None = None  # explicit test case ids taken out of the training cases
     cache_rate: float = 1.0  # fraction of preprocessed training volumes kept in memory

@@ -83,3 +83,20 @@ def test_the_plan_turns_augmentation_on_from_the_measured_number_of_steps(tmp_pa
         assert planned["train.affine_prob"].value == (0.2 if on else 0.0)
         assert ("train.rotate_degrees" in planned) == on and f"{steps:,} planned steps" in planned[
             "train.gamma_prob"].reason
+
+
+def test_folds_share_the_budget_the_plan_times(tmp_path, monkeypatch):
+    import pipeline.plan.planner as planner
+
+    monkeypatch.setattr(planner, "time_steps", lambda cfg, *args, **kwargs: 0.05)
+    root = _dataset(tmp_path / "ct", "CT", -1000.0, (-100.0, 400.0), spacings=((1.0, 1.0, 1.0),) * 8)
+    epochs = {}
+    for folds in (0, 4):
+        keys = [f"data.root={root}", "train.budget=20m", f"data.folds={folds}", "train.samples_per_volume=2",
+                "train.batch_size=1", "train.decide_postprocessing=false"]
+        _, choices = plan(load_config(None, keys), keys)
+        planned = {c.key: c for c in choices}
+        epochs[folds] = planned["train.epochs"].value
+    assert "shared by its 4 folds" in planned["train.budget"].reason
+    # 8 cases: 6 train a step each per epoch without folds (2 validate), 6 with 4 folds (fold 0 validates 2)
+    assert epochs[4] == pytest.approx(epochs[0] / 4, abs=1)

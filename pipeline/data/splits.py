@@ -11,6 +11,12 @@ from ..errors import UserError
 from .cases import Case
 
 
+def every_fold(data: DataConfig) -> bool:
+    """Whether the configuration asks for every fold of a k-fold cross-validation (``data.folds`` > 1,
+    ``data.fold`` unset): one run folder, one fold after the other."""
+    return data.folds > 1 and data.fold is None
+
+
 def split_cases(cases: Sequence[Case], data: DataConfig, seed: int) -> tuple[list[Case], list[Case], list[Case]]:
     """(train, val, test) from the training cases: explicit ids, k-fold, or a seeded fraction."""
     by_id = {c.id: c for c in cases}
@@ -33,6 +39,9 @@ def split_cases(cases: Sequence[Case], data: DataConfig, seed: int) -> tuple[lis
     if data.val_cases is not None:
         val = pick(data.val_cases, "data.val_cases")
     elif data.folds > 1:
+        if data.fold is None:
+            raise UserError(f"data.folds={data.folds}: data.fold is not set; set it to train one fold, or run "
+                            "train.py, which trains them all")
         if not 0 <= data.fold < data.folds:
             raise UserError(f"data.fold must be in 0..{data.folds - 1}, got {data.fold}")
         if data.folds > len(pool):

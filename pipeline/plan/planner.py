@@ -17,7 +17,7 @@ import yaml
 
 from ..config import Config, config_from_dict, load_config, merge_overrides, read_yaml
 from ..data.check import checked_dataset
-from ..data.splits import split_cases
+from ..data.splits import every_fold, split_cases
 from ..errors import UserError
 from ..predict.postprocess import DECIDED_KEYS
 from ..predict.streamed import window_starts
@@ -84,9 +84,11 @@ def _schedule(dataset, found: Fingerprint, choices: list[Choice], base: Config, 
     """The timed choices: crops per step (unless given), the epochs that fill the budget and the augmentation
     that that many steps support."""
     cfg = config_from_dict(merge_overrides(_deep_merge(plan_dict(choices), preset), overrides), "plan + --set")
-    budget = parse_budget(cfg.train.budget or DEFAULT_BUDGET)
     n_classes = max(dataset.labels) + 1
-    train, val, _ = split_cases(list(dataset.training), cfg.data, cfg.train.seed)
+    folds = every_fold(cfg.data)  # each fold gets its share of the time
+    data = dataclasses.replace(cfg.data, fold=0) if folds else cfg.data  # the folds' sizes differ by one case
+    train, val, _ = split_cases(list(dataset.training), data, cfg.train.seed)
+    budget = parse_budget(cfg.train.budget or DEFAULT_BUDGET) / (cfg.data.folds if folds else 1)
 
     def seconds_at(volumes: int, per_volume: int) -> float:
         crops = dataclasses.replace(cfg.train, batch_size=volumes, samples_per_volume=per_volume)
@@ -109,7 +111,8 @@ def _schedule(dataset, found: Fingerprint, choices: list[Choice], base: Config, 
     schedule = fit_schedule(budget, step_s, per_epoch, validation_s, decision_s)
     augment = plan_augmentation(schedule.epochs * per_epoch, found.is_2d)
     return [*batch, *augment,
-            Choice("train.budget", cfg.train.budget or DEFAULT_BUDGET, "the time this run may take"),
+            Choice("train.budget", cfg.train.budget or DEFAULT_BUDGET, "the time this run may take"
+                   + (f", shared by its {cfg.data.folds} folds (the epochs are one fold's)" if folds else "")),
             Choice("train.epochs", schedule.epochs, schedule.reason),
             Choice("train.val_every", schedule.val_every, "five validations over the run"),
             Choice("train.lr_schedule", "poly", "poly decay to 0 over the planned epochs")]

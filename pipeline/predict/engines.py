@@ -156,3 +156,18 @@ def build_engine(backend: str, device: torch.device, model: Callable[[], nn.Modu
         "fp16" if amp_dtype == torch.float16 and name == "torch" else "fp32"
     log.info("inference engine: %s (%s), %s, %d thread(s)", name, reason, precision, threads)
     return engine
+
+
+class EnsembleEngine:
+    """Several engines of one architecture and patch (the folds of a cross-validation) as one: the log of
+    the mean of their softmax probabilities, so that blending, flips, argmax and softmax downstream treat
+    it as logits and the softmax of the result is the folds' mean probability (nnU-Net's ensemble)."""
+
+    def __init__(self, engines: list[Engine]):
+        self.engines = engines
+        self.name = f"ensemble of {len(engines)} {engines[0].name}"
+        self.device = engines[0].device
+
+    def __call__(self, windows: torch.Tensor) -> torch.Tensor:
+        mean = sum(torch.softmax(engine(windows).float(), dim=1) for engine in self.engines) / len(self.engines)
+        return torch.log(mean.clamp_min(torch.finfo(torch.float32).tiny))

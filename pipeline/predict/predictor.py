@@ -30,7 +30,7 @@ from ..data.transforms import IMAGE, preprocess_transforms
 from ..errors import UserError
 from ..runtime import resolve_precision, select_device
 from ..checkpoint import load_checkpoint, weights_digest
-from .engines import Engine, TorchEngine, build_engine
+from .engines import EnsembleEngine, Engine, TorchEngine, build_engine
 from .onnx_graph import to_onnx
 from .package import Package, read_package
 from .postprocess import decided_overrides, postprocess
@@ -81,20 +81,25 @@ class Predictor:
         """The network of a run from ``best``, ``last`` or a checkpoint path; ``overrides``
         (``infer.overlap=0.5``, ``infer.backend=torch`` ...) change the run's inference and
         evaluation settings, nothing else."""
-        named = checkpoint in ("best", "last")
-        path = Path(run_dir) / "checkpoints" / f"{checkpoint}.pt" if named else Path(checkpoint)
-        state = load_checkpoint(path)
-        decided = decided_overrides(run_dir, weights_digest(state["model"]))
-        overrides = [*decided, *_inference_only(overrides)]  # the decision, under the user's keys
-        cfg = _config(state["config"], overrides, f"{path} (config)")
-        labels = {int(k): v for k, v in state["labels"].items()}
-        in_channels = int(state["in_channels"])
-        @functools.cache  # built once, whether the engine runs it or exports it
-        def model() -> nn.Module:
-            return load_network(cfg, in_channels, labels, state["model"], path)
+        return cls.from_folds(run_dir, [run_dir], checkpoint, overrides, device)
 
-        return cls(_engine(cfg, device, model, lambda: to_onnx(model(), in_channels, cfg.train.patch_size)),
-                   cfg, labels, in_channels)
+    @classmethod
+    def from_folds(cls, parent: str | Path, folds: Sequence[str | Path], checkpoint: str = "best",
+                   overrides: Sequence[str] = (), device: torch.device | None = None) -> Predictor:
+        """The networks of the run folders ``folds`` (one: that run's network; several: the folds of a
+        cross-validation, averaged by ``EnsembleEngine``), each from its ``checkpoint``, with ``parent``'s
+        post-processing decision where it was made with these weights; ``overrides`` as for ``from_run``."""
+        named = checkpoint in ("best", "last")
+        paths = [Path(f) / "checkpoints" / f"{checkpoint}.pt" if named else Path(checkpoint) for f in folds]
+        states = [load_checkpoint(path) for path in paths]
+        decided = decided_overrides(parent, weights_digest(*(state["model"] for state in states)))
+        overrides = [*decided, *_inference_only(overrides)]  # the decision, under the user's keys
+        cfg = _config(states[0]["config"], overrides, f"{paths[0]} (config)")
+        labels = {int(k): v for k, v in states[0]["labels"].items()}
+        in_channels = int(states[0]["in_channels"])
+        engines = [_member(cfg, device, in_channels, labels, state["model"], path)
+                   for state, path in zip(states, paths)]
+        return cls(engines[0] if len(engines) == 1 else EnsembleEngine(engines), cfg, labels, in_channels)
 
     @classmethod
     def from_package(cls, package: str | Path | Package, overrides: Sequence[str] = (),
@@ -194,6 +199,16 @@ def load_network(cfg: Config, in_channels: int, labels: dict[int, str], weights:
         raise UserError(f"{source}: weights do not fit model {cfg.model.name} {cfg.model.channels} "
                         f"({str(err).splitlines()[0]})") from None
     return model.eval()
+
+
+def _member(cfg: Config, device: torch.device | None, in_channels: int, labels: dict[int, str], weights: dict,
+            source: Path) -> Engine:
+    """The engine of one network: the PyTorch network built once, whether the engine runs it or exports it."""
+    @functools.cache
+    def model() -> nn.Module:
+        return load_network(cfg, in_channels, labels, weights, source)
+
+    return _engine(cfg, device, model, lambda: to_onnx(model(), in_channels, cfg.train.patch_size))
 
 
 def _engine(cfg: Config, device: torch.device | None, model, onnx) -> Engine:

@@ -33,6 +33,7 @@ from ..evaluate.report import read_case_rows, write_case_rows, write_reports
 from ..evaluate.rows import MetricOptions, evaluate_case, summarize
 from ..evaluate.slabs import score_stack
 from .clinical_outputs import check_sources, needs_probabilities, warn_if_streamed, write_clinical_outputs
+from .folds import fold_dirs
 from .outputs import discard_unfinished, new_output_dir
 from .predictor import Predictor
 from .stack_job import predict_slabs, stack_thumbnail, streamed_stack, write_volume_prediction
@@ -218,6 +219,7 @@ def run_test(
     ``overrides`` (``infer.overlap=0.5`` ...) change inference settings of the run's config.
     """
     device = info.device() if info.enabled else None
+    title = None
     if model is not None:
         if data is None and images is None:
             raise UserError(f"{model}: a model package has no test split; give --data ROOT or --images DIR")
@@ -227,8 +229,11 @@ def run_test(
     else:
         base = resolve_run(run)
         load_config(base / "config.yaml")  # fail early on a damaged run folder
-        predictor = Predictor.from_run(base, checkpoint, overrides, device)
+        folds = fold_dirs(base)
+        predictor = Predictor.from_folds(base, folds or [base], checkpoint, overrides, device)
         name, kind = base.name, scored_kind(base, data, images, checkpoint)
+        if folds:  # the report says which networks were averaged
+            title = f"{name}, ensemble: the mean probabilities of {', '.join(f.name for f in folds)} ({checkpoint})"
     cases = run_cases(base, predictor.cfg, data, images, labels)
     check_sources(predictor.cfg, cases)  # before the output folder: nothing half-written
     existed = out is not None and Path(out).exists()
@@ -243,7 +248,7 @@ def run_test(
     if not info.is_main:
         return out_dir, None
     curve = base / "loss.png" if model is None and (base / "loss.png").is_file() else None
-    return out_dir, _report(name, out_dir, cases, kind, curve)
+    return out_dir, _report(title or name, out_dir, cases, kind, curve)
 
 
 def _test_cases(predictor: Predictor, cases: list[Case], out_dir: Path, resume: bool, info: Dist,

@@ -59,10 +59,10 @@ def choose(plain: Sequence[np.ndarray], flipped: Sequence[np.ndarray], refs: Seq
     return {"infer.tta": tta, **chosen, "dice": scores}
 
 
-def decide_postprocessing(model: torch.nn.Module, cfg: Config, labels: dict[int, str], cases: Sequence[Case],
-                          run_dir: Path) -> dict:
-    """Predict ``cases`` without and with flips, choose, and write ``run_dir/postprocessing.json`` with
-    the digest of ``model``'s weights (it applies to those only)."""
+def validation_maps(model: torch.nn.Module, cfg: Config, labels: dict[int, str],
+                    cases: Sequence[Case]) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """(plain, flipped, references): the label maps (x, y, z) of ``cases`` predicted by ``model`` without
+    and with flips, post-processing off, and their reference labels."""
     plain_cfg = dataclasses.replace(cfg, infer=dataclasses.replace(cfg.infer, tta=False, largest_component=False,
                                                                    fill_holes=False))
     flipped_cfg = dataclasses.replace(plain_cfg, infer=dataclasses.replace(plain_cfg.infer, tta=True))
@@ -72,15 +72,31 @@ def decide_postprocessing(model: torch.nn.Module, cfg: Config, labels: dict[int,
         refs.append(load_image(case.label, **reader_options(cfg.data, label=True))[0])
         plain.append(Predictor(model, plain_cfg, labels).predict(case).label)
         flipped.append(Predictor(model, flipped_cfg, labels).predict(case).label)
+    return plain, flipped, refs
+
+
+def choose_and_write(plain: Sequence[np.ndarray], flipped: Sequence[np.ndarray], refs: Sequence[np.ndarray],
+                     labels: dict[int, str], cases: Sequence[str], digest: str, run_dir: Path) -> dict:
+    """``choose`` on the maps of ``cases``, written to ``run_dir/postprocessing.json`` with the ``digest`` of
+    the weights that predicted them (it applies to those only)."""
     decision = choose(plain, flipped, refs, sorted(k for k in labels if k != 0))
-    decision["cases"] = [c.id for c in cases]
-    decision["weights"] = weights_digest(model.state_dict())
+    decision["cases"] = list(cases)
+    decision["weights"] = digest
     (run_dir / DECISION_FILE).write_text(json.dumps(decision, indent=2) + "\n", encoding="utf-8")
     log.info("post-processing decided on %d validation case(s): tta %s, largest component %s, fill holes %s "
              "(Dice %s)", len(cases), decision["infer.tta"], decision["infer.largest_component"] or "none",
              decision["infer.fill_holes"] or "none",
              ", ".join(f"{k.removeprefix('infer.')} {v:.4f}" for k, v in decision["dice"].items()))
     return decision
+
+
+def decide_postprocessing(model: torch.nn.Module, cfg: Config, labels: dict[int, str], cases: Sequence[Case],
+                          run_dir: Path) -> dict:
+    """Predict ``cases`` without and with flips, choose, and write ``run_dir/postprocessing.json`` with
+    the digest of ``model``'s weights (it applies to those only)."""
+    plain, flipped, refs = validation_maps(model, cfg, labels, cases)
+    return choose_and_write(plain, flipped, refs, labels, [c.id for c in cases], weights_digest(model.state_dict()),
+                            run_dir)
 
 
 def decide_after_training(cfg: Config, run_dir: Path) -> None:
@@ -93,7 +109,7 @@ def decide_after_training(cfg: Config, run_dir: Path) -> None:
                  cfg.infer.tta, cfg.infer.largest_component, cfg.infer.fill_holes)
         return
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
-    decided = _decided_with(run_dir / DECISION_FILE)
+    decided = decided_with(run_dir / DECISION_FILE)
     if decided == weights_digest(best["model"]):
         return
     if decided is not None:
@@ -104,7 +120,7 @@ def decide_after_training(cfg: Config, run_dir: Path) -> None:
     decide_postprocessing(predictor.model, predictor.cfg, predictor.labels, [dataset.case(i) for i in val], run_dir)
 
 
-def _decided_with(path: Path) -> str | None:
+def decided_with(path: Path) -> str | None:
     """The weights digest a decision file names (None without a readable one: decide again)."""
     try:
         decision = json.loads(path.read_text(encoding="utf-8"))

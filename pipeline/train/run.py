@@ -60,19 +60,22 @@ def new_run_dir(cfg: Config) -> Path:
 
 
 def run_training(cfg: Config, resume_dir: str | Path | None = None, info: Dist = Dist(),
-                 plan: str | None = None, started: float | None = None) -> Path:
+                 plan: str | None = None, started: float | None = None, folder: Path | None = None,
+                 decide: bool = True) -> Path:
     """Check the data, make (or reopen) the run folder, and fit. Returns the run folder.
 
     Under torchrun rank 0 alone checks the data and writes the run folder; the
     other ranks receive the outcome (or stop quietly on its error, which rank 0 reports).
     ``plan`` (the planner's YAML, reasons as comments) is kept as ``plan.yaml`` in a new run folder.
-    ``started`` (``time.monotonic()`` when ``train.py`` began) starts the budget's clock.
+    ``started`` (``time.monotonic()`` when ``train.py`` began) starts the budget's clock. ``folder``: the new
+    run's folder (a fold's), instead of ``<output_dir>/<name>-<timestamp>``. ``decide``: off for a fold,
+    whose post-processing is decided on all folds together (``folds.py``).
     """
-    run, resume = on_main(lambda: prepare_run(cfg, resume_dir, plan), info)
+    run, resume = on_main(lambda: prepare_run(cfg, resume_dir, plan, folder), info)
     if run is not None and (resume is None or not _finished(cfg, resume)):
         fit(cfg, run, resume, info, started)
     run_dir = Path(run.dir if run is not None else resume_dir)
-    if cfg.train.decide_postprocessing and info.is_main:
+    if cfg.train.decide_postprocessing and decide and info.is_main:
         decide_after_training(cfg, run_dir)
     return run_dir
 
@@ -91,7 +94,7 @@ def _reopen(cfg: Config, run_dir: Path) -> dict:
     return resume
 
 
-def _new_run(cfg: Config, dataset: Dataset, plan: str | None = None) -> Run:
+def _new_run(cfg: Config, dataset: Dataset, plan: str | None = None, folder: Path | None = None) -> Run:
     """A new run folder with ``config.yaml``, ``split.json`` (train / val / test case ids) and the plan."""
     train, val, held_out = split_cases(list(dataset.training), cfg.data, cfg.train.seed)
     test = held_out or [c for c in dataset.test if c.label is not None] or val  # data.test_cases, when set, win
@@ -99,7 +102,9 @@ def _new_run(cfg: Config, dataset: Dataset, plan: str | None = None) -> Run:
         log.warning("no held-out cases: test.py will evaluate the training cases; use --data for real test data")
         test = train
     lazy_cases(cfg, train + val)  # settings that lazy stores would not apply are refused before the folder exists
-    run_dir = new_run_dir(cfg)
+    if folder is not None:
+        folder.mkdir()
+    run_dir = folder or new_run_dir(cfg)
     save_config(cfg, run_dir / "config.yaml")
     if plan is not None:
         (run_dir / "plan.yaml").write_text(plan, encoding="utf-8")
@@ -110,7 +115,8 @@ def _new_run(cfg: Config, dataset: Dataset, plan: str | None = None) -> Run:
     return Run(run_dir, dataset, train, val)
 
 
-def prepare_run(cfg: Config, resume_dir: str | Path | None, plan: str | None = None) -> tuple[Run | None, dict | None]:
+def prepare_run(cfg: Config, resume_dir: str | Path | None, plan: str | None = None,
+                folder: Path | None = None) -> tuple[Run | None, dict | None]:
     """Checked data and a new (or reopened) run folder; (None, checkpoint) when the resumed run is done."""
     if resume_dir is None:
         dataset = checked_dataset(cfg.data)
@@ -118,7 +124,7 @@ def prepare_run(cfg: Config, resume_dir: str | Path | None, plan: str | None = N
             build_from_config(cfg.model, len(dataset.modalities), max(dataset.labels) + 1, cfg.train.patch_size)
         except ValueError as err:
             raise UserError(str(err)) from None
-        return _new_run(cfg, dataset, plan), None
+        return _new_run(cfg, dataset, plan, folder), None
     run_dir = Path(resume_dir)
     resume = _reopen(cfg, run_dir)
     if _finished(cfg, resume):

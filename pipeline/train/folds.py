@@ -1,0 +1,148 @@
+"""Every fold of a k-fold cross-validation in one run folder, sharing one budget (``data.folds`` > 1 with
+``data.fold`` unset), as nnU-Net trains its five folds:
+
+    <output_dir>/<name>-<timestamp>/
+        config.yaml  plan.yaml  split.json  folds.json
+        fold_0/ ... fold_<K-1>/     each a run folder of its own (test.py --run works on one fold)
+        folds.csv                   validation Dice per fold and their mean, written as each fold ends
+        postprocessing.json         flips and post-processing decided on the pooled out-of-fold predictions
+
+Folds train one after the other; ``train.py --resume PARENT`` skips finished folds and resumes the
+interrupted one. ``test.py --run PARENT`` averages the folds' probabilities (``Predictor.from_folds``).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from ..checkpoint import load_checkpoint, weights_digest
+from ..config import Config, load_config, save_config
+from ..config_rules import budget_seconds
+from ..data.check import checked_dataset
+from ..data.splits import every_fold, split_cases
+from ..distributed import Dist, on_main
+from ..predict.folds import FOLDS_FILE
+from ..predict.postprocess import DECISION_FILE
+from ..predict.predictor import Predictor
+from .postprocessing import choose_and_write, decided_with, validation_maps
+from .run import new_run_dir, run_training
+from .signals import TrainingInterrupted
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TrainingInterrupted", "train_folds", "train_run", "write_summary", "decide_on_folds", "fold_config"]
+
+SUMMARY_FILE = "folds.csv"
+
+
+def train_run(cfg: Config, resume_dir: str | Path | None = None, info: Dist = Dist(), plan: str | None = None,
+              started: float | None = None) -> Path:
+    """What ``train.py`` runs: every fold (``data.folds`` > 1, ``data.fold`` unset) or one run; its folder."""
+    if every_fold(cfg.data):
+        return train_folds(cfg, resume_dir, info, plan, started)
+    return run_training(cfg, resume_dir, info, plan, started)
+
+
+def fold_config(cfg: Config, k: int) -> Config:
+    """Fold ``k`` of ``cfg``: its validation cases, and its share of the budget (a K-th)."""
+    budget = budget_seconds(cfg.train.budget) if cfg.train.budget is not None else None
+    share = None if budget is None else f"{budget / cfg.data.folds:.0f}s"
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, fold=k),
+                               train=dataclasses.replace(cfg.train, budget=share))
+
+
+def train_folds(cfg: Config, parent: str | Path | None = None, info: Dist = Dist(), plan: str | None = None,
+                started: float | None = None) -> Path:
+    """Train (or, with ``parent``, resume) every fold; returns the parent folder. ``started`` counts toward
+    the first fold trained in this process."""
+    parent = Path(parent) if parent is not None else on_main(lambda: _new_parent(cfg, plan), info)
+    names = json.loads((parent / FOLDS_FILE).read_text(encoding="utf-8"))["folds"]
+    for k, name in enumerate(names):
+        folder = parent / name
+        done = (folder / "checkpoints" / "last.pt").is_file()
+        if not done and folder.exists() and info.is_main:  # killed before its first checkpoint: start it again
+            log.info("%s: no checkpoint yet, starting the fold again", folder)
+            shutil.rmtree(folder)
+        fold_cfg = load_config(folder / "config.yaml") if done else fold_config(cfg, k)
+        log.info("fold %d of %d: %s", k + 1, len(names), folder)
+        run_training(fold_cfg, folder if done else None, info, started=started, folder=None if done else folder,
+                     decide=False)
+        started = None  # the next fold's clock starts with it
+        if info.is_main:
+            write_summary(parent, names)
+    if cfg.train.decide_postprocessing and info.is_main:
+        decide_on_folds(parent, [parent / n for n in names])
+    return parent
+
+
+def _new_parent(cfg: Config, plan: str | None) -> Path:
+    """The parent folder with its configuration, plan, split (held-out cases) and list of folds."""
+    parent = new_run_dir(cfg)
+    save_config(cfg, parent / "config.yaml")
+    if plan is not None:
+        (parent / "plan.yaml").write_text(plan, encoding="utf-8")
+    dataset = checked_dataset(cfg.data)
+    train, val, test = split_cases(list(dataset.training), dataclasses.replace(cfg.data, fold=0), cfg.train.seed)
+    pool = [c.id for c in train + val]  # every case validates one fold: each is out-of-fold once
+    held_out = [c.id for c in test] or [c.id for c in dataset.test if c.label is not None] or pool
+    split = {"root": str(dataset.root), "train": pool, "val": pool, "test": held_out}
+    (parent / "split.json").write_text(json.dumps(split, indent=2), encoding="utf-8")
+    folds = {"folds": [f"fold_{k}" for k in range(cfg.data.folds)], "budget": cfg.train.budget}
+    (parent / FOLDS_FILE).write_text(json.dumps(folds, indent=2) + "\n", encoding="utf-8")
+    log.info("cross-validation: %d folds in %s", cfg.data.folds, parent)
+    return parent
+
+
+def write_summary(parent: Path, names: list[str]) -> list[dict]:
+    """``folds.csv``: per finished fold its cases, epochs, seconds, last and best validation Dice; then
+    their mean. Returns the rows."""
+    rows = []
+    for name in names:
+        log_csv = parent / name / "log.csv"
+        if not log_csv.is_file():
+            continue
+        with open(log_csv, newline="", encoding="utf-8") as f:
+            epochs = list(csv.DictReader(f))
+        dice = [float(r["val_dice"]) for r in epochs if r["val_dice"]]
+        split = json.loads((parent / name / "split.json").read_text(encoding="utf-8"))
+        rows.append({"fold": name, "train_cases": len(split["train"]), "val_cases": len(split["val"]),
+                     "epochs": len(epochs), "seconds": round(sum(float(r["seconds"]) for r in epochs), 1),
+                     "last_val_dice": dice[-1] if dice else "", "best_val_dice": max(dice) if dice else ""})
+    scored = [r for r in rows if r["best_val_dice"] != ""]
+    mean = {"fold": "mean", **{k: "" for k in rows[0] if k != "fold"}} if rows else {}
+    for key in ("last_val_dice", "best_val_dice"):
+        if scored:
+            mean[key] = round(sum(r[key] for r in scored) / len(scored), 6)
+    with open(parent / SUMMARY_FILE, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["fold"])
+        writer.writeheader()
+        writer.writerows([*rows, mean] if rows else [])
+    if scored:
+        log.info("folds so far: mean validation Dice %.4f (last epoch), %.4f (best)", mean["last_val_dice"],
+                 mean["best_val_dice"])
+    return rows
+
+
+def decide_on_folds(parent: Path, folds: list[Path]) -> dict:
+    """Flips and post-processing for the ensemble, decided on the pooled out-of-fold predictions: each
+    fold's ``best`` network predicts its own validation cases. Written to ``parent/postprocessing.json``
+    with the digest of the folds' weights together; kept when it was made with these weights already."""
+    digest = weights_digest(*(load_checkpoint(f / "checkpoints" / "best.pt")["model"] for f in folds))
+    if decided_with(parent / DECISION_FILE) == digest:
+        return json.loads((parent / DECISION_FILE).read_text(encoding="utf-8"))
+    plain, flipped, refs, cases = [], [], [], []
+    for fold in folds:
+        predictor = Predictor.from_run(fold, "best", ["infer.backend=torch"])  # the network, as validation
+        dataset = checked_dataset(predictor.cfg.data)
+        val = [dataset.case(i) for i in json.loads((fold / "split.json").read_text(encoding="utf-8"))["val"]]
+        maps = validation_maps(predictor.model, predictor.cfg, predictor.labels, val)
+        for pooled, part in zip((plain, flipped, refs), maps):
+            pooled += part
+        cases += [c.id for c in val]
+    (parent / DECISION_FILE).unlink(missing_ok=True)  # made for other weights: applies to none
+    return choose_and_write(plain, flipped, refs, predictor.labels, cases, digest, parent)

@@ -1,0 +1,100 @@
+"""Every fold of a cross-validation in one run folder sharing a budget, their summary, the pooled
+post-processing decision, resume fold by fold, and the ensemble that ``test.py`` averages."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli, smoke_args
+from pipeline.config import load_config
+from pipeline.predict.engines import EnsembleEngine, TorchEngine
+from pipeline.predict.predictor import Predictor
+from pipeline.train.folds import fold_config
+
+
+def test_the_ensemble_is_the_mean_of_the_folds_probabilities():
+    torch.manual_seed(0)
+    nets = [torch.nn.Conv3d(1, 3, 3, padding=1) for _ in range(3)]
+    windows = torch.randn(2, 1, 8, 8, 4)
+    got = EnsembleEngine([TorchEngine(n, None) for n in nets])(windows)
+    with torch.no_grad():
+        mean = sum(torch.softmax(n(windows), dim=1) for n in nets) / 3
+    torch.testing.assert_close(torch.softmax(got, dim=1), mean)  # its "logits" are log-probabilities
+    torch.testing.assert_close(got.exp().sum(dim=1), torch.ones(2, 8, 8, 4))
+    assert not torch.allclose(got.argmax(1), nets[0](windows).argmax(1))  # not one fold's answer
+
+
+def test_each_fold_gets_a_kth_of_the_budget():
+    cfg = load_config(None, ["data.folds=3", "train.budget=30m"])
+    folds = [fold_config(cfg, k) for k in range(3)]
+    assert [(f.data.fold, f.train.budget) for f in folds] == [(0, "600s"), (1, "600s"), (2, "600s")]
+    assert fold_config(load_config(None, ["data.folds=3"]), 1).train.budget is None
+
+
+@pytest.fixture(scope="module")
+def folds_run(tiny_dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("folds")
+    result = run_cli(*smoke_args(tiny_dataset, out, "data.folds=2", "train.decide_postprocessing=true"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return (out / "latest").resolve()
+
+
+@pytest.mark.slow
+def test_two_folds_train_in_one_folder_with_a_summary_and_a_pooled_decision(folds_run):
+    parent = folds_run
+    assert json.loads((parent / "folds.json").read_text())["folds"] == ["fold_0", "fold_1"]
+    vals = [json.loads((parent / f / "split.json").read_text())["val"] for f in ("fold_0", "fold_1")]
+    assert len(vals[0]) == len(vals[1]) == 2 and not set(vals[0]) & set(vals[1])  # 4 cases, each validates once
+    with open(parent / "folds.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["fold"] for r in rows] == ["fold_0", "fold_1", "mean"]
+    best = [float(r["best_val_dice"]) for r in rows[:2]]
+    assert float(rows[2]["best_val_dice"]) == pytest.approx(np.mean(best), abs=1e-6)
+    for r, name in zip(rows, ("fold_0", "fold_1")):  # each fold's row is its own log's
+        with open(parent / name / "log.csv", newline="") as f:
+            logged = [float(e["val_dice"]) for e in csv.DictReader(f)]
+        assert int(r["epochs"]) == 2 and float(r["best_val_dice"]) == pytest.approx(max(logged), abs=1e-9)
+    decision = json.loads((parent / "postprocessing.json").read_text())
+    assert sorted(decision["cases"]) == sorted(vals[0] + vals[1])  # pooled out-of-fold predictions
+    assert not any((parent / f / "postprocessing.json").exists() for f in ("fold_0", "fold_1"))
+
+
+@pytest.mark.slow
+def test_test_py_averages_the_folds_and_says_so(folds_run, tiny_dataset, tmp_path):
+    result = run_cli("test.py", "--run", str(folds_run), "--out", str(tmp_path / "test"), "--set",
+                     "infer.probabilities=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (tmp_path / "test" / "report.md").read_text(encoding="utf-8")
+    assert "ensemble: the mean probabilities of fold_0, fold_1 (best)" in report
+    case = json.loads((folds_run / "split.json").read_text())["test"][0]
+    image = tmp_path / "window.nii.gz"  # one patch of the case: one window, so no blending of windows
+    nib.save(nib.load(tiny_dataset / "imagesTs" / f"{case}.nii.gz").slicer[8:40, 8:40, 4:20], image)
+    ensemble = Predictor.from_folds(folds_run, [folds_run / "fold_0", folds_run / "fold_1"],
+                                    overrides=["infer.tta=false"])
+    alone = [Predictor.from_run(folds_run / f, overrides=["infer.tta=false"]) for f in ("fold_0", "fold_1")]
+    probs = [p.predict(image, probabilities=True).probabilities for p in (ensemble, *alone)]
+    np.testing.assert_allclose(probs[0], (probs[1] + probs[2]) / 2, atol=2e-6)
+    assert np.abs(probs[1] - probs[2]).max() > 0.01  # the folds disagree somewhere: the mean is not either
+
+
+@pytest.mark.slow
+def test_a_killed_cross_validation_resumes_fold_by_fold(folds_run, tmp_path):
+    parent = Path(shutil.copytree(folds_run, tmp_path / folds_run.name))
+    first = (parent / "fold_0" / "checkpoints" / "last.pt").read_bytes()
+    shutil.rmtree(parent / "fold_1" / "checkpoints")  # killed before fold 1's first checkpoint
+    (parent / "postprocessing.json").unlink()
+    resumed = run_cli("train.py", "--resume", str(parent))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "fold_1: no checkpoint yet, starting the fold again" in resumed.stderr
+    assert (parent / "fold_0" / "checkpoints" / "last.pt").read_bytes() == first  # the finished fold untouched
+    assert (parent / "fold_1" / "checkpoints" / "last.pt").is_file() and (parent / "postprocessing.json").is_file()
+    with open(parent / "folds.csv", newline="") as f:
+        assert [r["fold"] for r in csv.DictReader(f)] == ["fold_0", "fold_1", "mean"]
