@@ -42,7 +42,8 @@ def test_each_fold_gets_a_kth_of_the_budget():
 @pytest.fixture(scope="module")
 def folds_run(tiny_dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("folds")
-    result = run_cli(*smoke_args(tiny_dataset, out, "data.folds=2", "train.decide_postprocessing=true"))
+    result = run_cli(*smoke_args(tiny_dataset, out, "data.folds=2", "train.epochs=1",
+                                 "train.decide_postprocessing=true"))
     assert result.returncode == 0, result.stderr[-3000:]
     return (out / "latest").resolve()
 
@@ -61,7 +62,7 @@ def test_two_folds_train_in_one_folder_with_a_summary_and_a_pooled_decision(fold
     for r, name in zip(rows, ("fold_0", "fold_1")):  # each fold's row is its own log's
         with open(parent / name / "log.csv", newline="") as f:
             logged = [float(e["val_dice"]) for e in csv.DictReader(f)]
-        assert int(r["epochs"]) == 2 and float(r["best_val_dice"]) == pytest.approx(max(logged), abs=1e-9)
+        assert int(r["epochs"]) == 1 and float(r["best_val_dice"]) == pytest.approx(max(logged), abs=1e-9)
     decision = json.loads((parent / "postprocessing.json").read_text())
     assert sorted(decision["cases"]) == sorted(vals[0] + vals[1])  # pooled out-of-fold predictions
     assert not any((parent / f / "postprocessing.json").exists() for f in ("fold_0", "fold_1"))
