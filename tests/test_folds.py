@@ -99,3 +99,14 @@ def test_a_killed_cross_validation_resumes_fold_by_fold(folds_run, tmp_path):
     assert (parent / "fold_1" / "checkpoints" / "last.pt").is_file() and (parent / "postprocessing.json").is_file()
     with open(parent / "folds.csv", newline="") as f:
         assert [r["fold"] for r in csv.DictReader(f)] == ["fold_0", "fold_1", "mean"]
+
+
+@pytest.mark.slow
+def test_one_network_commands_refuse_a_cross_validation_folder_in_one_line(folds_run, tmp_path):
+    fold = folds_run / "fold_0" / "checkpoints" / "best.pt"
+    tested = run_cli("test.py", "--run", str(folds_run), "--checkpoint", str(fold), "--out", str(tmp_path / "t"))
+    assert tested.returncode == 2 and "averages 2 folds, each with its own checkpoints" in tested.stderr
+    exported = run_cli("-m", "pipeline.export", "--run", str(folds_run), "--out", str(tmp_path / "m.zip"))
+    assert exported.returncode == 2 and f"export one fold, e.g. --run {folds_run / 'fold_0'}" in exported.stderr
+    assert "Traceback" not in tested.stderr + exported.stderr and not (tmp_path / "t").exists()
+    assert not (tmp_path / "m.zip").exists()

@@ -23,6 +23,7 @@ from ..config import config_from_dict, merge_overrides
 from ..data.normalisation import Normalisation
 from ..errors import UserError, exit_on_user_error, setup_logging
 from ..checkpoint import load_checkpoint, weights_digest
+from .folds import fold_dirs
 from .onnx_graph import to_onnx
 from .package import NETWORK, WEIGHTS, Package, created, read_package, source_commit, write_package
 from .postprocess import decided_overrides
@@ -36,6 +37,10 @@ def export_run(run_dir: str | Path, checkpoint: str = "best", out: str | Path = 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir}: not a run folder (no config.yaml); pass --run RUN_DIR")
+    folds = fold_dirs(run_dir)
+    if folds:  # a package holds one network
+        raise UserError(f"{run_dir}: a cross-validation folder ({len(folds)} folds); export one fold, e.g. "
+                        f"--run {folds[0]}")
     path = run_dir / "checkpoints" / f"{checkpoint}.pt" if checkpoint in ("best", "last") else Path(checkpoint)
     state = load_checkpoint(path)
     decided = decided_overrides(run_dir, weights_digest(state["model"]))

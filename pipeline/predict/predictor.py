@@ -90,6 +90,9 @@ class Predictor:
         cross-validation, averaged by ``EnsembleEngine``), each from its ``checkpoint``, with ``parent``'s
         post-processing decision where it was made with these weights; ``overrides`` as for ``from_run``."""
         named = checkpoint in ("best", "last")
+        if not named and len(folds) > 1:
+            raise UserError(f"--checkpoint {checkpoint}: {parent} averages {len(folds)} folds, each with its own "
+                            "checkpoints; use best or last, or test one fold (--run FOLD_DIR)")
         paths = [Path(f) / "checkpoints" / f"{checkpoint}.pt" if named else Path(checkpoint) for f in folds]
         states = [load_checkpoint(path) for path in paths]
         decided = decided_overrides(parent, weights_digest(*(state["model"] for state in states)))
