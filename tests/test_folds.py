@@ -110,3 +110,9 @@ def test_one_network_commands_refuse_a_cross_validation_folder_in_one_line(folds
     assert exported.returncode == 2 and f"export one fold, e.g. --run {folds_run / 'fold_0'}" in exported.stderr
     assert "Traceback" not in tested.stderr + exported.stderr and not (tmp_path / "t").exists()
     assert not (tmp_path / "m.zip").exists()
+
+
+def test_more_folds_than_cases_is_refused_before_any_folder(tiny_dataset, tmp_path):
+    result = run_cli(*smoke_args(tiny_dataset, tmp_path / "out", "data.folds=5"))
+    assert result.returncode == 2 and "data.folds=5 but only 4 training cases" in result.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -30,7 +30,7 @@ from ..predict.folds import FOLDS_FILE
 from ..predict.postprocess import DECISION_FILE
 from ..predict.predictor import Predictor
 from .postprocessing import choose_and_write, decided_with, validation_maps
-from .run import new_run_dir, run_training
+from .run import checked_buildable, new_run_dir, run_training
 from .signals import TrainingInterrupted
 
 log = logging.getLogger(__name__)
@@ -82,12 +82,12 @@ def train_folds(cfg: Config, parent: str | Path | None = None, info: Dist = Dist
 
 def _new_parent(cfg: Config, plan: str | None) -> Path:
     """The parent folder with its configuration, plan, split (held-out cases) and list of folds."""
+    dataset = checked_buildable(cfg)  # before the folder: a dataset, model or split refused leaves nothing behind
+    train, val, test = split_cases(list(dataset.training), dataclasses.replace(cfg.data, fold=0), cfg.train.seed)
     parent = new_run_dir(cfg)
     save_config(cfg, parent / "config.yaml")
     if plan is not None:
         (parent / "plan.yaml").write_text(plan, encoding="utf-8")
-    dataset = checked_dataset(cfg.data)
-    train, val, test = split_cases(list(dataset.training), dataclasses.replace(cfg.data, fold=0), cfg.train.seed)
     pool = [c.id for c in train + val]  # every case validates one fold: each is out-of-fold once
     held_out = [c.id for c in test] or [c.id for c in dataset.test if c.label is not None] or pool
     split = {"root": str(dataset.root), "train": pool, "val": pool, "test": held_out}

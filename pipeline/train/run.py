@@ -115,15 +115,22 @@ def _new_run(cfg: Config, dataset: Dataset, plan: str | None = None, folder: Pat
     return Run(run_dir, dataset, train, val)
 
 
+def checked_buildable(cfg: Config) -> Dataset:
+    """The checked dataset, once the model is known to build for it: called before a run folder exists, so
+    that a refused dataset or model leaves nothing behind."""
+    dataset = checked_dataset(cfg.data)
+    try:
+        build_from_config(cfg.model, len(dataset.modalities), max(dataset.labels) + 1, cfg.train.patch_size)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    return dataset
+
+
 def prepare_run(cfg: Config, resume_dir: str | Path | None, plan: str | None = None,
                 folder: Path | None = None) -> tuple[Run | None, dict | None]:
     """Checked data and a new (or reopened) run folder; (None, checkpoint) when the resumed run is done."""
     if resume_dir is None:
-        dataset = checked_dataset(cfg.data)
-        try:  # before the run folder exists: a model that cannot be built leaves nothing behind
-            build_from_config(cfg.model, len(dataset.modalities), max(dataset.labels) + 1, cfg.train.patch_size)
-        except ValueError as err:
-            raise UserError(str(err)) from None
+        dataset = checked_buildable(cfg)
         return _new_run(cfg, dataset, plan, folder), None
     run_dir = Path(resume_dir)
     resume = _reopen(cfg, run_dir)
