@@ -64,13 +64,13 @@ def train_folds(cfg: Config, parent: str | Path | None = None, info: Dist = Dist
     names = json.loads((parent / FOLDS_FILE).read_text(encoding="utf-8"))["folds"]
     for k, name in enumerate(names):
         folder = parent / name
-        done = (folder / "checkpoints" / "last.pt").is_file()
-        if not done and folder.exists() and info.is_main:  # killed before its first checkpoint: start it again
+        begun = (folder / "checkpoints" / "last.pt").is_file()  # finished, or resumable from its checkpoint
+        if not begun and folder.exists() and info.is_main:  # killed before its first checkpoint: start it again
             log.info("%s: no checkpoint yet, starting the fold again", folder)
             shutil.rmtree(folder)
-        fold_cfg = load_config(folder / "config.yaml") if done else fold_config(cfg, k)
+        fold_cfg = load_config(folder / "config.yaml") if begun else fold_config(cfg, k)
         log.info("fold %d of %d: %s", k + 1, len(names), folder)
-        run_training(fold_cfg, folder if done else None, info, started=started, folder=None if done else folder,
+        run_training(fold_cfg, folder if begun else None, info, started=started, folder=None if begun else folder,
                      decide=False)
         started = None  # the next fold's clock starts with it
         if info.is_main:
