@@ -4,9 +4,9 @@ and off, per budget, and the planned steps of each run (where the plan's ``AUGME
     python benchmarks/augmentation.py drive --budgets 5m 30m --out /tmp/augmentation
 
 For each budget, ``train.py --set data.root=... train.budget=B`` trains twice on the same seeded split as
-``benchmarks/real_data.py`` (no validation cases; the held-out cases scored by ``test.py`` with the last
-checkpoint): ``off`` sets every augmentation probability to 0 (flips stay), ``on`` sets the plan's set
-(``plan_augmentation``'s values), so neither side depends on the threshold being measured. Each run alone,
+``benchmarks/real_data.py`` (``planned_run.py``: no validation cases; the held-out cases scored by ``test.py``
+with the last checkpoint): ``off`` sets every augmentation probability to 0 (flips stay), ``on`` sets the plan's set
+(``plan.choices.augmentation``), so neither side depends on the threshold being measured. Each run alone,
 one after the other; runs already in ``--out`` are read again. Prints, per budget, the steps each side
 took, the held-out Dice, NSD and HD95 of each and on - off; writes ``--out/augmentation.md``.
 """
@@ -17,7 +17,6 @@ import argparse
 import csv
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,32 +28,16 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.data.layouts import load_dataset  # noqa: E402
-from pipeline.plan.choices import AUGMENT_FROM_STEPS, plan_augmentation  # noqa: E402
-from real_data import REFERENCES, foreground_means, held_out  # noqa: E402
+from pipeline.plan.choices import augmentation  # noqa: E402
+from planned_run import held_out_means, planned_run  # noqa: E402
+from real_data import REFERENCES, held_out  # noqa: E402
 
 METRICS = ("dice", "nsd", "hd95")
 
 
 def side_keys(on: bool, is_2d: bool) -> list[str]:
     """``--set`` keys of one side: the plan's augmentation set, or every probability at 0."""
-    choices = plan_augmentation(AUGMENT_FROM_STEPS if on else 0, is_2d)
-    return [f"{c.key}={c.value}" for c in choices]
-
-
-def train_and_test(folder: Path, root: str, test_ids: list[str], budget: str, keys: list[str]) -> Path:
-    """The run folder of a planned run in ``folder`` (trained and tested unless it already was)."""
-    run = folder / "latest"
-    if not (run / "test" / "summary.json").is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        train = [sys.executable, "train.py", "--set", f"output_dir={folder}", f"data.root={root}",
-                 "data.test_cases=[" + ",".join(test_ids) + "]", "data.val_fraction=0", f"train.budget={budget}",
-                 *keys]
-        test = [sys.executable, "test.py", "--run", str(run), "--checkpoint", "last"]
-        for cmd, log in ((train, "train.log"), (test, "test.log")):
-            with open(folder / log, "w", encoding="utf-8") as f:
-                if subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode:
-                    sys.exit(f"error: {' '.join(cmd)} failed; see {folder / log}")
-    return run.resolve()
+    return [f"{key}={value}" for key, value in augmentation(on, is_2d).items()]
 
 
 def measure(run: Path) -> dict:
@@ -64,7 +47,7 @@ def measure(run: Path) -> dict:
     per_epoch = math.ceil((cfg.get("volumes_per_epoch") or train_cases) / cfg["batch_size"])
     with open(run / "log.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    means = {name: v["mean"] for name, v in foreground_means(run / "test").items()}
+    means = held_out_means(run)
     return {"steps": per_epoch * len(rows), "seconds": sum(float(r["seconds"]) for r in rows),
             **{m: means.get(m) for m in METRICS}}
 
@@ -88,7 +71,8 @@ def main() -> None:
     for budget in args.budgets:
         got = {}
         for side in ("off", "on"):
-            run = train_and_test(args.out / f"{budget}-{side}", root, test_ids, budget, side_keys(side == "on", is_2d))
+            keys = [f"train.budget={budget}", *side_keys(side == "on", is_2d)]
+            run, _ = planned_run(args.out / f"{budget}-{side}", root, test_ids, keys)
             got[side] = measure(run)
             row = got[side]
             print(f"{budget} {side:3s}: {row['steps']:6d} steps in {row['seconds']:.0f} s; "

@@ -192,20 +192,24 @@ def _vox(values) -> str:
     return " x ".join(str(int(round(float(v)))) for v in values)
 
 
+def augmentation(on: bool, is_2d: bool) -> dict[str, float]:
+    """nnU-Net's augmentation as configuration keys: its probabilities of rotation and scaling, noise, blur,
+    brightness, contrast, low resolution and gamma (flips are always on), or every probability 0."""
+    probs = {"train.affine_prob": 0.2, "train.noise_prob": 0.1, "train.blur_prob": 0.2, "train.intensity_prob": 0.15,
+             "train.contrast_prob": 0.15, "train.low_res_prob": 0.25, "train.gamma_prob": 0.3}
+    if not on:
+        return {key: 0.0 for key in probs}
+    return {**probs, "train.rotate_degrees": 180.0 if is_2d else 30.0, "train.scale_range": 0.3}
+
+
 def plan_augmentation(steps: int, is_2d: bool) -> list[Choice]:
-    """nnU-Net's augmentation probabilities (rotation and scaling, noise, blur, brightness, contrast, low
-    resolution, gamma; flips are always on) for a run of at least ``AUGMENT_FROM_STEPS`` steps, else off:
-    on a short budget the network has not fitted the plain crops yet, and augmentation slows that down."""
+    """``augmentation`` on for a run of at least ``AUGMENT_FROM_STEPS`` steps, else off: on a short budget
+    the network has not yet fitted the plain crops, and augmentation slows that down."""
     on = steps >= AUGMENT_FROM_STEPS
-    probs = {"affine_prob": 0.2, "noise_prob": 0.1, "blur_prob": 0.2, "intensity_prob": 0.15,
-             "contrast_prob": 0.15, "low_res_prob": 0.25, "gamma_prob": 0.3}
     why = (f"{steps:,} planned steps, at least the {AUGMENT_FROM_STEPS:,} from which augmentation paid "
            "(benchmarks/results/augmentation.md): nnU-Net's probabilities" if on else
            f"{steps:,} planned steps, fewer than the {AUGMENT_FROM_STEPS:,} from which augmentation paid "
            "(benchmarks/results/augmentation.md): off, flips only")
-    choices = [Choice(f"train.{key}", p if on else 0.0, why) for key, p in probs.items()]
-    if on:
-        choices += [Choice("train.rotate_degrees", 180.0 if is_2d else 30.0, "nnU-Net's rotation range"
-                           + (" in the plane of a 2D image" if is_2d else "")),
-                    Choice("train.scale_range", 0.3, "scaling by 0.7-1.3 (nnU-Net: 0.7-1.4)")]
-    return choices
+    reasons = {"train.rotate_degrees": "nnU-Net's rotation range" + (" in the plane of a 2D image" if is_2d else ""),
+               "train.scale_range": "scaling by 0.7-1.3 (nnU-Net: 0.7-1.4)"}
+    return [Choice(key, value, reasons.get(key, why)) for key, value in augmentation(on, is_2d).items()]
