@@ -8,7 +8,9 @@ For each budget, ``train.py --set data.root=... train.budget=B`` trains twice on
 with the last checkpoint): ``off`` sets every augmentation probability to 0 (flips stay), ``on`` sets the plan's set
 (``plan.choices.augmentation``), so neither side depends on the threshold being measured. Each run alone,
 one after the other; runs already in ``--out`` are read again. Prints, per budget, the steps each side
-took, the held-out Dice, NSD and HD95 of each and on - off; writes ``--out/augmentation.md``.
+took, the held-out Dice, NSD and HD95 of each and on - off, and the planned steps at which the Dice gain,
+fitted linear in log(steps) through the budgets, reaches 0 (the plan's ``AUGMENT_FROM_STEPS``); writes
+``--out/augmentation.md``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,9 +50,19 @@ def measure(run: Path) -> dict:
     per_epoch = math.ceil((cfg.get("volumes_per_epoch") or train_cases) / cfg["batch_size"])
     with open(run / "log.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
+    planned = yaml.safe_load((run / "plan.yaml").read_text(encoding="utf-8"))["train"]["epochs"] * per_epoch
     means = held_out_means(run)
-    return {"steps": per_epoch * len(rows), "seconds": sum(float(r["seconds"]) for r in rows),
+    return {"steps": per_epoch * len(rows), "planned": planned, "seconds": sum(float(r["seconds"]) for r in rows),
             **{m: means.get(m) for m in METRICS}}
+
+
+def break_even(planned: list[float], dice_gain: list[float]) -> float | None:
+    """Planned steps at which the Dice gain of augmentation, fitted linear in log(steps) through the
+    budgets measured, reaches 0 (None: fewer than two budgets, or a gain that does not grow with steps)."""
+    if len(planned) < 2:
+        return None
+    slope, intercept = np.polyfit(np.log(planned), dice_gain, 1)
+    return float(np.exp(-intercept / slope)) if slope > 0 else None
 
 
 def main() -> None:
@@ -67,7 +80,9 @@ def main() -> None:
     lines = [f"# Augmentation on and off: {args.dataset}, own-data path", "",
              f"`python benchmarks/augmentation.py {args.dataset} --budgets {' '.join(args.budgets)} --out "
              f"{args.out}`; held out (last checkpoint): {', '.join(test_ids)}.", "",
-             "| budget | side | steps | train s | " + " | ".join(METRICS) + " |", "|---" * (4 + len(METRICS)) + "|"]
+             "| budget | side | planned steps | steps | train s | " + " | ".join(METRICS) + " |",
+             "|---" * (5 + len(METRICS)) + "|"]
+    planned, gains = [], []
     for budget in args.budgets:
         got = {}
         for side in ("off", "on"):
@@ -75,13 +90,21 @@ def main() -> None:
             run, _ = planned_run(args.out / f"{budget}-{side}", root, test_ids, keys)
             got[side] = measure(run)
             row = got[side]
-            print(f"{budget} {side:3s}: {row['steps']:6d} steps in {row['seconds']:.0f} s; "
-                  + "  ".join(f"{m} {row[m]:.4f}" for m in METRICS), flush=True)
-            lines.append(f"| {budget} | {side} | {row['steps']} | {row['seconds']:.0f} | "
+            print(f"{budget} {side:3s}: {row['planned']:6d} planned, {row['steps']:6d} trained steps in "
+                  f"{row['seconds']:.0f} s; " + "  ".join(f"{m} {row[m]:.4f}" for m in METRICS), flush=True)
+            lines.append(f"| {budget} | {side} | {row['planned']} | {row['steps']} | {row['seconds']:.0f} | "
                          + " | ".join(f"{row[m]:.4f}" for m in METRICS) + " |")
         diff = {m: got["on"][m] - got["off"][m] for m in METRICS}
+        planned.append((got["on"]["planned"] + got["off"]["planned"]) / 2)
+        gains.append(diff["dice"])
         print(f"{budget} on - off: " + "  ".join(f"{m} {d:+.4f}" for m, d in diff.items()), flush=True)
-        lines.append(f"| {budget} | on - off | | | " + " | ".join(f"{d:+.4f}" for d in diff.values()) + " |")
+        lines.append(f"| {budget} | on - off | | | | " + " | ".join(f"{d:+.4f}" for d in diff.values()) + " |")
+    steps = break_even(planned, gains)
+    verdict = ("no break-even: the gain does not grow with steps" if steps is None else
+               f"the Dice gain, linear in log(planned steps) through {len(planned)} budgets, reaches 0 at "
+               f"{steps:,.0f} planned steps")
+    print(verdict)
+    lines += ["", verdict + " (each budget one run a side, 4 held-out cases: a trend, not a confidence interval)."]
     (args.out / "augmentation.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

@@ -69,7 +69,7 @@ def test_the_plan_turns_augmentation_on_from_the_measured_number_of_steps(tmp_pa
     import pipeline.plan.planner as planner
     from pipeline.plan.choices import AUGMENT_FROM_STEPS
 
-    monkeypatch.setattr(planner, "time_steps", lambda cfg, *args, **kwargs: 0.05)  # s per step, any crops
+    monkeypatch.setattr(planner, "time_steps", lambda cfg, *args, **kwargs: 0.01)  # s per step, any crops
     root = _dataset(tmp_path / "ct", "CT", -1000.0, (-100.0, 400.0), spacings=((1.0, 1.0, 1.0),) * 8)
     for budget in ("2m", "30m"):
         keys = [f"data.root={root}", f"train.budget={budget}"]
@@ -78,7 +78,7 @@ def test_the_plan_turns_augmentation_on_from_the_measured_number_of_steps(tmp_pa
         per_epoch = -(-6 // planned["train.batch_size"].value)  # 8 cases, 2 for validation: ceil(6 / batch)
         steps = planned["train.epochs"].value * per_epoch
         on = steps >= AUGMENT_FROM_STEPS
-        assert on == (budget == "30m")  # 2 min hold about 2,000 steps of 0.05 s, 30 min about 30,000
+        assert on == (budget == "30m")  # 2 min hold about 10,000 steps of 0.01 s, 30 min about 150,000
         assert planned["train.noise_prob"].value == (0.1 if on else 0.0)
         assert planned["train.affine_prob"].value == (0.2 if on else 0.0)
         assert ("train.rotate_degrees" in planned) == on and f"{steps:,} planned steps" in planned[
