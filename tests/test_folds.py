@@ -17,7 +17,7 @@ from conftest import run_cli, smoke_args
 from pipeline.config import load_config
 from pipeline.predict.engines import EnsembleEngine, TorchEngine
 from pipeline.predict.predictor import Predictor
-from pipeline.train.folds import fold_config
+from pipeline.train.folds import fold_config, fold_share
 
 
 def test_the_ensemble_is_the_mean_of_the_folds_probabilities():
@@ -32,11 +32,15 @@ def test_the_ensemble_is_the_mean_of_the_folds_probabilities():
     assert not torch.allclose(got.argmax(1), nets[0](windows).argmax(1))  # not one fold's answer
 
 
-def test_each_fold_gets_a_kth_of_the_budget():
+def test_each_new_fold_shares_what_is_left_of_the_budget():
+    # 30 min for 3 folds; 3 min went to the start-up and the plan: each fold gets 9 min, not the first 7
+    assert fold_share(1800.0, 180.0, 3) == pytest.approx(540.0)
+    assert fold_share(1800.0, 180.0 + 540.0 + 600.0, 1) == pytest.approx(480.0)  # the last fold: what is left
+    assert fold_share(None, 100.0, 2) is None
     cfg = load_config(None, ["data.folds=3", "train.budget=30m"])
-    folds = [fold_config(cfg, k) for k in range(3)]
-    assert [(f.data.fold, f.train.budget) for f in folds] == [(0, "600s"), (1, "600s"), (2, "600s")]
-    assert fold_config(load_config(None, ["data.folds=3"]), 1).train.budget is None
+    fold = fold_config(cfg, 2, 540.4)
+    assert (fold.data.fold, fold.train.budget, fold.data.folds) == (2, "540s", 3)
+    assert fold_config(cfg, 0, None).train.budget is None
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 
 from ..checkpoint import load_checkpoint, weights_digest
@@ -29,13 +30,15 @@ from ..distributed import Dist, on_main
 from ..predict.folds import FOLDS_FILE
 from ..predict.postprocess import DECISION_FILE
 from ..predict.predictor import Predictor
+from .budget_clock import recorded_seconds
 from .postprocessing import choose_and_write, decided_with, validation_maps
 from .run import checked_buildable, new_run_dir, run_training
 from .signals import TrainingInterrupted
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainingInterrupted", "train_folds", "train_run", "write_summary", "decide_on_folds", "fold_config"]
+__all__ = ["TrainingInterrupted", "decide_on_folds", "fold_config", "fold_share", "train_folds", "train_run",
+           "write_summary"]
 
 SUMMARY_FILE = "folds.csv"
 
@@ -48,31 +51,42 @@ def train_run(cfg: Config, resume_dir: str | Path | None = None, info: Dist = Di
     return run_training(cfg, resume_dir, info, plan, started)
 
 
-def fold_config(cfg: Config, k: int) -> Config:
-    """Fold ``k`` of ``cfg``: its validation cases, and its share of the budget (a K-th)."""
-    budget = budget_seconds(cfg.train.budget) if cfg.train.budget is not None else None
-    share = None if budget is None else f"{budget / cfg.data.folds:.0f}s"
+def fold_config(cfg: Config, k: int, seconds: float | None) -> Config:
+    """Fold ``k`` of ``cfg``: its validation cases, and ``seconds`` of budget (None: no budget)."""
+    budget = None if seconds is None else f"{max(seconds, 1.0):.0f}s"
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, fold=k),
-                               train=dataclasses.replace(cfg.train, budget=share))
+                               train=dataclasses.replace(cfg.train, budget=budget))
+
+
+def fold_share(total_s: float | None, used_s: float, folds_left: int) -> float | None:
+    """A new fold's seconds: what the budget has left, shared by the folds still to train (the first fold
+    does not pay alone for the start-up, the plan and the data check before it)."""
+    return None if total_s is None else (total_s - used_s) / folds_left
 
 
 def train_folds(cfg: Config, parent: str | Path | None = None, info: Dist = Dist(), plan: str | None = None,
                 started: float | None = None) -> Path:
-    """Train (or, with ``parent``, resume) every fold; returns the parent folder. ``started`` counts toward
-    the first fold trained in this process."""
+    """Train (or, with ``parent``, resume) every fold; returns the parent folder. ``started``
+    (``time.monotonic()`` when ``train.py`` began) starts the budget's clock; a resumed cross-validation
+    counts what its folds had recorded before."""
+    t0 = time.monotonic() if started is None else started
     parent = Path(parent) if parent is not None else on_main(lambda: _new_parent(cfg, plan), info)
     names = json.loads((parent / FOLDS_FILE).read_text(encoding="utf-8"))["folds"]
+    before = sum(recorded_seconds(parent / name) for name in names)  # earlier sessions' fold time
+    total = budget_seconds(cfg.train.budget) if cfg.train.budget is not None else None
     for k, name in enumerate(names):
         folder = parent / name
         begun = (folder / "checkpoints" / "last.pt").is_file()  # finished, or resumable from its checkpoint
         if not begun and folder.exists() and info.is_main:  # killed before its first checkpoint: start it again
             log.info("%s: no checkpoint yet, starting the fold again", folder)
             shutil.rmtree(folder)
-        fold_cfg = load_config(folder / "config.yaml") if begun else fold_config(cfg, k)
-        log.info("fold %d of %d: %s", k + 1, len(names), folder)
-        run_training(fold_cfg, folder if begun else None, info, started=started, folder=None if begun else folder,
+        now = time.monotonic()
+        share = fold_share(total, before + now - t0, len(names) - k)
+        fold_cfg = load_config(folder / "config.yaml") if begun else fold_config(cfg, k, share)
+        log.info("fold %d of %d: %s%s", k + 1, len(names), folder,
+                 f" ({share:.0f} s of the budget)" if share is not None and not begun else "")
+        run_training(fold_cfg, folder if begun else None, info, started=now, folder=None if begun else folder,
                      decide=False)
-        started = None  # the next fold's clock starts with it
         if info.is_main:
             write_summary(parent, names)
     if cfg.train.decide_postprocessing and info.is_main:
