@@ -8,9 +8,6 @@ import os
 import resource
 import shutil
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -23,7 +20,8 @@ import torch
 from monai.inferers.utils import sliding_window_inference
 from PIL import Image
 
-from conftest import REPO, run_cli, smoke_args
+from conftest import run_cli, smoke_args
+from signalling import run_and_sigterm, start_and_signal
 from pipeline.config import InferConfig
 from pipeline.yamlfile import read_yaml
 from pipeline.errors import UserError
@@ -54,49 +52,6 @@ def uninterrupted(tiny_dataset, tmp_path_factory) -> dict:
     return _weights((out / "latest").resolve())
 
 
-def _start_and_signal(args: list[str], run: Path, sig: int, after_epoch: int, delay: float) -> subprocess.Popen:
-    """``python ARGS`` sent ``sig`` ``delay`` s after ``run/log.csv`` holds ``after_epoch`` epochs."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace")
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        log = run / "log.csv"
-        if log.exists() and len(log.read_text(encoding="utf-8").splitlines()) > after_epoch:
-            break
-        if proc.poll() is not None:
-            pytest.fail(f"training ended before the signal: {proc.stderr.read()[-2000:]}")
-        time.sleep(0.02)
-    time.sleep(delay)
-    proc.send_signal(sig)
-    proc.wait(timeout=120)
-    return proc
-
-
-def _run_and_sigterm(args: list[str], run: Path, after_epoch: int) -> subprocess.CompletedProcess:
-    """``python ARGS`` in this process, sent SIGTERM once ``run/log.csv`` holds ``after_epoch`` epochs (by a
-    watching thread; the training loop's own handler takes it). A signal that came after the run ended would
-    meet the no-op handler installed here, never pytest's default (the end of the suite)."""
-    stop = threading.Event()
-
-    def watch() -> None:
-        while not stop.wait(0.02):
-            log = run / "log.csv"
-            if log.exists() and len(log.read_text(encoding="utf-8").splitlines()) > after_epoch:
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-
-    previous = signal.signal(signal.SIGTERM, lambda *_: None)
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        return run_cli(*args)
-    finally:
-        stop.set()
-        watcher.join()
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _assert_same(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for key in a:
@@ -107,14 +62,14 @@ def _assert_same(a: dict, b: dict) -> None:
 def test_sigterm_then_sigkill_then_resume_gives_the_uninterrupted_weights(tiny_dataset, tmp_path, uninterrupted):
     """SIGTERM saves the exact step; the resumed run killed mid-epoch with SIGKILL (no chance to save) resumes
     again from its last checkpoint; the weights at the end are the uninterrupted run's, bit for bit."""
-    stopped = _run_and_sigterm(smoke_args(tiny_dataset, tmp_path, *DETERMINISTIC), tmp_path / "latest", 1)
+    stopped = run_and_sigterm(smoke_args(tiny_dataset, tmp_path, *DETERMINISTIC), tmp_path / "latest", 1)
     assert stopped.returncode == 130, stopped.stderr[-2000:]
     assert "interrupted: stopped in epoch" in stopped.stderr and "--resume" in stopped.stderr
     run = (tmp_path / "latest").resolve()
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["partial"] is not None and state["partial"]["step"] >= 1
 
-    proc = _start_and_signal(["train.py", "--resume", str(run)], run, signal.SIGKILL, after_epoch=2, delay=0.3)
+    proc = start_and_signal(["train.py", "--resume", str(run)], run, signal.SIGKILL, after_epoch=2, delay=0.3)
     assert proc.returncode == -signal.SIGKILL
     assert _epochs_logged(run)[-1] < 3  # really killed before the end
     resumed = run_cli("train.py", "--resume", str(run))
