@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from conftest import run_cli, smoke_args
-from pipeline.config import load_config
+from pipeline.config import load_config, save_config
 from pipeline.predict.engines import EnsembleEngine, TorchEngine
 from pipeline.predict.predictor import Predictor
-from pipeline.train.folds import fold_config, fold_share
+from pipeline.train.budget_clock import ELAPSED_FILE
+from pipeline.train.folds import fold_config, fold_share, unspent
 
 
 def test_the_ensemble_is_the_mean_of_the_folds_probabilities():
@@ -41,6 +42,23 @@ def test_each_new_fold_shares_what_is_left_of_the_budget():
     fold = fold_config(cfg, 2, 540.4)
     assert (fold.data.fold, fold.train.budget, fold.data.folds) == (2, "540s", 3)
     assert fold_config(cfg, 0, None).train.budget is None
+
+
+def test_the_time_finished_folds_kept_for_their_decision_is_held_for_the_pooled_one(tmp_path):
+    # two folds of 540 s ended after 500 and 510 s: their clocks kept 40 and 30 s for a decision on their own
+    # validation cases, which the pooled decision after the last fold makes for them; the last fold does not get it
+    cfg = load_config(None, ["data.folds=3", "train.budget=30m"])
+    for k, seconds in enumerate((500.0, 510.0)):
+        fold = tmp_path / f"fold_{k}"
+        fold.mkdir()
+        save_config(fold_config(cfg, k, 540.0), fold / "config.yaml")
+        (fold / ELAPSED_FILE).write_text(json.dumps({"seconds": seconds}), encoding="utf-8")
+    held = [unspent(tmp_path / f"fold_{k}") for k in range(2)]
+    assert held == [40.0, 30.0]
+    assert fold_share(1800.0, 180.0 + 500.0 + 510.0, 1, sum(held)) == pytest.approx(540.0)  # not 610
+    (tmp_path / "fold_2").mkdir()
+    save_config(fold_config(cfg, 2, None), tmp_path / "fold_2" / "config.yaml")
+    assert unspent(tmp_path / "fold_2") == 0.0  # no budget: nothing kept
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ from .signals import TrainingInterrupted
 log = logging.getLogger(__name__)
 
 __all__ = ["TrainingInterrupted", "decide_on_folds", "fold_config", "fold_share", "train_folds", "train_run",
-           "write_summary"]
+           "unspent", "write_summary"]
 
 SUMMARY_FILE = "folds.csv"
 
@@ -58,10 +58,18 @@ def fold_config(cfg: Config, k: int, seconds: float | None) -> Config:
                                train=dataclasses.replace(cfg.train, budget=budget))
 
 
-def fold_share(total_s: float | None, used_s: float, folds_left: int) -> float | None:
+def fold_share(total_s: float | None, used_s: float, folds_left: int, held_s: float = 0.0) -> float | None:
     """A new fold's seconds: what the budget has left, shared by the folds still to train (the first fold
-    does not pay alone for the start-up, the plan and the data check before it)."""
-    return None if total_s is None else (total_s - used_s) / folds_left
+    does not pay alone for the start-up, the plan and the data check before it). ``held_s``: what the
+    finished folds kept back for a post-processing decision they leave to the pooled one, which needs it."""
+    return None if total_s is None else (total_s - used_s - held_s) / folds_left
+
+
+def unspent(fold: Path) -> float:
+    """Seconds a finished fold left of its budget (0 without one): its clock kept them for the decision on its
+    validation cases, which ``decide_on_folds`` makes for all folds after the last."""
+    budget = load_config(fold / "config.yaml").train.budget
+    return 0.0 if budget is None else max(budget_seconds(budget) - recorded_seconds(fold), 0.0)
 
 
 def train_folds(cfg: Config, parent: str | Path | None = None, info: Dist = Dist(), plan: str | None = None,
@@ -81,7 +89,8 @@ def train_folds(cfg: Config, parent: str | Path | None = None, info: Dist = Dist
             log.info("%s: no checkpoint yet, starting the fold again", folder)
             shutil.rmtree(folder)
         now = time.monotonic()
-        share = fold_share(total, before + now - t0, len(names) - k)
+        held = sum(unspent(parent / done) for done in names[:k]) if cfg.train.decide_postprocessing else 0.0
+        share = fold_share(total, before + now - t0, len(names) - k, held)
         fold_cfg = load_config(folder / "config.yaml") if begun else fold_config(cfg, k, share)
         log.info("fold %d of %d: %s%s", k + 1, len(names), folder,
                  f" ({share:.0f} s of the budget)" if share is not None and not begun else "")
