@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.plan.batch import plan_crops
-from pipeline.plan.planner import plan
+from pipeline.plan.planner import plan, planned_config
 from test_plan import _dataset
 
 
@@ -98,5 +98,8 @@ def test_folds_share_the_budget_the_plan_times(tmp_path, monkeypatch):
         planned = {c.key: c for c in choices}
         epochs[folds] = planned["train.epochs"].value
     assert "shared by its 4 folds" in planned["train.budget"].reason
+    assert planned["data.folds"].value == 0 and "benchmarks/results/ensemble.md" in planned["data.folds"].reason
+    cfg, _ = planned_config(keys)
+    assert (cfg.data.folds, cfg.data.fold) == (4, None)  # the user's folds win over the plan's one model
     # 8 cases: 6 train a step each per epoch without folds (2 validate), 6 with 4 folds (fold 0 validates 2)
     assert epochs[4] == pytest.approx(epochs[0] / 4, abs=1)

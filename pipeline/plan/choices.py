@@ -27,6 +27,12 @@ FEW_CASES = 5  # below this many labelled cases, none is held out for validation
 # about 1,000 planned steps and 0.0041 at 5,400; the loss, linear in log(steps), reaches 0 at about 73,000
 # (benchmarks/augmentation.py, benchmarks/results/augmentation.md). nnU-Net trains 250,000 steps with it.
 AUGMENT_FROM_STEPS = 73_000
+# one model rather than nnU-Net's fold ensemble: on LA at 15 minutes in all, three folds sharing the budget scored
+# 0.638 held-out Dice against one model's 0.845, and took 1.36x the wall time with prediction
+# (benchmarks/ensemble.py, benchmarks/results/ensemble.md): at a CPU budget a fold has not converged
+ONE_MODEL = ("one model: 3 folds sharing 15 min scored 0.638 held-out Dice on LA against one model's 0.845 "
+             "(benchmarks/results/ensemble.md); data.folds=5 trains nnU-Net's cross-validation and test.py "
+             "averages the folds")
 
 
 @dataclass(frozen=True)
@@ -37,7 +43,7 @@ class Choice:
 
 
 def plan_data(found: Fingerprint) -> list[Choice]:
-    """Normalisation, foreground crop, target spacing and the validation split."""
+    """Normalisation, foreground crop, target spacing, the validation split and one model (no folds)."""
     choices = _normalisation(found)
     spacings = found.spacings
     target = np.median(spacings, axis=0)
@@ -57,6 +63,7 @@ def plan_data(found: Fingerprint) -> list[Choice]:
                           "filling, each kept where it raises the validation Dice at the end of training (as nnU-Net "
                           "decides on cross-validation)" + ("; with no validation cases the flips stay on, the "
                                                             "others off" if n < FEW_CASES else "")))
+    choices.append(Choice("data.folds", 0, ONE_MODEL))
     return choices
 
 
