@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import pipeline.data.check as data_check
 from conftest import run_cli, smoke_args
 from pipeline.config import load_config, save_config
 from pipeline.predict.engines import EnsembleEngine, TorchEngine
@@ -109,13 +110,17 @@ def test_test_py_averages_the_folds_and_says_so(folds_run, tiny_dataset, tmp_pat
 
 
 @pytest.mark.slow
-def test_a_killed_cross_validation_resumes_fold_by_fold(folds_run, tmp_path):
+def test_a_killed_cross_validation_resumes_fold_by_fold(folds_run, tmp_path, monkeypatch):
     parent = Path(shutil.copytree(folds_run, tmp_path / folds_run.name))
     first = (parent / "fold_0" / "checkpoints" / "last.pt").read_bytes()
     shutil.rmtree(parent / "fold_1" / "checkpoints")  # killed before fold 1's first checkpoint
     (parent / "postprocessing.json").unlink()
+    checks = []
+    monkeypatch.setattr(data_check, "check_dataset", lambda *a, real=data_check.check_dataset: checks.append(1)
+                        or real(*a))
     resumed = run_cli("train.py", "--resume", str(parent))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert len(checks) == 1  # the data is checked once, not again for fold 1 and for the pooled decision
     assert "fold_1: no checkpoint yet, starting the fold again" in resumed.stderr
     assert (parent / "fold_0" / "checkpoints" / "last.pt").read_bytes() == first  # the finished fold untouched
     assert (parent / "fold_1" / "checkpoints" / "last.pt").is_file() and (parent / "postprocessing.json").is_file()

@@ -25,6 +25,7 @@ from ..checkpoint import load_checkpoint, weights_digest
 from ..config import Config, load_config, save_config
 from ..config_rules import budget_seconds
 from ..data.check import checked_dataset
+from ..data.cases import Dataset
 from ..data.splits import every_fold, split_cases
 from ..distributed import Dist, on_main
 from ..predict.folds import FOLDS_FILE
@@ -78,7 +79,10 @@ def train_folds(cfg: Config, parent: str | Path | None = None, info: Dist = Dist
     (``time.monotonic()`` when ``train.py`` began) starts the budget's clock; a resumed cross-validation
     counts what its folds had recorded before."""
     t0 = time.monotonic() if started is None else started
-    parent = Path(parent) if parent is not None else on_main(lambda: _new_parent(cfg, plan), info)
+    if parent is None:  # the dataset is checked once, for the parent and every fold (rank 0's is used)
+        parent, dataset = on_main(lambda: _new_parent(cfg, plan), info)
+    else:
+        parent, dataset = Path(parent), on_main(lambda: checked_dataset(cfg.data), info)
     names = json.loads((parent / FOLDS_FILE).read_text(encoding="utf-8"))["folds"]
     before = sum(recorded_seconds(parent / name) for name in names)  # earlier sessions' fold time
     total = budget_seconds(cfg.train.budget) if cfg.train.budget is not None else None
@@ -95,16 +99,17 @@ def train_folds(cfg: Config, parent: str | Path | None = None, info: Dist = Dist
         log.info("fold %d of %d: %s%s", k + 1, len(names), folder,
                  f" ({share:.0f} s of the budget)" if share is not None and not begun else "")
         run_training(fold_cfg, folder if begun else None, info, started=now, folder=None if begun else folder,
-                     decide=False)
+                     decide=False, dataset=dataset)
         if info.is_main:
             write_summary(parent, names)
     if cfg.train.decide_postprocessing and info.is_main:
-        decide_on_folds(parent, [parent / n for n in names])
+        decide_on_folds(parent, [parent / n for n in names], dataset)
     return parent
 
 
-def _new_parent(cfg: Config, plan: str | None) -> Path:
-    """The parent folder with its configuration, plan, split (held-out cases) and list of folds."""
+def _new_parent(cfg: Config, plan: str | None) -> tuple[Path, Dataset]:
+    """The parent folder with its configuration, plan, split (held-out cases) and list of folds; the checked
+    dataset."""
     dataset = checked_buildable(cfg)  # before the folder: a dataset, model or split refused leaves nothing behind
     train, val, test = split_cases(list(dataset.training), dataclasses.replace(cfg.data, fold=0), cfg.train.seed)
     parent = new_run_dir(cfg)
@@ -118,7 +123,7 @@ def _new_parent(cfg: Config, plan: str | None) -> Path:
     folds = {"folds": [f"fold_{k}" for k in range(cfg.data.folds)], "budget": cfg.train.budget}
     (parent / FOLDS_FILE).write_text(json.dumps(folds, indent=2) + "\n", encoding="utf-8")
     log.info("cross-validation: %d folds in %s", cfg.data.folds, parent)
-    return parent
+    return parent, dataset
 
 
 def write_summary(parent: Path, names: list[str]) -> list[dict]:
@@ -151,17 +156,18 @@ def write_summary(parent: Path, names: list[str]) -> list[dict]:
     return rows
 
 
-def decide_on_folds(parent: Path, folds: list[Path]) -> dict:
+def decide_on_folds(parent: Path, folds: list[Path], dataset: Dataset | None = None) -> dict:
     """Flips and post-processing for the ensemble, decided on the pooled out-of-fold predictions: each
-    fold's ``best`` network predicts its own validation cases. Written to ``parent/postprocessing.json``
-    with the digest of the folds' weights together; kept when it was made with these weights already."""
+    fold's ``best`` network predicts its own validation cases (of ``dataset``, when already checked).
+    Written to ``parent/postprocessing.json`` with the digest of the folds' weights together; kept when it
+    was made with these weights already."""
     digest = weights_digest(*(load_checkpoint(f / "checkpoints" / "best.pt")["model"] for f in folds))
     if decided_with(parent / DECISION_FILE) == digest:
         return json.loads((parent / DECISION_FILE).read_text(encoding="utf-8"))
     plain, flipped, refs, cases = [], [], [], []
     for fold in folds:
         predictor = Predictor.from_run(fold, "best", ["infer.backend=torch"])  # the network, as validation
-        dataset = checked_dataset(predictor.cfg.data)
+        dataset = dataset or checked_dataset(predictor.cfg.data)
         val = [dataset.case(i) for i in json.loads((fold / "split.json").read_text(encoding="utf-8"))["val"]]
         maps = validation_maps(predictor.model, predictor.cfg, predictor.labels, val)
         for pooled, part in zip((plain, flipped, refs), maps):

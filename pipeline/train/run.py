@@ -61,7 +61,7 @@ def new_run_dir(cfg: Config) -> Path:
 
 def run_training(cfg: Config, resume_dir: str | Path | None = None, info: Dist = Dist(),
                  plan: str | None = None, started: float | None = None, folder: Path | None = None,
-                 decide: bool = True) -> Path:
+                 decide: bool = True, dataset: Dataset | None = None) -> Path:
     """Check the data, make (or reopen) the run folder, and fit. Returns the run folder.
 
     Under torchrun rank 0 alone checks the data and writes the run folder; the
@@ -69,9 +69,10 @@ def run_training(cfg: Config, resume_dir: str | Path | None = None, info: Dist =
     ``plan`` (the planner's YAML, reasons as comments) is kept as ``plan.yaml`` in a new run folder.
     ``started`` (``time.monotonic()`` when ``train.py`` began) starts the budget's clock. ``folder``: the new
     run's folder (a fold's), instead of ``<output_dir>/<name>-<timestamp>``. ``decide``: off for a fold,
-    whose post-processing is decided on all folds together (``folds.py``).
+    whose post-processing is decided on all folds together (``folds.py``). ``dataset``: the checked dataset,
+    when the caller has it (the folds: each would read every case again).
     """
-    run, resume = on_main(lambda: prepare_run(cfg, resume_dir, plan, folder), info)
+    run, resume = on_main(lambda: prepare_run(cfg, resume_dir, plan, folder, dataset), info)
     if run is not None and (resume is None or not _finished(cfg, resume)):
         fit(cfg, run, resume, info, started)
     run_dir = Path(run.dir if run is not None else resume_dir)
@@ -127,18 +128,18 @@ def checked_buildable(cfg: Config) -> Dataset:
 
 
 def prepare_run(cfg: Config, resume_dir: str | Path | None, plan: str | None = None,
-                folder: Path | None = None) -> tuple[Run | None, dict | None]:
-    """Checked data and a new (or reopened) run folder; (None, checkpoint) when the resumed run is done."""
+                folder: Path | None = None, dataset: Dataset | None = None) -> tuple[Run | None, dict | None]:
+    """Checked data (``dataset``, when already checked) and a new (or reopened) run folder; (None, checkpoint)
+    when the resumed run is done."""
     if resume_dir is None:
-        dataset = checked_buildable(cfg)
-        return _new_run(cfg, dataset, plan, folder), None
+        return _new_run(cfg, dataset or checked_buildable(cfg), plan, folder), None
     run_dir = Path(resume_dir)
     resume = _reopen(cfg, run_dir)
     if _finished(cfg, resume):
         log.info("%s already finished %d epochs; raise train.epochs to train longer", run_dir, cfg.train.epochs)
         return None, resume
     save_config(cfg, run_dir / "config.yaml")
-    dataset = checked_dataset(cfg.data)
+    dataset = dataset or checked_dataset(cfg.data)
     split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
     train, val = ([dataset.case(i) for i in split[part]] for part in ("train", "val"))
     return Run(run_dir, dataset, train, val), resume
