@@ -12,6 +12,7 @@ from monai.losses import DiceCELoss
 from conftest import REPO
 from models3d import MODEL_NAMES, build_from_config, build_model
 from pipeline.config import load_config
+from pipeline.plan.budget import time_steps
 from pipeline.train.losses import build_loss
 
 PATCH = (32, 32, 16)
@@ -59,6 +60,14 @@ def test_the_loss_weighs_each_output_by_halves_against_the_nearest_downsampled_l
                   for w, o in zip((4 / 7, 2 / 7, 1 / 7), outputs))
     assert float(build_loss(cfg, 3, outputs=3)(outputs, label)) == pytest.approx(float(by_hand), rel=1e-6)
     assert float(build_loss(cfg, 3)(outputs[0], label)) == pytest.approx(float(dice_ce(outputs[0], label)), rel=1e-6)
+    for dtype in (torch.uint8, torch.int64):  # a label of class indices as the plan's timed steps and stores give it
+        assert float(build_loss(cfg, 3, outputs=3)(outputs, label.to(dtype))) == pytest.approx(float(by_hand), rel=1e-6)
+
+
+def test_the_plan_times_a_deeply_supervised_step():
+    cfg = load_config(REPO / "configs" / "smoke.yaml", ["model.deep_supervision=true", "model.channels=[4, 8, 8, 16]",
+                                                         f"train.patch_size={list(PATCH)}"])
+    assert time_steps(cfg, 1, 3, steps=1, warmup=0) > 0  # an integer label through the auxiliary heads' loss
 
 
 def test_a_network_too_shallow_for_auxiliary_heads_is_refused_by_name():

@@ -37,4 +37,13 @@ def build_loss(cfg: Config, n_classes: int, outputs: int = 1) -> nn.Module:
     # one loss per output of a deeply supervised network, its label downsampled (nearest), weights halving
     # per level and summing to 1 (nnU-Net's); a single output is the loss itself (in float32)
     halving = [0.5**level for level in range(outputs)]
-    return DeepSupervisionLoss(loss, weights=[w / sum(halving) for w in halving])
+    return LabelDownsamplingLoss(loss, weights=[w / sum(halving) for w in halving])
+
+
+class LabelDownsamplingLoss(DeepSupervisionLoss):
+    """MONAI's ``DeepSupervisionLoss`` for labels of any dtype: torch's nearest interpolation, which it
+    downsamples them with, takes no integer tensors, so the label goes in as float32 (class indices are
+    exact in it)."""
+
+    def get_loss(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return super().get_loss(input, target.float())
