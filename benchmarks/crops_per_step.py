@@ -16,15 +16,13 @@ same split on all sides) says what the budget bought.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import math
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
-import yaml
+from planned_run import run_log  # beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 SIDES = {"fixed": ["train.batch_size=1", "train.samples_per_volume=2"], "planned": [],
@@ -34,11 +32,7 @@ COMMON = ["train.val_every=2"]  # every other epoch without a validation, on bot
 
 def measure(run: Path) -> dict:
     """Crops, patch, seconds and voxels per step, steps per second and the last validation Dice of ``run``."""
-    cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["train"]
-    train_cases = len(json.loads((run / "split.json").read_text(encoding="utf-8"))["train"])
-    steps = math.ceil((cfg.get("volumes_per_epoch") or train_cases) / cfg["batch_size"])
-    with open(run / "log.csv", newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    cfg, steps, rows = run_log(run)
     plain = [float(r["seconds"]) for r in rows if not r["val_dice"]]
     step_s = statistics.median(plain) / steps
     crops = cfg["batch_size"] * cfg["samples_per_volume"]

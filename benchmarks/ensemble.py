@@ -24,12 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.data.layouts import load_dataset  # noqa: E402
-from planned_run import held_out_means, planned_run  # noqa: E402
-from real_data import REFERENCES, held_out  # noqa: E402
-
-METRICS = ("dice", "nsd", "hd95")
+from levers import METRICS  # noqa: E402
+from planned_run import held_out_means, planned_run, seeded_split  # noqa: E402
+from real_data import REFERENCES  # noqa: E402
 
 
 def main() -> None:
@@ -40,9 +37,7 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--out", type=Path, required=True, help="runs go here; runs already there are read")
     args = parser.parse_args()
-    cfg = load_config(ROOT / REFERENCES[args.dataset]["config"])
-    root = args.data or str((ROOT / cfg.data.root).resolve())
-    test_ids = held_out([c.id for c in load_dataset(root, cfg.data).training], 4, cfg.train.seed)
+    root, test_ids = seeded_split(args.dataset, args.data)
     sides = {"single": [f"train.budget={args.budget}"],
              "ensemble": [f"train.budget={args.budget}", f"data.folds={args.folds}"]}
     lines = [f"# One model against a {args.folds}-fold ensemble: {args.dataset}, {args.budget} in all, own-data path",

@@ -19,22 +19,57 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from augmentation import METRICS, measure  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.data.layouts import load_dataset  # noqa: E402
 from pipeline.plan.choices import augmentation  # noqa: E402
-from planned_run import planned_run  # noqa: E402
-from real_data import REFERENCES, held_out  # noqa: E402
+from planned_run import held_out_means, planned_run, run_log, seeded_split  # noqa: E402
+from real_data import REFERENCES  # noqa: E402
 
+METRICS = ("dice", "nsd", "hd95")
 # lever -> (on, is_2d) -> the configuration keys that set it
 LEVERS: dict[str, Callable[[bool, bool], dict]] = {
     "deep_supervision": lambda on, is_2d: {"model.deep_supervision": on},
     "augmentation": augmentation,
 }
+
+
+def measure(run: Path) -> dict:
+    """Steps planned and trained, training seconds and held-out foreground means of ``run``."""
+    _, per_epoch, rows = run_log(run)
+    planned = yaml.safe_load((run / "plan.yaml").read_text(encoding="utf-8"))["train"]["epochs"] * per_epoch
+    means = held_out_means(run)
+    return {"steps": per_epoch * len(rows), "planned": planned, "seconds": sum(float(r["seconds"]) for r in rows),
+            **{m: means.get(m) for m in METRICS}}
+
+
+def on_and_off(label: str, keys: Callable[[bool], dict], folder: Path, root: str, test_ids: list[str],
+               lines: list[str]) -> dict:
+    """Train and test the ``off`` then the ``on`` side (``keys(on)``: the keys each forces) in
+    ``folder/<label>-<side>``; prints each side and on - off and adds them as table rows to ``lines``.
+    Returns {side: ``measure``}."""
+    got = {}
+    for side in ("off", "on"):
+        run, _ = planned_run(folder / f"{label}-{side}", root, test_ids,
+                             [f"{k}={v}" for k, v in keys(side == "on").items()])
+        got[side] = row = measure(run)
+        print(f"{label} {side:3s}: {row['planned']:6d} planned, {row['steps']:6d} trained steps in "
+              f"{row['seconds']:.0f} s; " + "  ".join(f"{m} {row[m]:.4f}" for m in METRICS), flush=True)
+        lines.append(f"| {label} | {side} | {row['planned']} | {row['steps']} | {row['seconds']:.0f} | "
+                     + " | ".join(f"{row[m]:.4f}" for m in METRICS) + " |")
+    diff = {m: got["on"][m] - got["off"][m] for m in METRICS}
+    print(f"{label} on - off: " + "  ".join(f"{m} {d:+.4f}" for m, d in diff.items()), flush=True)
+    lines.append(f"| {label} | on - off | | | | " + " | ".join(f"{d:+.4f}" for d in diff.values()) + " |")
+    return got
+
+
+def table_head(first: str) -> list[str]:
+    """The header rows of the on / off table, its first column named ``first``."""
+    return [f"| {first} | side | planned steps | steps | train s | " + " | ".join(METRICS) + " |",
+            "|---" * (5 + len(METRICS)) + "|"]
 
 
 def main() -> None:
@@ -45,28 +80,14 @@ def main() -> None:
     parser.add_argument("--levers", nargs="+", choices=sorted(LEVERS), default=sorted(LEVERS))
     parser.add_argument("--out", type=Path, required=True, help="runs go here; runs already there are read")
     args = parser.parse_args()
-    cfg = load_config(ROOT / REFERENCES[args.dataset]["config"])
-    root = args.data or str((ROOT / cfg.data.root).resolve())
-    test_ids = held_out([c.id for c in load_dataset(root, cfg.data).training], 4, cfg.train.seed)
+    root, test_ids = seeded_split(args.dataset, args.data)
     is_2d = args.dataset == "drive"  # the two references: DRIVE's images are single slices, LA's volumes are not
     lines = [f"# The levers on and off: {args.dataset}, {args.budget}, own-data path", "",
              f"`python benchmarks/levers.py {args.dataset} --budget {args.budget} --levers {' '.join(args.levers)} "
-             f"--out {args.out}`; held out (last checkpoint): {', '.join(test_ids)}.", "",
-             "| lever | side | planned steps | steps | train s | " + " | ".join(METRICS) + " |",
-             "|---" * (5 + len(METRICS)) + "|"]
+             f"--out {args.out}`; held out (last checkpoint): {', '.join(test_ids)}.", "", *table_head("lever")]
     for lever in args.levers:
-        got = {}
-        for side in ("off", "on"):
-            keys = [f"train.budget={args.budget}"] + [f"{k}={v}" for k, v in LEVERS[lever](side == "on", is_2d).items()]
-            run, _ = planned_run(args.out / f"{lever}-{side}", root, test_ids, keys)
-            got[side] = row = measure(run)
-            print(f"{lever} {side:3s}: {row['planned']:6d} planned, {row['steps']:6d} trained steps in "
-                  f"{row['seconds']:.0f} s; " + "  ".join(f"{m} {row[m]:.4f}" for m in METRICS), flush=True)
-            lines.append(f"| {lever} | {side} | {row['planned']} | {row['steps']} | {row['seconds']:.0f} | "
-                         + " | ".join(f"{row[m]:.4f}" for m in METRICS) + " |")
-        diff = {m: got["on"][m] - got["off"][m] for m in METRICS}
-        print(f"{lever} on - off: " + "  ".join(f"{m} {d:+.4f}" for m, d in diff.items()), flush=True)
-        lines.append(f"| {lever} | on - off | | | | " + " | ".join(f"{d:+.4f}" for d in diff.values()) + " |")
+        on_and_off(lever, lambda on: {"train.budget": args.budget, **LEVERS[lever](on, is_2d)}, args.out, root,
+                   test_ids, lines)
     lines += ["", "One run a side, 4 held-out cases: a difference, not a confidence interval."]
     (args.out / "levers.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
