@@ -4,6 +4,7 @@ at inference or in the weights a network without it would use."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -86,6 +87,8 @@ def test_every_auxiliary_head_gets_a_gradient():
 
 @pytest.mark.slow
 def test_a_deeply_supervised_run_trains_its_heads_and_tests_with_the_top_one(tiny_dataset, tmp_path):
+    from pipeline.predict.export import export_run
+    from pipeline.predict.package import read_package
     from pipeline.predict.predictor import Predictor
     from pipeline.train.run import run_training
 
@@ -95,5 +98,12 @@ def test_a_deeply_supervised_run_trains_its_heads_and_tests_with_the_top_one(tin
     run = run_training(cfg)
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert any(k.startswith("aux_heads.") for k in state["model"])  # kept, so the run resumes with them
-    prediction = Predictor.from_run(run, "last").predict(tiny_dataset / "imagesTs" / "case_004.nii.gz")
+    image = tiny_dataset / "imagesTs" / "case_004.nii.gz"
+    prediction = Predictor.from_run(run, "last", ["infer.tta=false"]).predict(image, probabilities=True)
     assert prediction.label.shape == (48, 48, 24) and prediction.label.max() <= 2
+    package = read_package(export_run(run, "last", tmp_path / "model.zip"))  # the plain network, heads dropped
+    assert not any(k.startswith("aux_heads.") for k in package.weights)
+    assert package.meta["config"]["model"]["deep_supervision"] is False
+    exported = Predictor.from_package(package, ["infer.backend=onnxruntime", "infer.tta=false"]).predict(
+        image, probabilities=True)
+    np.testing.assert_allclose(exported.probabilities, prediction.probabilities, atol=1e-4)

@@ -45,11 +45,14 @@ def export_run(run_dir: str | Path, checkpoint: str = "best", out: str | Path = 
     state = load_checkpoint(path)
     decided = decided_overrides(run_dir, weights_digest(state["model"]))
     raw = merge_overrides(state["config"], decided) if decided else state["config"]
-    raw = merge_overrides(raw, ["infer.backend=auto"])  # the engine is the machine's choice, not the run's
+    # the engine is the machine's choice, not the run's; deep supervision's heads train only: the package is
+    # the plain network
+    raw = merge_overrides(raw, ["infer.backend=auto", "model.deep_supervision=false"])
     cfg = config_from_dict(raw, f"{path} (config)")
     labels = {int(k): v for k, v in state["labels"].items()}
     in_channels = int(state["in_channels"])
-    model = load_network(cfg, in_channels, labels, state["model"], path)
+    weights = {k: v for k, v in state["model"].items() if not k.startswith("aux_heads.")}
+    model = load_network(cfg, in_channels, labels, weights, path)
     log.info("exporting %s %s to ONNX (patch %s)", cfg.model.name, cfg.model.channels, cfg.train.patch_size)
     meta = {
         "name": run_dir.resolve().name, "created": created(), "config": raw,
