@@ -98,8 +98,19 @@ def test_folds_share_the_budget_the_plan_times(tmp_path, monkeypatch):
         planned = {c.key: c for c in choices}
         epochs[folds] = planned["train.epochs"].value
     assert "shared by its 4 folds" in planned["train.budget"].reason
-    assert planned["data.folds"].value == 0 and "benchmarks/results/ensemble.md" in planned["data.folds"].reason
-    cfg, _ = planned_config(keys)
-    assert (cfg.data.folds, cfg.data.fold) == (4, None)  # the user's folds win over the plan's one model
     # 8 cases: 6 train a step each per epoch without folds (2 validate), 6 with 4 folds (fold 0 validates 2)
     assert epochs[4] == pytest.approx(epochs[0] / 4, abs=1)
+
+
+def test_the_plan_trains_one_model_without_deep_supervision_and_says_why(tmp_path, monkeypatch):
+    import pipeline.plan.planner as planner
+
+    monkeypatch.setattr(planner, "time_steps", lambda cfg, *args, **kwargs: 0.05)
+    root = _dataset(tmp_path / "ct", "CT", -1000.0, (-100.0, 400.0), spacings=((1.0, 1.0, 1.0),) * 8)
+    keys = [f"data.root={root}", "train.budget=20m"]
+    planned = {c.key: c for c in plan(load_config(None, keys), keys)[1]}
+    assert planned["data.folds"].value == 0 and "benchmarks/results/ensemble.md" in planned["data.folds"].reason
+    assert planned["model.deep_supervision"].value is False
+    assert "benchmarks/results/levers.md" in planned["model.deep_supervision"].reason
+    cfg, _ = planned_config([*keys, "data.folds=4", "model.deep_supervision=true", "model.channels=[8,16,32,64]"])
+    assert (cfg.data.folds, cfg.data.fold, cfg.model.deep_supervision) == (4, None, True)  # the user's keys win

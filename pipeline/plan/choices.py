@@ -27,6 +27,11 @@ FEW_CASES = 5  # below this many labelled cases, none is held out for validation
 # about 1,000 planned steps and 0.0041 at 5,400; the loss, linear in log(steps), reaches 0 at about 73,000
 # (benchmarks/augmentation.py, benchmarks/results/augmentation.md). nnU-Net trains 250,000 steps with it.
 AUGMENT_FROM_STEPS = 73_000
+# no deep supervision: on LA at 15 minutes (own-data path, 4 held-out cases, one run a side) the auxiliary heads
+# cost 0.0235 Dice and 8.6 voxels of HD95 (benchmarks/levers.py, benchmarks/results/levers.md); their step
+# costs 16 % more, so fewer steps fit the budget
+NO_DEEP_SUPERVISION = ("off: on LA at 15 min it cost 0.0235 held-out Dice and 8.6 voxels of HD95 "
+                       "(benchmarks/results/levers.md); nnU-Net's auxiliary heads pay over longer training")
 # one model rather than nnU-Net's fold ensemble: on LA at 15 minutes in all, three folds sharing the budget scored
 # 0.638 held-out Dice against one model's 0.845, and took 1.36x the wall time with prediction
 # (benchmarks/ensemble.py, benchmarks/results/ensemble.md): at a CPU budget a fold has not converged
@@ -108,7 +113,7 @@ def _ct_window(fg: np.ndarray, of: str) -> list[Choice]:
 
 
 def plan_network(found: Fingerprint, target_spacing: Any) -> list[Choice]:
-    """Patch, pooling depth and widths of the residual UNet, crops per step."""
+    """Patch, pooling depth and widths of the residual UNet (without deep supervision), crops per step."""
     spacing = np.asarray(target_spacing if target_spacing is not None else np.median(found.spacings, axis=0))
     shape = np.median(found.shapes * found.spacings / spacing, axis=0)  # voxels on the target grid
     patch = _patch(shape, spacing, found.is_2d)
@@ -123,6 +128,7 @@ def plan_network(found: Fingerprint, target_spacing: Any) -> list[Choice]:
         Choice("model.channels", widths,
                f"{depth} levels: the longest patch axis pooled while it keeps >= {MIN_WIDTH} voxels "
                "(shorter axes stop earlier)"),
+        Choice("model.deep_supervision", False, NO_DEEP_SUPERVISION),
         Choice("train.batch_size", 1, "one volume per step (the timed plan sets the crops per step)"),
         Choice("train.samples_per_volume", 2, "two crops per volume per step"),
         Choice("train.pos_fraction", pos, f"foreground is {fg_share:.1%} of voxels: "
