@@ -72,6 +72,17 @@ def table_head(first: str) -> list[str]:
             "|---" * (5 + len(METRICS)) + "|"]
 
 
+def ablation(dataset: str, budget: str, root: str, test_ids: list[str], out: Path,
+             levers: list[str] = sorted(LEVERS)) -> list[str]:
+    """Each of ``levers`` off and on at ``budget`` on the split ``test_ids`` of ``dataset``: the table's lines
+    (``real_data.py --plan B --ablation`` and this script's ``main``)."""
+    is_2d = dataset == "drive"  # the two references: DRIVE's images are single slices, LA's volumes are not
+    lines = table_head("lever")
+    for lever in levers:
+        on_and_off(lever, lambda on: {"train.budget": budget, **LEVERS[lever](on, is_2d)}, out, root, test_ids, lines)
+    return [*lines, "", f"One run a side, {len(test_ids)} held-out cases: a difference, not a confidence interval."]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", choices=sorted(REFERENCES))
@@ -81,14 +92,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="runs go here; runs already there are read")
     args = parser.parse_args()
     root, test_ids = seeded_split(args.dataset, args.data)
-    is_2d = args.dataset == "drive"  # the two references: DRIVE's images are single slices, LA's volumes are not
     lines = [f"# The levers on and off: {args.dataset}, {args.budget}, own-data path", "",
              f"`python benchmarks/levers.py {args.dataset} --budget {args.budget} --levers {' '.join(args.levers)} "
-             f"--out {args.out}`; held out (last checkpoint): {', '.join(test_ids)}.", "", *table_head("lever")]
-    for lever in args.levers:
-        on_and_off(lever, lambda on: {"train.budget": args.budget, **LEVERS[lever](on, is_2d)}, args.out, root,
-                   test_ids, lines)
-    lines += ["", "One run a side, 4 held-out cases: a difference, not a confidence interval."]
+             f"--out {args.out}`; held out (last checkpoint): {', '.join(test_ids)}.", "",
+             *ablation(args.dataset, args.budget, root, test_ids, args.out, args.levers)]
     (args.out / "levers.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

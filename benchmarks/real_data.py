@@ -5,6 +5,7 @@
     python benchmarks/real_data.py drive --set train.epochs=2   # an experiment: files stay in its --out folder
     python benchmarks/real_data.py la_heart --cases ID1 ID2 ID3 ID4   # another held-out split (its own folder too)
     python benchmarks/real_data.py la_heart --plan 60m   # no preset: planned from the data for a budget
+    python benchmarks/real_data.py la_heart --plan 60m --ablation   # and each lever off and on (levers.py)
 
 The dataset's own test cases are not available, so a seeded quarter-or-so of its
 training cases (4 of 14 LA volumes, 4 of 20 DRIVE images) is held out: the
@@ -127,7 +128,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--plan", metavar="BUDGET",
                         help="no preset: train.py plans from the data for this budget (e.g. 60m); results stay in "
                              "--out")
-    return parser.parse_args()
+    parser.add_argument("--ablation", action="store_true",
+                        help="with --plan: also train each lever of benchmarks/levers.py off and on at that budget on "
+                             "the same split, and print the table (--out/levers.md)")
+    args = parser.parse_args()
+    if args.ablation and not args.plan:
+        parser.error("--ablation compares the plan's levers: give --plan BUDGET too")
+    return args
 
 
 def train_command(args: argparse.Namespace, ref: dict, out: Path, root: str, test_ids: list[str]) -> list[str]:
@@ -229,6 +236,12 @@ def main() -> None:
                           ROOT / "docs" / "figures" if published else out, ref.get("crop"))
     write_results(results_dir, figure, args.dataset, ref, lines, metrics, train_seconds, test_seconds, train_cmd,
                   test_cmd, test_ids, run_dir, levers, ablation_cmd, plain, ceiling)
+    if args.plan and args.ablation:  # the plan's run above is every lever as the plan sets it
+        from levers import ablation  # beside this script; it imports this module's REFERENCES
+
+        table = ablation(args.dataset, args.plan, root, test_ids, out / "levers")
+        (out / "levers.md").write_text("\n".join(table) + "\n", encoding="utf-8")
+        print("\n".join(table))
 
 
 if __name__ == "__main__":
