@@ -15,6 +15,12 @@ import pytest
 from conftest import REPO, run_cli
 
 
+def logged(run: Path, epochs: int) -> bool:
+    """Whether ``run/log.csv`` holds more than ``epochs`` epochs."""
+    log = run / "log.csv"
+    return log.exists() and len(log.read_text(encoding="utf-8").splitlines()) > epochs
+
+
 def start_and_signal(args: list[str], run: Path, sig: int, after_epoch: int, delay: float) -> subprocess.Popen:
     """``python ARGS`` sent ``sig`` ``delay`` s after ``run/log.csv`` holds ``after_epoch`` epochs."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -22,8 +28,7 @@ def start_and_signal(args: list[str], run: Path, sig: int, after_epoch: int, del
                             stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace")
     deadline = time.time() + 120
     while time.time() < deadline:
-        log = run / "log.csv"
-        if log.exists() and len(log.read_text(encoding="utf-8").splitlines()) > after_epoch:
+        if logged(run, after_epoch):
             break
         if proc.poll() is not None:
             pytest.fail(f"training ended before the signal: {proc.stderr.read()[-2000:]}")
@@ -42,8 +47,7 @@ def run_and_sigterm(args: list[str], run: Path, after_epoch: int) -> subprocess.
 
     def watch() -> None:
         while not stop.wait(0.02):
-            log = run / "log.csv"
-            if log.exists() and len(log.read_text(encoding="utf-8").splitlines()) > after_epoch:
+            if logged(run, after_epoch):
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
 
